@@ -1,0 +1,309 @@
+"""The command line (seed-compatible with the Nexus websocketserver) and makeService.
+
+C{twistd -n nexusws [options] ws_server_port} and C{nexus-websocketserver
+[options] ws_server_port} share L{Options}: every value is checked here, so a
+mistake stops start-up with one line before anything listens.
+"""
+
+import os
+import sys
+
+from twisted.python import usage
+
+from nexusws import __version__
+from nexusws.errors import TWISTD_PROG, StartupError, say
+from nexusws.service import is_tls_endpoint, parse_endpoint
+
+SECURITY_TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
+LOCAL_SESSION_APPS = ("ensight", "envision")
+
+#: Reference options a later release implements: refused, never silently ignored.
+NOT_YET = {
+    "remote_session_config": "service configuration files are",
+    "local_session": "built-in ensight/envision sessions are",
+    "timeout": "reservations (and so their timeout) are",
+}
+
+
+def _port(value):
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r} is not a port number (0-65535)")
+    return port
+
+
+def _seconds(value):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    # NaN fails every comparison, so this also refuses "nan".
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
+
+
+def _level(value):
+    try:
+        level = int(value)
+    except (TypeError, ValueError):
+        level = -1
+    if level < 0:
+        raise ValueError(f"{value!r} is not a verbosity level (0, 1 or 2)")
+    return level
+
+
+def _local_session(value):
+    words = value.split()
+    if len(words) != 2 or words[0] not in LOCAL_SESSION_APPS or not words[1].isdigit():
+        raise ValueError(
+            f"{value!r} is not 'appname count' with appname "
+            f"{' or '.join(LOCAL_SESSION_APPS)} and a whole count"
+        )
+    return words[0], int(words[1])
+
+
+def _coerced(coerce, name):
+    """Wrap a converter so that a bad value's error names the option."""
+
+    def convert(value):
+        try:
+            return coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+
+    convert.coerceDoc = ""
+    return convert
+
+
+class Options(usage.Options):
+    """Options of C{twistd nexusws} and C{nexus-websocketserver}.
+
+    Beyond Twisted's usage rules, as the reference's argparse allows: names
+    keep the reference's underscores and also take hyphens (C{--http-port});
+    a unique prefix abbreviates a name (C{--http_dir}); options may follow
+    the positional port; C{--local_session} takes two words
+    (C{--local_session envision 4}) and may be repeated.
+    """
+
+    synopsis = "[options] ws_server_port"
+    longdesc = (
+        "Nexus websocket proxy server: tunnels WebSocket (ws/wss) connections to a TCP "
+        "service and serves files over HTTP."
+    )
+
+    optParameters = [
+        ["http_directory", None, None,
+         "Directory to serve up files from via http. It enables HTTP services."],
+        ["http_port", None, 9090, "Port to support http file serving on.", _coerced(_port, "http_port")],
+        ["cert", None, None, "Filename of the ssl certificate (PEM, may hold the chain and key)."],
+        ["key", None, None, "Filename of the ssl key (PEM, unencrypted)."],
+        ["security_token", None, None,
+         f"REST API security token. Default: {SECURITY_TOKEN_ENV} environmental variable value"],
+        ["remote_session_config", None, None,
+         "Name of the remote session configuration file (not yet supported)."],
+        ["client_hostname", None, None,
+         "Hostname of the socket to serve using the websocket protocol on ws_server_port "
+         "(default: localhost when --client_port is given)."],
+        ["client_port", None, None,
+         "Port number of the socket to serve using the websocket protocol on ws_server_port.",
+         _coerced(_port, "client_port")],
+        ["timeout", None, 300,
+         "Number of seconds before an unused reservation is reclaimed (not yet supported).",
+         _coerced(_seconds, "timeout")],
+        ["local_session", None, None,
+         "'appname count': built-in sessions, appname ensight or envision; repeatable "
+         "(not yet supported)."],
+        ["verbose", None, 0,
+         "Verbosity: 0 start-up, tunnels and HTTP access; 1 adds debugging; 2 adds Autobahn's.",
+         _coerced(_level, "verbose")],
+        ["log_file", None, None,
+         "Save program output to the named log file instead of stdout (under twistd: "
+         "in addition to twistd's log)."],
+        ["ws_listen", None, None,
+         "Twisted endpoint string for the WebSocket listener, instead of ws_server_port "
+         "(e.g. tcp:9090:interface=127.0.0.1, systemd:domain=INET:name=ws)."],
+        ["http_listen", None, None,
+         "Twisted endpoint string for the HTTP listener, instead of --http_port."],
+        ["connect_timeout", None, 10.0,
+         "Seconds to wait for the backend TCP connection.", _coerced(_seconds, "connect_timeout")],
+        ["close_timeout", None, 30.0,
+         "Seconds a closing tunnel may take to hand over its remaining data.",
+         _coerced(_seconds, "close_timeout")],
+        ["ping_interval", None, 0.0,
+         "Send a WebSocket ping every this many seconds (0: no keep-alive).",
+         _coerced(_seconds, "ping_interval")],
+        ["ping_timeout", None, None,
+         "Drop a client that has not answered a ping within this many seconds "
+         "(default: the ping interval).", _coerced(_seconds, "ping_timeout")],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["ws_server_port"] = None
+        self["local_session"] = []
+        self["tls"] = None
+        #: Names (underscore spelling) of the options given on the command line.
+        self.given = set()
+
+    def getSynopsis(self):
+        if self.parent is None:
+            return f"Usage: {os.path.basename(sys.argv[0])} [options] ws_server_port"
+        return super().getSynopsis()
+
+    opt_h = usage.Options.opt_help
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nexusws {__version__}")
+        sys.exit(0)
+
+    # --- parsing --------------------------------------------------------------
+
+    def parseOptions(self, options=None):
+        """Parse C{options} (default: C{sys.argv[1:]}).
+
+        Under twistd a L{usage.UsageError} is printed as one line and exits
+        with 2: twistd itself would print its whole usage text and exit 0.
+        """
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            super().parseOptions(self._normalize(list(options)))
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            say(TWISTD_PROG, e)
+            raise SystemExit(2) from None
+
+    def _normalize(self, args):
+        """Rewrite C{args} into what Twisted's getopt-based parser accepts.
+
+        Long options become C{--name=value} in their declared spelling and go
+        before the positional arguments; C{--local_session}'s values are taken
+        out here (getopt cannot take two words) and collected in order.
+        """
+        declared = {}  # underscore spelling -> (declared spelling, takes a value)
+        for name in self.longOpt:
+            bare = name.rstrip("=")
+            declared[bare.replace("-", "_")] = (bare, name.endswith("="))
+        front, positional = [], []
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--":
+                positional.extend(rest)
+                break
+            if not arg.startswith("--"):
+                # Short flags (-h) go to getopt; a lone "-" is positional.
+                (front if arg.startswith("-") and arg != "-" else positional).append(arg)
+                continue
+            name, eq, value = arg[2:].partition("=")
+            key = self._resolve(name.replace("-", "_"), declared)
+            spelling, takes_value = declared[key]
+            self.given.add(key)
+            if not takes_value:
+                if eq:
+                    raise usage.UsageError(f"--{key} takes no value")
+                front.append(f"--{spelling}")
+                continue
+            if not eq:
+                value = next(rest, None)
+                if value is None:
+                    raise usage.UsageError(f"--{key} needs a value")
+            if key == "local_session":
+                if len(value.split()) == 1:
+                    count = next(rest, "")
+                    value = f"{value} {count}"
+                self["local_session"].append(_coerced(_local_session, key)(value))
+                continue
+            front.append(f"--{spelling}={value}")
+        # "--" so that getopt takes a positional such as "-1" as an argument.
+        return front + ["--"] + positional
+
+    @staticmethod
+    def _resolve(key, declared):
+        """The declared option C{key} names, exactly or as a unique prefix."""
+        if key in declared:
+            return key
+        matches = sorted(name for name in declared if name.startswith(key))
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise usage.UsageError(f"--{key} is ambiguous: " + ", ".join(f"--{m}" for m in matches))
+        raise usage.UsageError(f"no such option --{key}")
+
+    def parseArgs(self, ws_server_port=None):
+        if ws_server_port is not None:
+            try:
+                self["ws_server_port"] = _port(ws_server_port)
+            except ValueError as e:
+                raise usage.UsageError(f"ws_server_port: {e}") from None
+
+    def postOptions(self):
+        for key, what in NOT_YET.items():
+            if key in self.given:
+                raise usage.UsageError(f"--{key}: {what} not yet supported by nexusws {__version__}")
+        if self["security_token"] is None:
+            self["security_token"] = os.environ.get(SECURITY_TOKEN_ENV) or None
+        if self["client_port"] is not None and self["client_hostname"] is None:
+            self["client_hostname"] = "localhost"
+        if self["ping_timeout"] is not None and not self["ping_interval"]:
+            raise usage.UsageError("--ping_timeout needs --ping_interval")
+        self._check_listeners()
+        self._check_tls()
+
+    def _check_listeners(self):
+        if self["ws_listen"] is not None and self["ws_server_port"] is not None:
+            raise usage.UsageError("give either ws_server_port or --ws_listen, not both")
+        if self["ws_listen"] is None:
+            if self["ws_server_port"] is None:
+                raise usage.UsageError("missing ws_server_port (or --ws_listen)")
+            self["ws_listen"] = f"tcp:{self['ws_server_port']}"
+        if self["http_listen"] is not None and "http_port" in self.given:
+            raise usage.UsageError("give either --http_port or --http_listen, not both")
+        if self["http_directory"] is not None:
+            if not os.path.isdir(self["http_directory"]):
+                raise usage.UsageError(f"--http_directory {self['http_directory']!r}: not a directory")
+            if self["http_listen"] is None:
+                if self["http_port"] != 0 and self["http_port"] == self["ws_server_port"]:
+                    raise usage.UsageError(
+                        f"ws_server_port and --http_port are both {self['http_port']}; "
+                        "give --http_port another port"
+                    )
+                self["http_listen"] = f"tcp:{self['http_port']}"
+        from twisted.internet import reactor
+
+        for key in ("ws_listen", "http_listen"):
+            if self[key] is not None:
+                try:
+                    parse_endpoint(reactor, f"--{key}", self[key])
+                except StartupError as e:
+                    raise usage.UsageError(str(e)) from None
+
+    def _check_tls(self):
+        if self["cert"] is None:
+            if self["key"] is not None:
+                raise usage.UsageError("--key needs --cert")
+            return
+        for key in ("ws_listen", "http_listen"):
+            if self[key] is not None and is_tls_endpoint(self[key]):
+                raise usage.UsageError(
+                    f"--{key} {self[key]!r} does its own TLS: give TLS either there or "
+                    "with --cert/--key, not both"
+                )
+        from nexusws import tls
+
+        try:
+            self["tls"] = tls.load_certificate_options(self["cert"], self["key"])
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options, reactor=None):
+    """Assemble the gateway from parsed L{Options} (see L{nexusws.assemble})."""
+    from nexusws.assemble import build_service
+
+    return build_service(options, reactor)

@@ -1,0 +1,180 @@
+"""Shared fixtures: real gateway processes on loopback, port 0 only."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+BIN = Path(sys.executable).parent
+IN_CI = os.environ.get("CI") == "true"
+
+LISTEN_RE = re.compile(r"(--ws_listen|--http_listen) listening on (\w+)://([^/]+):(\d+)/")
+
+
+def require(condition, what):
+    """Skip loudly when a real component is missing; in CI, fail instead."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide {what}")
+    pytest.skip(f"needs {what}")
+
+
+class Gateway:
+    """A running nexusws process whose log is collected line by line."""
+
+    def __init__(self, args, via="cli", env=None, cwd=None):
+        if via == "cli":
+            cmd = [str(BIN / "nexus-websocketserver"), *args]
+        elif via == "twistd":
+            cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "nexusws", *args]
+        else:
+            cmd = [*via, *args]  # any other command line that runs a gateway
+        full_env = dict(os.environ)
+        full_env.pop(
+            "WEBSOCKETSERVER_SECURITY_TOKEN", None
+        )
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env.update(env or {})
+        self.cmd = cmd
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.ws_port = self.http_port = None
+        self.ws_scheme = self.http_scheme = None
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def log(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=15.0):
+        """Wait until a log line matches C{pattern}; return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    m = regex.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no log line matching {pattern!r} within {timeout}s; log:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def wait_listening(self, http=False):
+        m = self.wait_for(r"--ws_listen listening on")
+        self._note(m)
+        if http:
+            self._note(self.wait_for(r"--http_listen listening on"))
+        return self
+
+    def _note(self, m):
+        m = LISTEN_RE.search(m.string)
+        if m.group(1) == "--ws_listen":
+            self.ws_scheme, self.ws_port = m.group(2), int(m.group(4))
+        else:
+            self.http_scheme, self.http_port = m.group(2), int(m.group(4))
+
+    @property
+    def ws_url(self):
+        return f"{self.ws_scheme}://127.0.0.1:{self.ws_port}"
+
+    @property
+    def http_url(self):
+        return f"{self.http_scheme}://127.0.0.1:{self.http_port}"
+
+    def rss_kib(self):
+        return _status_kib(self.proc.pid, "VmRSS")
+
+    def hwm_kib(self):
+        return _status_kib(self.proc.pid, "VmHWM")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20.0):
+        """Signal the gateway and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(5)
+            raise AssertionError(f"gateway did not exit within {timeout}s after {sig}:\n{self.log}")
+        self._reader.join(5)
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+
+def _status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+@pytest.fixture
+def gateway():
+    """Start gateways with C{gateway(args, via=...)}; all are killed at teardown."""
+    started = []
+
+    def start(args, via="cli", env=None, cwd=None, http=False, wait=True):
+        gw = Gateway(args, via=via, env=env, cwd=cwd)
+        started.append(gw)
+        if wait:
+            gw.wait_listening(http=http)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.kill()
+
+
+@pytest.fixture
+def artifacts():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def have(program):
+    return shutil.which(program) is not None

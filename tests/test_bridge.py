@@ -1,0 +1,429 @@
+"""In-memory tests of the WebSocket⇄TCP bridge: iosim pumps, a memory reactor, no sockets."""
+
+import pytest
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from nexusws.bridge import BridgeFactory
+from nexusws.routing import FixedRouter, NoRouter, Target
+
+
+class Transport(iosim.FakeTransport):
+    """An iosim transport that remembers whether it was paused."""
+
+    paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    @property
+    def connected(self):
+        return not self.disconnected
+
+
+class Backend(Protocol):
+    """The TCP service behind the gateway: records what it gets."""
+
+    def __init__(self, greeting=b""):
+        self.greeting = greeting
+        self.received = bytearray()
+        self.lost = None
+
+    def connectionMade(self):
+        if self.greeting:
+            self.transport.write(self.greeting)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+class ControlledEndpoint:
+    """A client endpoint whose connection attempts the test completes by hand."""
+
+    def __init__(self):
+        self.attempts = []
+
+    def connect(self, factory):
+        d = defer.Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+
+class Client(WebSocketClientProtocol):
+    """A WebSocket client that records what happens to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+        self.opened = False
+        self.closed = None
+
+    def onOpen(self):
+        self.opened = True
+
+    def onMessage(self, payload, isBinary):
+        self.messages.append((payload, isBinary))
+
+    def onClose(self, wasClean, code, reason):
+        self.closed = (wasClean, code, reason)
+
+    @property
+    def received(self):
+        return b"".join(p for p, _ in self.messages)
+
+
+class Harness:
+    """One client, the gateway, and (once connected) one backend, all in memory."""
+
+    def __init__(self, router=None, protocols=("binary",), close_timeout=30.0, ping_interval=0.0, ping_timeout=None):
+        self.reactor = MemoryReactorClock()
+        self.endpoint = ControlledEndpoint()
+        self.targets = []
+        endpoint = self.endpoint
+        targets = self.targets
+
+        class Factory(BridgeFactory):
+            def backend_endpoint(self, target):
+                targets.append(target)
+                return endpoint
+
+        self.factory = Factory(
+            router or FixedRouter(Target("127.0.0.1", 5900)), self.reactor, close_timeout=close_timeout,
+            ping_interval=ping_interval, ping_timeout=ping_timeout,
+        )
+        client_factory = WebSocketClientFactory(
+            "ws://127.0.0.1:9090/websockify?token=SECRET", protocols=list(protocols), reactor=self.reactor
+        )
+        client_factory.protocol = Client
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.server = self.factory.buildProtocol(peer)
+        self.client = client_factory.buildProtocol(None)
+        self.server_transport = Transport(self.server, True, peerAddress=peer)
+        self.client_transport = Transport(self.client, False)
+        self.pump = iosim.connect(
+            self.server, self.server_transport, self.client, self.client_transport,
+            greet=False, clock=self.reactor,
+        )
+        self.backend = None
+        self.backend_pump = None
+
+    def connect_backend(self, greeting=b""):
+        factory, d = self.endpoint.attempts.pop(0)
+        gateway_side = factory.buildProtocol(None)
+        self.backend = Backend(greeting)
+        self.backend_transport = Transport(self.backend, True)
+        self.gateway_backend_transport = Transport(gateway_side, False)
+        self.backend_pump = iosim.connect(
+            self.backend, self.backend_transport, gateway_side, self.gateway_backend_transport,
+            greet=False, clock=self.reactor,
+        )
+        d.callback(gateway_side)
+
+    def fail_backend(self, exc):
+        _, d = self.endpoint.attempts.pop(0)
+        d.errback(Failure(exc))
+
+    def flush(self):
+        for _ in range(1000):
+            moved = self.pump.pump()
+            if self.backend_pump is not None:
+                moved = self.backend_pump.pump() or moved
+            if not moved:
+                return
+        raise AssertionError("pumps never settled")
+
+
+@pytest.fixture
+def events():
+    """Collect the log events emitted during a test."""
+    collected = []
+    globalLogPublisher.addObserver(collected.append)
+    yield collected
+    globalLogPublisher.removeObserver(collected.append)
+
+
+def lines(events):
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events]
+
+
+def open_tunnel(greeting=b"RFB 003.008\n", **kw):
+    h = Harness(**kw)
+    h.flush()
+    h.connect_backend(greeting)
+    h.flush()
+    assert h.client.opened
+    return h
+
+
+def test_101_is_sent_only_after_the_backend_connects():
+    """The handshake waits for the backend: no 'open' for a tunnel that cannot work."""
+    h = Harness()
+    h.flush()
+    assert not h.client.opened
+    assert h.targets == [Target("127.0.0.1", 5900)]
+    h.connect_backend()
+    h.flush()
+    assert h.client.opened
+
+
+def test_binary_subprotocol_is_selected_when_offered():
+    h = open_tunnel(protocols=("base64", "binary"))
+    assert h.client.websocket_protocol_in_use == "binary"
+
+
+def test_client_offering_no_subprotocol_is_accepted_without_one():
+    h = open_tunnel(protocols=())
+    assert h.client.websocket_protocol_in_use is None
+
+
+def test_client_offering_only_unknown_subprotocols_is_refused_with_400(events):
+    h = Harness(protocols=("base64",))
+    h.flush()
+    assert not h.client.opened
+    assert h.endpoint.attempts == [], "nothing may be connected for a refused client"
+    assert any("400" in line and "base64" in line for line in lines(events))
+
+
+def test_backend_greeting_is_held_until_open_then_delivered_first():
+    h = open_tunnel(greeting=b"RFB 003.008\n")
+    assert h.client.messages == [(b"RFB 003.008\n", True)]
+
+
+def test_bytes_flow_both_ways_exactly_and_in_order():
+    h = open_tunnel(greeting=b"")
+    for i in range(50):
+        h.client.sendMessage(bytes([i]) * (i + 1), isBinary=True)
+        h.backend.transport.write(b"%d," % i)
+    h.flush()
+    assert bytes(h.backend.received) == b"".join(bytes([i]) * (i + 1) for i in range(50))
+    assert h.client.received == b"".join(b"%d," % i for i in range(50))
+    assert all(binary for _, binary in h.client.messages), "backend data goes out as binary"
+
+
+def test_text_frames_are_forwarded_as_their_utf8_bytes():
+    h = open_tunnel(greeting=b"")
+    h.client.sendMessage("héllo".encode(), isBinary=False)
+    h.flush()
+    assert bytes(h.backend.received) == "héllo".encode()
+
+
+def test_fragmented_message_is_streamed_frame_by_frame():
+    """A message in several frames reaches the backend as the frames arrive."""
+    h = open_tunnel(greeting=b"")
+    h.client.beginMessage(isBinary=True)
+    h.client.sendMessageFrame(b"first-")
+    h.flush()
+    assert bytes(h.backend.received) == b"first-", "the first frame must not wait for the message end"
+    h.client.sendMessageFrame(b"second")
+    h.client.endMessage()
+    h.flush()
+    assert bytes(h.backend.received) == b"first-second"
+
+
+def test_backend_close_delivers_every_byte_then_closes_1000():
+    h = open_tunnel(greeting=b"")
+    h.backend.transport.write(b"tail-" * 1000)
+    h.backend.transport.loseConnection()
+    h.flush()
+    assert h.client.received == b"tail-" * 1000
+    assert h.client.closed is not None
+    assert h.client.closed[1] == 1000
+
+
+def test_backend_close_waits_for_the_client_buffer_to_drain():
+    """While the client's transport is full (producer paused) no close frame is sent."""
+    h = open_tunnel(greeting=b"")
+    valve = h.server_transport.producer
+    valve.pauseProducing()  # the client's socket buffer is full
+    h.backend.transport.write(b"x" * 10)
+    h.backend.transport.loseConnection()
+    h.flush()
+    assert h.client.closed is None, "the close frame must wait for queued data"
+    valve.resumeProducing()  # the buffer drained
+    h.flush()
+    assert h.client.received == b"x" * 10
+    assert h.client.closed[1] == 1000
+
+
+def test_backend_connection_error_closes_with_1011_and_a_reason():
+    h = open_tunnel(greeting=b"")
+    h.gateway_backend_transport.disconnectReason = error.ConnectionLost("reset by peer")
+    h.backend.transport.loseConnection()
+    h.flush()
+    assert h.client.closed[1] == 1011
+    assert "backend connection lost" in h.client.closed[2]
+
+
+def test_client_close_delivers_every_byte_to_the_backend_then_eof():
+    h = open_tunnel(greeting=b"")
+    h.client.sendMessage(b"last words", isBinary=True)
+    h.client.sendClose(1000)
+    h.flush()
+    assert bytes(h.backend.received) == b"last words"
+    assert h.backend.lost is not None and h.backend.lost.check(error.ConnectionDone)
+
+
+def test_backend_that_never_drains_is_aborted_after_close_timeout():
+    h = open_tunnel(greeting=b"", close_timeout=7)
+    aborted = []
+    h.gateway_backend_transport.abortConnection = lambda: aborted.append(True)
+    h.gateway_backend_transport.loseConnection = lambda: None  # never finishes
+    h.client.sendClose(1000)
+    h.flush()
+    h.reactor.advance(6.9)
+    assert aborted == []
+    h.reactor.advance(0.2)
+    assert aborted == [True]
+
+
+def test_backend_unreachable_is_refused_at_handshake_with_502_and_logged(events):
+    h = Harness()
+    h.flush()
+    h.fail_backend(error.ConnectionRefusedError())
+    h.flush()
+    assert not h.client.opened
+    refused = [line for line in lines(events) if "tunnel refused" in line]
+    assert len(refused) == 1
+    assert "502" in refused[0] and "127.0.0.1:5900" in refused[0] and "refused" in refused[0]
+
+
+def test_handshake_response_carries_the_refusal_status():
+    h = Harness()
+    h.flush()
+    written = []
+    original = h.server_transport.write
+    h.server_transport.write = lambda data: (written.append(data), original(data))
+    h.fail_backend(error.ConnectionRefusedError())
+    h.flush()
+    assert written and written[0].startswith(b"HTTP/1.1 502")
+
+
+def test_no_router_refuses_with_404_and_connects_nothing(events):
+    h = Harness(router=NoRouter())
+    h.flush()
+    assert not h.client.opened
+    assert h.endpoint.attempts == []
+    assert any("404" in line and "no backend configured" in line for line in lines(events))
+
+
+def test_router_may_refuse_with_connection_deny():
+    class Router:
+        def route(self, request):
+            raise ConnectionDeny(403, "not yours")
+
+    h = Harness(router=Router())
+    h.flush()
+    assert not h.client.opened and h.endpoint.attempts == []
+
+
+def test_client_leaving_during_backend_connect_drops_the_backend():
+    h = Harness()
+    h.flush()
+    h.client_transport.loseConnection()
+    h.flush()
+    assert h.endpoint.attempts == [] or h.endpoint.attempts[0][1].called
+
+
+def test_flow_control_is_wired_both_ways():
+    """A full client socket pauses the backend and a full backend socket pauses the client."""
+    h = open_tunnel(greeting=b"")
+    h.server_transport.producer.pauseProducing()
+    assert h.gateway_backend_transport.paused
+    h.server_transport.producer.resumeProducing()
+    assert not h.gateway_backend_transport.paused
+    h.gateway_backend_transport.producer.pauseProducing()
+    assert h.server_transport.paused
+    h.gateway_backend_transport.producer.resumeProducing()
+    assert not h.server_transport.paused
+
+
+def test_each_tunnel_logs_one_open_and_one_close_line_with_counts(events):
+    h = open_tunnel(greeting=b"12345")
+    h.client.sendMessage(b"abc", isBinary=True)
+    h.flush()
+    h.reactor.advance(2.5)
+    h.client.sendClose(1000)
+    h.flush()
+    text = lines(events)
+    opened = [line for line in text if "tunnel open" in line]
+    closed = [line for line in text if "tunnel closed" in line]
+    assert len(opened) == 1 and len(closed) == 1
+    assert "127.0.0.1:40000" in opened[0] and "127.0.0.1:5900" in opened[0]
+    assert "3 bytes up" in closed[0] and "5 bytes down" in closed[0] and "2.5" in closed[0]
+
+
+def test_tokens_in_the_request_never_reach_the_log(events):
+    open_tunnel()
+    assert not any("SECRET" in line for line in lines(events))
+    assert any("token=***" in line for line in lines(events))
+
+
+def test_close_all_closes_open_tunnels_with_1001():
+    h = open_tunnel(greeting=b"")
+    d = h.factory.close_all()
+    h.flush()
+    assert h.client.closed[1] == 1001
+    assert d.called
+    assert h.factory.tunnels == set()
+    assert h.backend.lost is not None
+
+
+def _silence(client):
+    """Make the client a dead peer: it answers no ping."""
+    client._onPing = lambda payload: None
+
+
+def test_ping_keepalive_drops_a_silent_peer_after_the_timeout():
+    h = Harness(ping_interval=5, ping_timeout=2)
+    h.flush()
+    h.connect_backend()
+    h.flush()
+    _silence(h.client)
+    h.reactor.advance(5)  # the ping goes out
+    h.flush()
+    h.reactor.advance(1.9)
+    h.flush()
+    assert not h.server_transport.disconnecting, "dropped before the ping timeout"
+    h.reactor.advance(0.2)
+    h.flush()
+    assert h.server_transport.disconnecting or h.server_transport.disconnected
+    assert h.backend.lost is not None, "the backend goes with the dead client"
+
+
+def test_ping_keepalive_keeps_a_live_peer():
+    h = Harness(ping_interval=5, ping_timeout=2)
+    h.flush()
+    h.connect_backend()
+    h.flush()
+    for _ in range(20):
+        h.reactor.advance(1)
+        h.flush()
+    assert h.client.closed is None and h.backend.lost is None
+
+
+def test_handshake_timeout_uses_the_injected_clock():
+    """A client that never finishes the handshake is dropped on the factory's clock."""
+    h = Harness()
+    h.flush()  # the backend never connects: the handshake stays pending
+    timeout = h.factory.openHandshakeTimeout
+    h.reactor.advance(timeout - 0.5)
+    h.flush()
+    assert not h.server_transport.disconnecting
+    h.reactor.advance(1)
+    h.flush()
+    assert h.server_transport.disconnecting or h.server_transport.disconnected

@@ -1,0 +1,141 @@
+"""Packaging: the wheel, installed into a fresh venv, gives twistd the nexusws
+plugin and installs the nexus-websocketserver console script.
+
+One wheel and one venv for the whole module. The wheel is built from a copy of
+the source tree, so a stale C{build/} directory cannot leak into it and the
+repository is not written to; dependencies come from the package index (pip's
+cache makes repeats fast).
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
+    ".venv", "node_modules", "tests",
+)
+
+
+def _run(*cmd, cwd, timeout=600):
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _env():
+    """The environment minus anything that would let the venv see this checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Installed:
+    def __init__(self, base, source, wheel, venv):
+        self.base = base
+        self.source = source
+        self.wheel = wheel
+        self.bin = venv / "bin"
+        with zipfile.ZipFile(wheel) as zf:
+            self.names = set(zf.namelist())
+
+    def run(self, program, *args):
+        return _run(self.bin / program, *args, cwd=self.base)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """Build the wheel (not editable), pip install it into a fresh venv, regenerate the dropin cache."""
+    base = tmp_path_factory.mktemp("packaging")
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    # A checkout that has run twistd has a dropin cache: make sure there is one to (not) ship.
+    (source / "twisted" / "plugins" / "dropin.cache").write_bytes(b"stale cache")
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", base / "dist", source, cwd=base)
+    (wheel,) = (base / "dist").glob("nexusws-*.whl")
+    venv = base / "venv"
+    _run(sys.executable, "-m", "venv", venv, cwd=base)
+    _run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, cwd=base)
+    _run(venv / "bin" / "python", "-c",
+         "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))", cwd=base)
+    return Installed(base, source, wheel, venv)
+
+
+def test_wheel_ships_the_plugin_without_twisted_init_or_dropin_cache(installed):
+    """The wheel has twisted/plugins/nexusws_plugin.py but no twisted/__init__.py,
+    no twisted/plugins/__init__.py (they would shadow Twisted) and no dropin.cache."""
+    assert "twisted/plugins/nexusws_plugin.py" in installed.names
+    assert "twisted/__init__.py" not in installed.names
+    assert "twisted/plugins/__init__.py" not in installed.names
+    assert not [n for n in installed.names if n.endswith("dropin.cache")]
+    assert not [n for n in installed.names if n.startswith("twisted/") and n != "twisted/plugins/nexusws_plugin.py"]
+
+
+def test_wheel_ships_every_ansys_asset(installed):
+    """Every file of the source's nexusws/ansys tree is in the wheel (and there is at least one)."""
+    assets = {
+        p.relative_to(installed.source).as_posix()
+        for p in (installed.source / "nexusws" / "ansys").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    }
+    assert assets, "the source tree has no nexusws/ansys files to ship"
+    assert assets <= installed.names, sorted(assets - installed.names)
+
+
+def test_twistd_help_lists_nexusws(installed):
+    """In the fresh venv, `twistd --help` lists the nexusws plugin."""
+    assert re.search(r"^\s+nexusws\s+\S", installed.run("twistd", "--help"), re.MULTILINE)
+
+
+def test_twistd_nexusws_help_shows_the_reference_options(installed):
+    """`twistd nexusws --help` works and shows the options with the reference's spelling."""
+    out = installed.run("twistd", "nexusws", "--help")
+    assert "Usage: twistd [options] nexusws [options] ws_server_port" in out
+    for name in ("--http_directory=", "--http_port=", "--client_port=", "--local_session=", "--log_file="):
+        assert name in out
+
+
+def test_console_script_is_installed_and_helps(installed):
+    """The wheel installs `nexus-websocketserver`, whose --help shows the reference usage."""
+    assert (installed.bin / "nexus-websocketserver").exists()
+    out = installed.run("nexus-websocketserver", "--help")
+    assert "Usage: nexus-websocketserver [options] ws_server_port" in out
+    assert "--client_hostname=" in out
+
+
+def test_installed_gateway_serves_ansys_and_stops_on_sigterm(installed, tmp_path):
+    """The installed code (not this checkout) runs: it serves /ansys/ and exits 0 on SIGTERM."""
+    code = "import nexusws, sys; sys.stdout.write(nexusws.__file__)"
+    where = installed.run("python", "-c", code)
+    assert "site-packages" in where and str(ROOT) not in where
+    proc = subprocess.Popen(
+        [installed.bin / "nexus-websocketserver", "--ws_listen", "tcp:0:interface=127.0.0.1",
+         "--http_directory", tmp_path, "--http_listen", "tcp:0:interface=127.0.0.1"],
+        cwd=installed.base, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        for line in proc.stdout:
+            found = re.search(r"--http_listen listening on http://127\.0\.0\.1:(\d+)/", line)
+            if found:
+                break
+        else:
+            pytest.fail("the installed gateway never reported its HTTP listener")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{found.group(1)}/ansys/", timeout=10) as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait(5)

@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+nexusws = ServiceMaker("nexusws", "nexusws.tap", "WebSocket gateway (Nexus websocketserver compatible)", "nexusws")
