@@ -1,5 +1,6 @@
 """Shared fixtures: real gateway processes on loopback, port 0 only."""
 
+import asyncio
 import os
 import re
 import shutil
@@ -131,8 +132,10 @@ class Gateway:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(5)
-            raise AssertionError(f"gateway did not exit within {timeout}s after {sig}:\n{self.log}")
+            self.proc.wait(5)
+            raise AssertionError(
+                f"gateway did not exit within {timeout}s after {sig}:\n{self.log}"
+            ) from None
         self._reader.join(5)
         return code
 
@@ -168,6 +171,41 @@ def gateway():
     yield start
     for gw in started:
         gw.kill()
+
+
+@pytest.fixture
+def echo_port():
+    """A loopback TCP echo server (asyncio, in a thread, for synchronous tests); yields its port."""
+    loop = asyncio.new_event_loop()
+    writers = set()
+
+    async def echo(reader, writer):
+        writers.add(writer)
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield server.sockets[0].getsockname()[1]
+
+    async def stop():
+        server.close()
+        for writer in list(writers):
+            writer.close()
+        await asyncio.sleep(0.05)
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
 
 
 @pytest.fixture

@@ -2,13 +2,11 @@
 C{twistd -n nexusws}: start-up errors, the reference's Basic Operation, systemd
 sockets, --verbose, --log_file and SIGTERM. Loopback only, port 0 only."""
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,41 +40,6 @@ def run(via, *args, timeout=30):
         stderr=subprocess.STDOUT, text=True, env=clean_env(), timeout=timeout,
     )
     return done.returncode, [line for line in done.stdout.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def echo_port():
-    """A loopback TCP echo server (asyncio, in a thread); yields its port."""
-    loop = asyncio.new_event_loop()
-    writers = set()
-
-    async def echo(reader, writer):
-        writers.add(writer)
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writers.discard(writer)
-            writer.close()
-
-    server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield server.sockets[0].getsockname()[1]
-
-    async def stop():
-        server.close()
-        for writer in list(writers):
-            writer.close()
-        await asyncio.sleep(0.05)
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
 
 
 def round_trip(url, payload=b"hello, tunnel", **kwargs):

@@ -3,7 +3,6 @@ TLS 1.2 at least, and bad files stop start-up with one line naming the file.
 
 Certificates are generated here with C{cryptography}; no key is committed."""
 
-import asyncio
 import datetime
 import ipaddress
 import os
@@ -11,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 import warnings
 from pathlib import Path
@@ -168,30 +166,6 @@ def test_ssl_endpoint_string_is_secure_and_excludes_cert(cert):
 
 
 # --- a real gateway over TLS -----------------------------------------------------------
-
-
-@pytest.fixture
-def echo_port():
-    """A loopback TCP echo server (asyncio, in a thread); yields its port."""
-    loop = asyncio.new_event_loop()
-
-    async def echo(reader, writer):
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield server.sockets[0].getsockname()[1]
-    loop.call_soon_threadsafe(server.close)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ http://127.0.0.1:9000/?port=9090 in a browser. Any options given replace those
 defaults (for example --http_listen tcp:0 --ws_listen tcp:0 for free ports).
 """
 
-import os
 import re
 import signal
 import subprocess
