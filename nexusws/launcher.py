@@ -1,0 +1,401 @@
+"""Spawning, watching and ending processes.
+
+L{Launcher.spawn} starts a program under a L{ProcessProtocol} in a session
+(and so a process group) of its own, logs its output line by line, and returns
+a L{Child}. L{Child.terminate} ends the whole group: SIGTERM, a grace period on
+the injected reactor's clock, then SIGKILL.
+
+L{kill_processes} ends processes that are not our Twisted children (those of a
+previous gateway run, recorded in the state file; daemons a program left
+behind), identified by pid and start time so that a reused pid is never hit.
+
+L{wait_for_port} waits until a TCP port accepts connections.
+"""
+
+import errno
+import os
+import shutil
+import signal
+import sys
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import LogLevel
+
+from nexusws import procs as _procs
+from nexusws.logs import logger, printable
+
+_log = logger("nexusws.launcher")
+
+#: Puts the program in a new session, whose id (and group id) is its pid, which
+#: exec keeps. A program that cannot be executed exits with 127, as in a shell.
+SETSID_WRAPPER = (
+    "import os,sys\n"
+    "os.setsid()\n"
+    "try:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "except OSError as e:\n"
+    "    sys.stderr.write(f'cannot execute {sys.argv[1]}: {e.strerror}\\n')\n"
+    "    os._exit(127)\n"
+)
+
+#: How often L{Child.terminate} and L{kill_processes} look whether processes are gone.
+POLL_INTERVAL = 0.1
+
+#: A line longer than this (bytes without a newline) is logged in pieces.
+MAX_LINE = 64 * 1024
+
+
+class StartTimeout(Exception):
+    """A started program did not become ready (its port did not open) in time."""
+
+
+class _Output:
+    """Splits one output stream of a child into log lines."""
+
+    def __init__(self, child, level):
+        self._child = child
+        self._level = level
+        self._pending = b""
+
+    def feed(self, data):
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        while len(self._pending) > MAX_LINE:
+            lines.append(self._pending[:MAX_LINE])
+            self._pending = self._pending[MAX_LINE:]
+        for line in lines:
+            self._emit(line)
+
+    def flush(self):
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = b""
+
+    def _emit(self, line):
+        text = printable(line.rstrip(b"\r").decode("utf-8", "replace"), limit=1000)
+        _log.emit(self._level, "{label}: {line}", label=self._child.label, line=text)
+
+
+class _ChildProtocol(ProcessProtocol):
+    """Feeds a L{Child} with its process's output and exit."""
+
+    def __init__(self, child):
+        self._child = child
+        self._streams = {1: _Output(child, LogLevel.info), 2: _Output(child, LogLevel.warn)}
+
+    def connectionMade(self):
+        # Nothing is ever written to a child: it reads EOF rather than block.
+        self.transport.closeStdin()
+
+    def childDataReceived(self, fd, data):
+        if fd in self._streams:
+            self._streams[fd].feed(data)
+
+    def childConnectionLost(self, fd):
+        if fd in self._streams:
+            self._streams[fd].flush()
+
+    def processExited(self, reason):
+        self._child._exited(_exit_code(reason.value))
+
+    def processEnded(self, reason):
+        for stream in self._streams.values():
+            stream.flush()
+        self._child._ended(_exit_code(reason.value))
+
+
+def _exit_code(exc):
+    """The exit code, or -signal, that a L{ProcessDone}/L{ProcessTerminated} reports."""
+    if getattr(exc, "signal", None):
+        return -exc.signal
+    return exc.exitCode or 0
+
+
+class _Once:
+    """A result that many may wait for; each waiter gets a Deferred of its own,
+    so one waiter's callbacks cannot change what another receives."""
+
+    def __init__(self):
+        self.done = False
+        self.result = None
+        self._waiters = []
+
+    def wait(self):
+        if self.done:
+            return defer.succeed(self.result)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self, result):
+        self.done, self.result = True, result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(result)
+
+
+class Child:
+    """A program started by L{Launcher.spawn}; the leader of its own process group.
+
+    @ivar pid: its pid, which is also its session and process group id.
+    @ivar start_time: its start time (see L{nexusws.procs.start_time}), None if
+        it was already gone when asked.
+    @ivar label: the name its log lines carry.
+    @ivar running: True until the process has exited.
+    @ivar exit_code: None while running, then the exit code or -signal.
+    """
+
+    pid = start_time = exit_code = _transport = _terminating = _linger_call = None
+    running = True
+
+    def __init__(self, launcher, label):
+        self._launcher = launcher
+        self._reactor = launcher.reactor
+        self.label = label
+        self._exit = _Once()
+        self._end = _Once()
+
+    def __repr__(self):
+        return f"<Child {self.label} pid={self.pid} running={self.running}>"
+
+    @property
+    def ended(self):
+        """A new Deferred that fires (never errbacks) with the exit code or -signal,
+        once the process has exited and its output has been logged."""
+        return self._end.wait()
+
+    def _exited(self, code):
+        self.running = False
+        self.exit_code = code
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        _log.info("{label} (pid {pid}) {how}", label=self.label, pid=self.pid, how=how)
+        self._exit.fire(code)
+        # The pipes close with the process unless something it started holds
+        # them open: then stop reading after a while, so `ended` still fires.
+        self._linger_call = self._reactor.callLater(self._launcher.linger, self._stop_reading)
+
+    def _stop_reading(self):
+        if not self._end.done:
+            _log.debug("{label}: output held open by other processes", label=self.label)
+            self._transport.loseConnection()
+
+    def _ended(self, code):
+        if self.running:  # processEnded without processExited: not from Twisted, but be sure
+            self._exited(code)
+        if self._linger_call.active():
+            self._linger_call.cancel()
+        self._end.fire(self.exit_code)
+
+    def terminate(self, grace=5.0):
+        """End the process and its whole group: SIGTERM, up to C{grace} seconds, SIGKILL.
+
+        Every member of the group gets SIGTERM at once. Once the leader and the
+        rest of its group are gone, or C{grace} seconds (on the reactor's
+        clock) have passed, whatever is left of the group gets SIGKILL.
+        Safe to call on a process that has already exited, and more than once.
+
+        @return: a Deferred firing with None when the leader has exited, its
+            output has been logged and the group got its SIGKILL if needed.
+        """
+        if self._terminating is None:
+            self._terminating = _Once()
+            _log.debug("{label} (pid {pid}): terminating", label=self.label, pid=self.pid)
+            deadline = self._reactor.seconds() + grace
+            self._signal_group(signal.SIGTERM)
+            self._check_group(deadline, grace)
+        return self._terminating.wait()
+
+    def _check_group(self, deadline, grace):
+        group_left = self.running or self._launcher.group_alive(self.pid)
+        now = self._reactor.seconds()
+        if group_left and now < deadline:
+            delay = min(POLL_INTERVAL, deadline - now)
+            self._reactor.callLater(delay, self._check_group, deadline, grace)
+            return
+        if group_left:
+            _log.warn(
+                "{label} (pid {pid}): still running {grace}s after SIGTERM; sending SIGKILL",
+                label=self.label, pid=self.pid, grace=grace,
+            )
+            self._signal_group(signal.SIGKILL)
+        d = self._exit.wait()
+        d.addCallback(lambda _: self.ended)
+        d.addCallback(lambda _: self._terminating.fire(None))
+
+    def _signal_group(self, sig):
+        try:
+            self._launcher.killpg(self.pid, sig)
+            return
+        # No such group: the wrapper has not called setsid yet, or the group is
+        # gone (EPERM: its number is now another user's group).
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.running:
+            try:
+                self._transport.signalProcess(sig)
+            except error.ProcessExitedAlready:
+                pass
+
+
+class Launcher:
+    """Starts programs as L{Child}ren, each in a session of its own.
+
+    @param reactor: an C{IReactorProcess} and C{IReactorTime}.
+    @param killpg: how to signal a process group (C{os.killpg}; tests inject another).
+    @param group_alive: C{group_alive(pgid)} tells whether a process group still
+        has live members (from C{/proc}; tests inject another).
+    @param linger: seconds to keep reading a child's output after it exited while
+        other processes still hold its pipes open.
+    """
+
+    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=1.0):
+        self.reactor = reactor
+        self.killpg = killpg
+        self.group_alive = group_alive or _procs.group_alive
+        self.linger = linger
+
+    def spawn(self, argv, env=None, cwd=None, label=""):
+        """Start C{argv} in a new session and process group; return its L{Child}.
+
+        Lines on its stdout are logged as info, on stderr as warnings, each as
+        C{<label>: <line>}; a last line without a newline is logged at exit.
+        Its stdin is closed.
+
+        @param env: its environment; None: this process's environment.
+        @param cwd: its working directory; None: ours.
+        @param label: the name its log lines carry; default: the program's name.
+        @raise FileNotFoundError: C{argv[0]} is not an executable program.
+        """
+        argv = [os.fsdecode(a) for a in argv]
+        if not argv:
+            raise ValueError("spawn: empty argv")
+        env = dict(os.environ if env is None else env)
+        _check_executable(argv[0], env, cwd)
+        child = Child(self, label or os.path.basename(argv[0]))
+        args = [sys.executable, "-c", SETSID_WRAPPER, *argv]
+        protocol = _ChildProtocol(child)
+        transport = self.reactor.spawnProcess(protocol, sys.executable, args, env=env, path=cwd)
+        child._transport = transport
+        child.pid = transport.pid
+        child.start_time = _procs.start_time(child.pid)
+        # Arguments may hold secrets (a VNC password): only the program at info level.
+        fields = {"label": child.label, "pid": child.pid}
+        _log.info("{label} (pid {pid}) started: {program}", program=printable(argv[0]), **fields)
+        _log.debug("{label} (pid {pid}) argv: {argv}", argv=printable(" ".join(argv)), **fields)
+        return child
+
+
+def _check_executable(program, env, cwd):
+    if os.sep in program:
+        path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, "no such executable program", program)
+
+
+def kill_processes(reactor, procs, grace=5.0, kill=os.kill):
+    """End processes that are not our Twisted children, and what belongs to them.
+
+    Each (pid, start_time) that is still the same process (see
+    L{nexusws.procs.same_process}) gets SIGTERM, and so do its descendants and, if it
+    leads a session, the other members of its session. Whatever of those is
+    still alive after C{grace} seconds (on the reactor's clock), or was started
+    by them meanwhile, gets SIGKILL. A pid whose start time differs is never
+    signalled.
+
+    @param procs: an iterable of (pid, start_time).
+    @param kill: how to signal a process (C{os.kill}; tests inject another).
+    @return: a Deferred firing with the sorted list of pids that got SIGKILL.
+    """
+    roots = dict(procs)
+    targets = _procs.family(roots, _procs.all_processes())
+    if not targets:
+        return defer.succeed([])
+    _log.info("ending leftover processes {pids}", pids=sorted(targets))
+    _send(kill, targets, signal.SIGTERM)
+    deadline = reactor.seconds() + grace
+    result = defer.Deferred()
+
+    def check():
+        alive = {pid: st for pid, st in targets.items() if _procs.same_process(pid, st)}
+        now = reactor.seconds()
+        if not alive:
+            result.callback([])
+        elif now < deadline:
+            reactor.callLater(min(POLL_INTERVAL, deadline - now), check)
+        else:
+            table = _procs.all_processes()
+            alive.update(_procs.family({**roots, **alive}, table))
+            alive = {pid: st for pid, st in alive.items() if _procs.same_process(pid, st)}
+            _log.warn("still running {grace}s after SIGTERM, sending SIGKILL: {pids}",
+                      grace=grace, pids=sorted(alive))
+            _send(kill, alive, signal.SIGKILL)
+            result.callback(sorted(alive))
+
+    reactor.callLater(min(POLL_INTERVAL, grace), check)
+    return result
+
+
+def _send(kill, targets, sig):
+    # Callers pass what they have just checked with same_process.
+    for pid in targets:
+        try:
+            kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            _log.warn("not allowed to signal pid {pid}", pid=pid)
+
+
+_PROBES = Factory.forProtocol(Protocol)
+_PROBES.noisy = False  # no "Starting factory" line for every probe
+
+
+def wait_for_port(reactor, host, port, timeout, interval=0.1):
+    """Try to connect to C{host}:C{port} until it works or C{timeout} seconds pass.
+
+    A connection that succeeds is closed at once.
+
+    @return: a Deferred firing with None once a connection succeeded, or
+        failing with L{StartTimeout} after C{timeout} seconds (reactor clock).
+    """
+    pending = {}  # what is under way: "attempt" (a Deferred), "retry", "deadline" (calls)
+
+    def stop(_=None):
+        calls = list(pending.values())
+        pending["stopped"] = True
+        for call in calls:
+            if isinstance(call, defer.Deferred) or call.active():
+                call.cancel()
+
+    result = defer.Deferred(stop)
+
+    def attempt():
+        # attemptDelay: the endpoint reports a refusal only after this pause.
+        delay = min(max(interval, 0.01), 0.3)
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout, attemptDelay=delay)
+        pending["attempt"] = endpoint.connect(_PROBES)
+        pending["attempt"].addCallbacks(connected, failed)
+
+    def connected(protocol):
+        protocol.transport.loseConnection()
+        stop()
+        result.callback(None)
+
+    def failed(failure):
+        if "stopped" not in pending:
+            _log.debug("{host}:{port} not open yet: {e}", host=host, port=port, e=failure.value)
+            pending["retry"] = reactor.callLater(interval, attempt)
+
+    def expired():
+        stop()
+        message = f"port {host}:{port} did not accept connections within {timeout:g}s"
+        result.errback(StartTimeout(message))
+
+    pending["deadline"] = reactor.callLater(timeout, expired)
+    attempt()
+    return result
