@@ -1,0 +1,381 @@
+"""Running service instances and the processes each one owns.
+
+L{Service} (re-exported by L{nexusws.services}, where scripts and the config
+file live) calls a script's C{start}/C{stop} and makes sure that stopping an
+instance ends every process the instance started.
+
+Which instance a process belongs to:
+  - B{Helper children} (C{RemoteServiceScript.spawn}) belong to the C{index=}
+    given, else to the instance whose code is running. nexusws knows that in
+    the synchronous part of the script's C{start}/C{stop}, in coroutines and
+    C{inlineCallbacks} they begin (a context variable), and in callbacks of the
+    Deferreds the helpers return; elsewhere (a plain C{callLater}, a Deferred
+    of the script's own) only when exactly one instance of the service is
+    starting. Otherwise C{spawn} raises L{ServiceError} asking for C{index=}.
+  - B{Processes started by other means} (C{reactor.spawnProcess},
+    C{subprocess}): the gateway's live descendants are read from C{/proc}
+    before C{start} is called, when its synchronous part returns, and when its
+    result fires. New descendants after the synchronous part belong to the
+    instance; new ones when the result fires belong to it only if no other
+    instance, of any service, started or ran its script's C{stop} meanwhile
+    (a debug line says when they are not attributed). A new process below
+    one that another instance owns stays that instance's.
+  - B{Stop}: once the script's C{stop} has finished (or failed, or exceeded
+    C{stop_timeout}), helper children still running get C{Child.terminate}
+    (TERM to the group, KILL after C{grace}), and every other process the
+    instance owned when the stop began or owns now, with their descendants,
+    goes to L{nexusws.launcher.kill_processes} (pid and start time checked).
+"""
+
+import contextvars
+import copy
+import inspect
+import json
+import os
+import weakref
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from nexusws.logs import logger
+
+#: (service, index) of the instance whose script code is running, if known.
+current = contextvars.ContextVar("nexusws_instance", default=None)
+
+
+class ServiceError(Exception):
+    """An instance cannot start, or a helper cannot act; the message is one line."""
+
+
+class System:
+    """The process facts and actions a L{Service} uses; tests substitute a fake."""
+
+    def __init__(self):
+        # Imported here so that tests with a fake system need neither module.
+        from nexusws import launcher, procs
+
+        self.getpid = os.getpid
+        self.all_processes = procs.all_processes
+        self.descendants = procs.descendants
+        self.is_alive = procs.is_alive
+        self.kill_processes = launcher.kill_processes
+        self.wait_for_port = launcher.wait_for_port
+
+
+class Tracker:
+    """Process-wide facts for attribution: who is starting or stopping, who owns which pids.
+
+    One per process (L{TRACKER}), since the gateway's descendants are process-wide.
+    """
+
+    def __init__(self):
+        self.busy = {}  # _Instance -> None, an ordered set
+        self.services = weakref.WeakSet()
+
+    def enter(self, instance):
+        """Mark C{instance} busy; it and every other busy instance now overlap."""
+        for other in self.busy:
+            if other is not instance:
+                other.overlapped = instance.overlapped = True
+        self.busy[instance] = None
+
+    def leave(self, instance):
+        self.busy.pop(instance, None)
+
+    def owned_elsewhere(self, instance):
+        """The pids every live instance but C{instance} owns."""
+        pids = set()
+        for service in list(self.services):
+            for other in service._instances.values():
+                if other is not instance:
+                    pids |= other.owned()
+        return pids
+
+
+TRACKER = Tracker()
+
+
+class _Instance:
+    """One live instance: its state and the processes it owns."""
+
+    def __init__(self, index):
+        self.index = index
+        self.state = "starting"  # -> running -> stopping
+        self.children = []  # helper-spawned Child objects
+        self.procs = {}  # pid -> start time, attributed from /proc
+        self.overlapped = False
+        self.pending = None  # the start Deferred until it fires
+        self.stopped = None  # fires when the stop is complete
+
+    def owned(self):
+        return {child.pid for child in self.children} | set(self.procs)
+
+
+class Service:
+    """A named service: its script instance and its live instances.
+
+    @ivar name: the name reservations use; C{aliases} are other names for it.
+    @ivar group: C{common_options["group"]}: only members of that group may use it.
+    @ivar origin: where it was defined (the config file, C{--local_session ...}).
+    @ivar grace: seconds between SIGTERM and SIGKILL when ending processes.
+    @ivar stop_timeout: seconds the script's C{stop} may take before what is left is ended.
+    """
+
+    grace = 5.0
+    stop_timeout = 30.0
+
+    def __init__(self, name, script_class, count, common_options, reactor, launcher,
+                 aliases=(), origin="", system=None, tracker=None):
+        """Create the script instance as C{script_class(common_options)}.
+
+        It is bound (C{_nexus}) before its C{__init__} runs, so helpers work there.
+        """
+        self.name = name
+        self.count = count
+        self.common_options = common_options
+        self.group = common_options.get("group")
+        self.aliases = tuple(aliases)
+        self.origin = origin
+        self.reactor = reactor
+        self.launcher = launcher
+        self.system = system if system is not None else System()
+        self.log = logger(f"nexusws.service.{name}")
+        self._tracker = tracker if tracker is not None else TRACKER
+        self._tracker.services.add(self)
+        self._instances = {}
+        script = script_class.__new__(script_class)
+        script._nexus = self
+        script.__init__(copy.deepcopy(common_options))
+        if not hasattr(script, "_common_options"):  # an __init__ that skipped the base's
+            script._common_options = copy.deepcopy(common_options)
+        self.script = script
+
+    def __repr__(self):
+        return f"<Service {self.name!r} count={self.count}>"
+
+    def start(self, index, options):
+        """Start instance C{index}; a Deferred firing with C{(host, port)}.
+
+        Every failure arrives as a L{ServiceError} with a one-line reason naming
+        the service (a cancellation stays a C{CancelledError}). Whatever a failed
+        start began is ended by L{stop}, which the caller still calls.
+        """
+        where = f"service '{self.name}' instance {index}"
+        if not isinstance(index, int) or not 0 <= index < self.count:
+            return defer.fail(ServiceError(f"service '{self.name}' has no instance {index!r}"))
+        if index in self._instances:
+            return defer.fail(ServiceError(f"{where} is already running"))
+        instance = self._instances[index] = _Instance(index)
+        self._tracker.enter(instance)
+        before = self._descendants()
+        result = self._call(self.script.start, index, dict(options))
+        self._attribute(instance, before)
+        instance.pending = result
+        return result.addBoth(self._started, instance, before, where)
+
+    def _started(self, result, instance, before, where):
+        instance.pending = None
+        if instance.overlapped:
+            self.log.debug("{where}: other instances started or stopped meanwhile; processes "
+                           "that appeared during its start are not attributed", where=where)
+        else:
+            self._attribute(instance, before)
+        if instance.state == "starting":
+            self._tracker.leave(instance)
+        if isinstance(result, Failure):
+            if result.check(defer.CancelledError):
+                return result
+            if result.check(ServiceError):
+                return Failure(ServiceError(f"{where}: {one_line(result.value)}"))
+            if type(result.value).__name__ != "StartTimeout":  # a script bug: show where
+                self.log.failure("{where}: start() failed", result, where=where)
+            return Failure(ServiceError(f"{where}: start failed: {describe(result.value)}"))
+        address = _address(result)
+        if address is None:
+            return Failure(ServiceError(f"{where}: start() returned {show(result)}, "
+                                        f"not (host, port)"))
+        if instance.state == "starting":
+            instance.state = "running"
+        return address
+
+    def stop(self, index):
+        """Stop instance C{index}; a Deferred that fires (never fails) once all of it has ended.
+
+        A start still in progress is cancelled first. An index not running is a no-op.
+        """
+        instance = self._instances.get(index)
+        if instance is None:
+            return defer.succeed(None)
+        if instance.stopped is None:
+            instance.state = "stopping"
+            self._tracker.enter(instance)
+            instance.stopped = self._stop(instance)
+        done = defer.Deferred()
+        instance.stopped.addBoth(lambda result: done.callback(None) or result)
+        return done
+
+    @defer.inlineCallbacks
+    def _stop(self, instance):
+        where = f"service '{self.name}' instance {instance.index}"
+        try:
+            if instance.pending is not None:
+                instance.pending.cancel()
+            owned_before = self.pids(instance.index)
+            stopping = self._call(self.script.stop, instance.index)
+            if not stopping.called:
+                stopping.addTimeout(self.stop_timeout, self.reactor)
+            try:
+                yield stopping
+            except defer.TimeoutError:
+                self.log.warn("{where}: stop() did not finish within {t}s; ending what is left",
+                              where=where, t=self.stop_timeout)
+            except Exception:  # noqa: BLE001 - logged; the cleanup below still runs
+                self.log.failure("{where}: stop() failed; ending what is left", where=where)
+            # Ending processes starts none that are not below owned ones: others' starts
+            # need not count this instance as busy any more.
+            self._tracker.leave(instance)
+            running = [child for child in instance.children if child.running]
+            if running:
+                yield defer.DeferredList([child.terminate(self.grace) for child in running])
+            leftovers = self._alive(set(owned_before) | set(self.pids(instance.index)))
+            if leftovers:
+                self.log.warn("{where}: ending {n} process(es) its stop() left running: {pids}",
+                              where=where, n=len(leftovers),
+                              pids=" ".join(str(pid) for pid, _ in leftovers))
+                yield self.system.kill_processes(self.reactor, leftovers, self.grace)
+        except Exception:  # noqa: BLE001 - logged; the instance is freed regardless
+            self.log.failure("{where}: ending its processes failed", where=where)
+        finally:
+            del self._instances[instance.index]
+            self._tracker.leave(instance)
+
+    def _call(self, method, index, *args):
+        """C{method(index, *args)} as the current instance; its outcome as a Deferred."""
+        token = current.set((self, index))
+        try:
+            result = method(index, *args)
+            if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
+                # Wrapped here, so the coroutine's context holds the current instance.
+                result = defer.ensureDeferred(result)
+        except Exception:  # noqa: BLE001 - a script's error becomes the Deferred's failure
+            return defer.fail()
+        finally:
+            current.reset(token)
+        return result if isinstance(result, defer.Deferred) else defer.succeed(result)
+
+    # --- processes ------------------------------------------------------------
+
+    def children(self, index):
+        """The helper-spawned children of instance C{index} (running or not)."""
+        instance = self._instances.get(index)
+        return list(instance.children) if instance else []
+
+    def pids(self, index):
+        """[(pid, start_time)] of instance C{index}'s live processes, for the state file.
+
+        Its running helper children and attributed processes, and all their descendants.
+        """
+        instance = self._instances.get(index)
+        if instance is None:
+            return []
+        table = self._table()
+        roots = [child.pid for child in instance.children if child.running]
+        roots += [pid for pid, started in instance.procs.items()
+                  if pid in table and table[pid].start_time == started]
+        found = set()
+        for pid in roots:
+            found |= {pid} | self.system.descendants(pid, table)
+        return sorted((pid, table[pid].start_time) for pid in found
+                      if self.system.is_alive(table.get(pid)))
+
+    def _alive(self, procs):
+        table = self._table()
+        return sorted((pid, started) for pid, started in procs
+                      if self.system.is_alive(table.get(pid)) and table[pid].start_time == started)
+
+    def _table(self):
+        try:
+            return self.system.all_processes()
+        except OSError:  # no /proc here: only helper children can be ended
+            return {}
+
+    def _descendants(self):
+        """{pid: ProcInfo} of this process's live descendants."""
+        table = self._table()
+        pids = self.system.descendants(self.system.getpid(), table)
+        return {pid: table[pid] for pid in pids if self.system.is_alive(table.get(pid))}
+
+    def _attribute(self, instance, before):
+        """Record descendants new since C{before} as C{instance}'s, unless another owns them."""
+        now = self._descendants()
+        new = sorted(pid for pid, entry in now.items()
+                     if pid not in before or before[pid].start_time != entry.start_time)
+        if not new:
+            return
+        mine = instance.owned()
+        others = self._tracker.owned_elsewhere(instance)
+        for pid in new:
+            ancestor = pid
+            while ancestor in now and ancestor not in others:
+                ancestor = now[ancestor].ppid
+            if pid in mine or ancestor in others:
+                continue
+            instance.procs[pid] = now[pid].start_time
+            self.log.debug("service '{name}' instance {index} owns process {pid} ({cmd})",
+                           name=self.name, index=instance.index, pid=pid, cmd=now[pid].cmdline)
+
+    # --- which instance is running (for the helpers) ---------------------------
+
+    def instance_for(self, index, helper):
+        """The live instance a helper call is for (see the module docstring)."""
+        if index is None:
+            index = self.current_index()
+        if index is None:
+            raise ServiceError(f"service '{self.name}': {helper}() cannot tell which instance "
+                               f"it is for here; pass index=")
+        instance = self._instances.get(index)
+        if instance is None:
+            raise ServiceError(f"service '{self.name}': {helper}() for instance {index}, "
+                               f"which is not running")
+        return instance
+
+    def current_index(self):
+        """The index of the instance whose code is running, or None if unknown."""
+        running = current.get()
+        if running is not None and running[0] is self:
+            return running[1]
+        starting = [i.index for i in self._instances.values() if i.state == "starting"]
+        return starting[0] if len(starting) == 1 else None
+
+
+def _address(value):
+    """C{value} as a (host, port) tuple if it is one, else None."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return None
+    host, port = value
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        return None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    return (host, port)
+
+
+def one_line(text):
+    """C{text} with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def describe(exc):
+    """C{"TypeName: message"} on one line."""
+    text = one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def show(value, limit=80):
+    """C{value} as JSON (else repr), on one line, cut at C{limit} characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = one_line(text)
+    return text if len(text) <= limit else text[:limit] + "..."
