@@ -1,0 +1,231 @@
+"""Tests of the session state file: atomic writes, permissions, corrupt files, start-up checks."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from nexusws.errors import StartupError
+from nexusws.statefile import VERSION, StateFile, recover, saved_records
+
+
+@pytest.fixture
+def warnings():
+    """The text of every warning (or worse) logged during the test."""
+    lines = []
+
+    def observe(event):
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
+def state(tmp_path):
+    return StateFile(tmp_path / "nexusws.state")
+
+
+DATA = {"reservations": [{"token": "t"}], "orphans": []}
+
+
+def leftovers(path):
+    """Files in the state file's directory other than the state file."""
+    return sorted(p.name for p in path.parent.iterdir() if p != path)
+
+
+def test_what_is_written_is_read_back(state):
+    state.write(DATA)
+    assert state.read() == DATA
+    on_disk = json.loads(Path(state.path).read_text())
+    assert on_disk == {"version": VERSION, "data": DATA}
+
+
+def test_a_missing_file_reads_as_none_without_a_warning(state, warnings):
+    assert state.read() is None
+    assert warnings == []
+
+
+def test_a_write_failing_midway_leaves_the_old_file_whole_and_no_temp_file(state):
+    state.write(DATA)
+    before = Path(state.path).read_bytes()
+    # json.dump streams into the temp file: the first keys are written, then this fails.
+    with pytest.raises(TypeError):
+        state.write({"a": "x" * 100000, "z": object()})
+    assert Path(state.path).read_bytes() == before
+    assert leftovers(Path(state.path)) == []
+
+
+def test_a_crash_before_the_rename_leaves_the_old_file_whole(state, monkeypatch):
+    state.write(DATA)
+    before = Path(state.path).read_bytes()
+
+    def crash(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        state.write({"reservations": [], "orphans": [[1234, 5]]})
+    assert Path(state.path).read_bytes() == before
+    assert leftovers(Path(state.path)) == []
+
+
+def test_the_new_content_arrives_by_renaming_a_temp_file_of_the_same_directory(state, monkeypatch):
+    renames = []
+    real = os.replace
+
+    def spy(src, dst):
+        renames.append((str(src), str(dst), json.loads(Path(src).read_text())["data"]))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    state.write(DATA)
+    (src, dst, content), = renames
+    assert os.path.dirname(src) == os.path.dirname(state.path) and dst == state.path
+    assert content == DATA, "the temp file is complete before it is renamed"
+
+
+def test_write_fsyncs_the_file_before_the_rename_and_the_directory_after(state, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", None))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    state.write(DATA)
+    assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+
+
+def test_the_file_is_private_0600_whatever_the_umask_or_an_older_file(state):
+    Path(state.path).write_text("{}")
+    os.chmod(state.path, 0o644)
+    old = os.umask(0)
+    try:
+        state.write(DATA)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(state.path).st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is not valid JSON"),
+        (b'{"version": 1, "data": {"reserv', "is not valid JSON"),
+        (b"\xff\xfe garbage", "is not UTF-8 text"),
+        (b"[" * 100000, "is not valid JSON"),
+        (b"[1, 2]", "has no format version"),
+        (b'{"version": 99, "data": {}}', "has format version 99, not 1"),
+        (b'{"version": 1, "data": [1]}', "has no data object"),
+    ],
+)
+def test_an_unusable_file_is_moved_aside_with_one_warning_and_reads_as_none(
+    state, warnings, content, problem
+):
+    Path(state.path).write_bytes(content)
+    assert state.read() is None
+    (aside,) = leftovers(Path(state.path))
+    assert aside.startswith("nexusws.state.corrupt-")
+    assert (Path(state.path).parent / aside).read_bytes() == content, "kept for inspection"
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert problem in warnings[0] and aside in warnings[0]
+    assert state.read() is None and len(warnings) == 1, "the next start is quiet: no crash loop"
+    state.write(DATA)
+    assert state.read() == DATA
+
+
+def test_files_moved_aside_in_the_same_second_keep_distinct_names(state):
+    for _ in range(3):
+        Path(state.path).write_bytes(b"junk")
+        state.read()
+    assert len(leftovers(Path(state.path))) == 3
+
+
+def test_check_passes_for_a_writable_directory_and_leaves_nothing_behind(state):
+    state.check()
+    assert list(Path(state.path).parent.iterdir()) == []
+
+
+def test_check_of_a_missing_directory_is_a_one_line_startup_error(tmp_path):
+    path = tmp_path / "no" / "such" / "state.json"
+    with pytest.raises(StartupError) as info:
+        StateFile(path).check()
+    assert str(info.value) == f"state file {path}: directory {path.parent} does not exist"
+
+
+def test_a_path_that_is_a_directory_is_a_startup_error_and_never_moved_aside(tmp_path):
+    with pytest.raises(StartupError, match="is a directory"):
+        StateFile(tmp_path).check()
+    with pytest.raises(StartupError, match="is a directory"):
+        StateFile(tmp_path).read()
+    assert tmp_path.is_dir()
+
+
+def test_check_of_a_directory_that_cannot_be_written_is_a_startup_error(tmp_path):
+    # root ignores mode bits, so as root use a directory nobody can create files in.
+    if os.geteuid() == 0:
+        directory = "/proc"
+    else:
+        directory = tmp_path / "ro"
+        directory.mkdir(mode=0o500)
+    with pytest.raises(StartupError, match=f"cannot create files in {directory}") as info:
+        StateFile(os.path.join(directory, "state.json")).check()
+    assert "\n" not in str(info.value)
+
+
+def test_a_relative_path_is_fixed_at_construction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = StateFile("state.json")
+    monkeypatch.chdir("/")
+    state.write(DATA)
+    assert (tmp_path / "state.json").exists()
+
+
+# --- what a previous run's record means ------------------------------------------
+
+
+class Service:
+    def __init__(self, name, count):
+        self.name, self.count = name, count
+
+
+def record(**fields):
+    base = {"token": "tok-a", "service": "demo", "index": 0, "options": {}, "user": None,
+            "state": "reserved", "created": 1000.0, "pids": []}
+    return {**base, **fields}
+
+
+def test_recover_keeps_young_reserved_records_and_collects_processes_to_end(warnings):
+    demo = Service("demo", 2)
+    data = {
+        "reservations": [
+            record(),
+            record(token="tok-b", index=1, created=700.0),  # 300 s old: expired
+            record(token="tok-c", index=1, state="active", pids=[[4242, 9]]),
+            record(token="tok-d", service="gone"),
+            record(token="tok-e", index=5),
+            record(token="tok-f"),  # index 0 again
+        ],
+        "orphans": [[777, 1], [4242, 9]],
+    }
+    keep, doomed = recover(data, now=1010.0, timeout=300.0, services={"demo": demo})
+    assert [(s.token, service, age) for s, service, age in keep] == [("tok-a", demo, 10.0)]
+    assert doomed == [(777, 1), (4242, 9)]
+    assert len(warnings) == 3  # unknown service, index out of range, index taken twice
+
+
+def test_saved_records_rejects_pids_that_would_signal_a_group_or_everyone(warnings):
+    _, orphans = saved_records({"orphans": [[0, 1], [1, 1], [-1, 1], [True, 1], [2, None]]})
+    assert orphans == [(2, None)] and len(warnings) == 4
