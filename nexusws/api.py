@@ -1,21 +1,45 @@
-"""The /v1/ REST API root.
+"""The /v1/ REST API.
 
-Every call is a GET answered with JSON. With a security token configured, a
-call must carry it as C{?security_token=...} or C{Authorization: Bearer ...}
-or it gets 401. The session calls (reserve, release, status, stop) are not
-implemented yet: every path answers a JSON 404 naming what was asked.
+Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
+
+  /v1/reserve/{service}?k=v...  200 {"token", "service", "index"}; 404 unknown service; 503 none free
+  /v1/release/{token}           200 {"released": token}; 404 unknown token
+  /v1/status                    200 [{"name", "count", "common_options", "instances": [...]}]
+  /v1/status_view               200 the same as an HTML table
+  /v1/stop                      200 {"stopping": true}, then a graceful shutdown
+
+HEAD is answered for status and status_view only; the calls that change
+something answer it 405. Other methods get 405 everywhere.
+
+With a security token configured, a call must carry it as
+C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401.
 """
 
 import hashlib
 import hmac
 import json
+from html import escape
 
-from twisted.web import resource
+from twisted.internet import defer
+from twisted.web import resource, server
 
-from nexusws.logs import printable
+from nexusws.logs import SECRET_PARAMS, logger, printable
+from nexusws.reservations import NoFreeInstance, UnknownService, UnknownToken
 from nexusws.web import READ_METHODS, respond
 
 JSON = b"application/json; charset=utf-8"
+HTML = b"text/html; charset=utf-8"
+
+#: Query parameters that are not options of a reservation: the API's own, and
+#: the names nexusws itself sets in the options a script receives (a client
+#: must not be able to pose as a known C{user}).
+CONTROL_PARAMS = frozenset({"security_token", "token", "user"})
+
+#: Calls that change something: a HEAD, whose answer has no body, would
+#: reserve an instance nobody learns the token of, or stop the server.
+MUTATING_CALLS = frozenset({"reserve", "release", "stop"})
+
+_log = logger("nexusws.api")
 
 
 def json_response(request, code, body):
@@ -42,16 +66,40 @@ def _digest(value):
     return hashlib.sha256(value).digest()
 
 
+def reservation_options(request):
+    """The query options of a reserve call: one value as a string, repeated ones as a list."""
+    options = {}
+    for raw_name, raw_values in request.args.items():
+        name = raw_name.decode("utf-8", "replace")
+        if name in CONTROL_PARAMS:
+            continue
+        values = [v.decode("utf-8", "replace") for v in raw_values]
+        options[name] = values[0] if len(values) == 1 else values
+    return options
+
+
 class ApiRoot(resource.Resource):
-    """The /v1 namespace: checks the security token, then dispatches."""
+    """The /v1 namespace: checks the security token, then dispatches.
+
+    @param security_token: the shared secret every call must carry, or None.
+    @param registry: the L{nexusws.reservations.Registry}, or None when no
+        service is configured (then /v1/status is an empty list and every
+        reservation is for an unknown service).
+    @param stop: called (once, after the answer is written) by /v1/stop.
+    @param reactor: schedules that call.
+    """
 
     isLeaf = True
 
-    def __init__(self, security_token=None):
+    def __init__(self, security_token=None, registry=None, stop=None, reactor=None):
         super().__init__()
         # Comparing fixed-length digests keeps the comparison's time
         # independent of the token's length as well as of its content.
         self._token_digest = _digest(security_token.encode("utf-8")) if security_token else None
+        self.registry = registry
+        self._stop = stop
+        self._reactor = reactor
+        self._stopping = False
 
     def authorized(self, request):
         """True when no token is configured or C{request} carries the right one."""
@@ -67,9 +115,134 @@ class ApiRoot(resource.Resource):
         if request.method not in READ_METHODS:
             request.setHeader(b"allow", b"GET, HEAD")
             return json_response(request, 405, {"error": "the /v1 API answers GET only"})
-        call = "/".join(p.decode("utf-8", "replace") for p in request.postpath)
+        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        call, args = (path[0], path[1:]) if path else ("", [])
+        handler = {
+            "reserve": self._reserve,
+            "release": self._release,
+            "status": self._status,
+            "status_view": self._status_view,
+            "stop": self._stop_server,
+        }.get(call)
+        if handler is None or (call in ("reserve", "release")) != (len(args) == 1) or (
+            call not in ("reserve", "release") and args not in ([], [""])
+        ):
+            shown = printable("/".join(path))
+            return json_response(request, 404, {"error": f"no such API call: /v1/{shown}"})
+        if request.method != b"GET" and call in MUTATING_CALLS:
+            request.setHeader(b"allow", b"GET")
+            return json_response(request, 405, {"error": f"/v1/{call} answers GET only"})
+        return handler(request, *args)
+
+    # --- calls ----------------------------------------------------------------
+
+    def _reserve(self, request, name):
+        if self.registry is None:
+            return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
+        try:
+            reservation = self.registry.reserve(name, reservation_options(request))
+        except UnknownService:
+            return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
+        except NoFreeInstance:
+            return json_response(
+                request, 503, {"error": f"no free instance of service {printable(name)!r}"}
+            )
         return json_response(
             request,
-            404,
-            {"error": f"no such API call: /v1/{printable(call)} (the session API is not yet supported)"},
+            200,
+            {"token": reservation.token, "service": reservation.service.name, "index": reservation.index},
         )
+
+    def _release(self, request, token):
+        if self.registry is None:
+            return json_response(request, 404, {"error": "unknown token"})
+        d = defer.maybeDeferred(self.registry.release, token)
+
+        def done(_):
+            return json_response(request, 200, {"released": token})
+
+        def failed(failure):
+            if failure.check(UnknownToken):
+                return json_response(request, 404, {"error": "unknown token"})
+            _log.failure("release failed", failure)
+            return json_response(request, 500, {"error": "the release failed; see the server log"})
+
+        d.addCallbacks(done, failed)
+        return answer_later(request, d)
+
+    def _status(self, request):
+        return json_response(request, 200, self._status_list())
+
+    def _status_list(self):
+        if self.registry is None:
+            return []
+        listing = self.registry.status()
+        for service in listing:
+            # A service's options come from the config file and may hold a password too.
+            service["common_options"] = mask_secrets(service.get("common_options", {}))
+            for instance in service["instances"]:
+                instance["options"] = mask_secrets(instance.get("options", {}))
+        return listing
+
+    def _status_view(self, request):
+        request.setHeader(b"cache-control", b"no-store")
+        return respond(request, 200, HTML, status_page(self._status_list()).encode("utf-8"))
+
+    def _stop_server(self, request):
+        if self._stop is not None and not self._stopping:
+            self._stopping = True
+            _log.info("stop requested through /v1/stop")
+            # After this answer has gone out.
+            request.notifyFinish().addBoth(lambda _: self._reactor.callLater(0, self._stop))
+        return json_response(request, 200, {"stopping": True})
+
+
+def answer_later(request, d):
+    """Write the body C{d} fires with, unless the client has gone by then."""
+    gone = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(body):
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    d.addCallback(write)
+    d.addErrback(lambda f: _log.failure("answering {uri} failed", f, uri=printable(request.path)))
+    return server.NOT_DONE_YET
+
+
+def mask_secrets(options):
+    """A copy of reservation options with secret values (passwords...) masked."""
+    return {k: "***" if k.lower() in SECRET_PARAMS else v for k, v in options.items()}
+
+
+def status_page(services):
+    """The /v1/status list as a human-readable HTML page (everything escaped)."""
+    rows = []
+    for service in services:
+        instances = service["instances"] or [None]
+        for i, instance in enumerate(instances):
+            cells = [escape(service["name"]) if i == 0 else "", str(service["count"]) if i == 0 else ""]
+            if instance is None:
+                cells += ["", "free", "", "", ""]
+            else:
+                cells += [
+                    str(instance["index"]),
+                    escape(str(instance.get("state", ""))),
+                    escape(str(instance.get("user") or "")),
+                    escape(str(instance.get("timestamp", ""))),
+                    escape(json.dumps(instance.get("options", {}), sort_keys=True)),
+                ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    body = "\n".join(rows) or '<tr><td colspan="7">no services configured</td></tr>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>nexusws status</title>
+<style>body{{font-family:system-ui,sans-serif}} td,th{{border:1px solid #ccc;padding:.2em .5em}}
+table{{border-collapse:collapse}}</style></head>
+<body><h1>nexusws status</h1>
+<table><tr><th>service</th><th>count</th><th>index</th><th>state</th><th>user</th><th>reserved at</th>
+<th>options</th></tr>
+{body}
+</table></body></html>
+"""

@@ -7,10 +7,13 @@ and everything that happens at start-up happens in L{nexusws.service}.
 from nexusws import tls
 from nexusws.api import ApiRoot
 from nexusws.bridge import BridgeFactory
-from nexusws.routing import FixedRouter, NoRouter, Target
+from nexusws.reservations import Registry
+from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
+from nexusws.statefile import StateFile
 from nexusws.service import (
     GatewayService,
     ListenerService,
+    SessionsService,
     TunnelsService,
     is_tls_endpoint,
     parse_endpoint,
@@ -18,22 +21,42 @@ from nexusws.service import (
 from nexusws.web import make_site
 
 
-def make_router(options, notes):
+def make_router(options, registry, notes):
+    """Basic mode (--client_port), behind the token router when there are sessions."""
     if options["client_port"] is not None:
-        return FixedRouter(Target(options["client_hostname"], options["client_port"]))
-    notes.append("no --client_port: every WebSocket will be refused (no backend configured)")
-    return NoRouter()
+        router = FixedRouter(Target(options["client_hostname"], options["client_port"]))
+    else:
+        router = NoRouter()
+        if registry is None:
+            notes.append("no --client_port and no services: every WebSocket will be refused")
+    return router if registry is None else TokenRouter(registry, router)
 
 
-def make_bridge(options, reactor, notes):
+def make_bridge(options, reactor, registry, notes):
     return BridgeFactory(
-        make_router(options, notes),
+        make_router(options, registry, notes),
         reactor,
         connect_timeout=options["connect_timeout"],
         close_timeout=options["close_timeout"],
         ping_interval=options["ping_interval"],
         ping_timeout=options["ping_timeout"],
     )
+
+
+def make_sessions(options, reactor, notes):
+    """The registry and its service, or (None, None) when no service is configured."""
+    if not options["services"]:
+        return None, None
+    if options["http_directory"] is None:
+        notes.append("services are configured but there is no --http_directory: without "
+                     "the /v1 API nothing can reserve them")
+    sessions = []
+    registry = Registry(
+        options["services"], reactor, timeout=options["timeout"],
+        start_timeout=options["start_timeout"], on_change=lambda: sessions[0].save(),
+    )
+    sessions.append(SessionsService(registry, StateFile(options["state_file"]), reactor))
+    return registry, sessions[0]
 
 
 def make_listener(label, description, factory, reactor, tls_options, scheme):
@@ -51,10 +74,12 @@ def build_service(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     notes = []
-    bridge = make_bridge(options, reactor, notes)
+    registry, sessions = make_sessions(options, reactor, notes)
+    bridge = make_bridge(options, reactor, registry, notes)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
     if options["http_directory"] is not None:
-        site = make_site(options["http_directory"], ApiRoot(options["security_token"]))
+        api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor)
+        site = make_site(options["http_directory"], api)
         listeners.append(
             make_listener("--http_listen", options["http_listen"], site, reactor, options["tls"], "http")
         )
@@ -64,7 +89,10 @@ def build_service(options, reactor=None):
     top = GatewayService(
         verbose=options["verbose"], log_file=options["log_file"], notes=notes, reactor=reactor
     )
-    # First child, so stopped last: the listeners close, then the open tunnels get their 1001.
+    # Children stop in reverse order: the listeners close first, then the open
+    # tunnels get their 1001, then (first child) the sessions stop.
+    if sessions is not None:
+        sessions.setServiceParent(top)
     TunnelsService(bridge, reactor, grace=options["close_timeout"] + 5).setServiceParent(top)
     for listener in listeners:
         listener.setServiceParent(top)

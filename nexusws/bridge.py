@@ -1,8 +1,11 @@
 """The WebSocket ⇄ TCP tunnel.
 
 One L{BridgeProtocol} per WebSocket. During the opening handshake it asks the
-factory's router where the tunnel goes, connects to that TCP address, and only
-then answers 101, so a client is never told "open" for a tunnel that cannot work.
+factory's router where the tunnel goes (see L{nexusws.routing}). For an address
+that already listens it connects first and only then answers 101, so a client
+is never told "open" for a tunnel that cannot work. For a backend that is being
+launched it answers 101 at once, holds the client's bytes, and connects when
+the launch is up (or closes with 1011 and the reason if it fails).
 
 Data rules:
   - Backend bytes go to the client as binary messages, in order, as they arrive.
@@ -20,18 +23,15 @@ Close rules (nothing is lost):
   - Shutdown: tunnels are closed with 1001 "going away".
 """
 
-from urllib.parse import urlencode
-
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
-from nexusws.logs import logger, printable, redact
+from nexusws.logs import logger, printable
+from nexusws.pipes import Backend, OneShot, ReactorTimer, Valve, describe, request_target
+from nexusws.routing import Launch
 
 SUBPROTOCOL = "binary"
 
@@ -40,61 +40,15 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 
 
-@implementer(IPushProducer)
-class _Valve:
-    """A producer proxy that pauses and resumes one transport for another.
-
-    C{stopProducing} is deliberately inert: the tunnel decides how each side
-    closes, so a consumer going away never aborts the other side's pending data.
-    """
-
-    def __init__(self, transport, on_resume=None):
-        self._transport = transport
-        self._on_resume = on_resume
-        self.paused = False
-
-    def pauseProducing(self):
-        self.paused = True
-        self._transport.pauseProducing()
-
-    def resumeProducing(self):
-        self.paused = False
-        self._transport.resumeProducing()
-        if self._on_resume is not None:
-            self._on_resume()
-
-    def stopProducing(self):
-        pass
-
-
-class _Backend(Protocol):
-    """The TCP side of a tunnel."""
-
-    def __init__(self, tunnel):
-        self.tunnel = tunnel
-
-    def connectionMade(self):
-        # Hold the backend's first bytes (an RFB greeting, say) in the kernel
-        # until the WebSocket is open and flow control is in place.
-        self.transport.pauseProducing()
-
-    def dataReceived(self, data):
-        self.tunnel.backendData(data)
-
-    def connectionLost(self, reason):
-        self.tunnel.backendLost(reason)
-
-
-class _OneShot(Factory):
-    """Connects one given protocol (connectProtocol's factory, minus its log lines)."""
-
-    noisy = False
-
-    def __init__(self, protocol):
-        self._protocol = protocol
-
-    def buildProtocol(self, addr):
-        return self._protocol
+def close_reason(text, limit=123):
+    """C{text} fitted into a close frame's 123 bytes: its start and its end, the middle cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    half = (limit - 3) // 2
+    head = data[:half].decode("utf-8", "ignore")
+    tail = data[-(limit - 3 - half):].decode("utf-8", "ignore")
+    return head + "..." + tail
 
 
 class BridgeProtocol(WebSocketServerProtocol):
@@ -104,6 +58,8 @@ class BridgeProtocol(WebSocketServerProtocol):
 
     backend = None
     target = None
+    launch = None
+    _holding = False
     opened = False
     closing = False
     _connecting = None
@@ -123,14 +79,22 @@ class BridgeProtocol(WebSocketServerProtocol):
         self.bytes_up = 0  # client -> backend
         self.bytes_down = 0  # backend -> client
         self.started = self.factory.reactor.seconds()
-        self.path = _request_target(request)
+        self.path = request_target(request)
         chosen = []
         d = defer.maybeDeferred(self._choose_subprotocol, request.protocols)
         d.addCallback(lambda protocol: chosen.append(protocol) or self.factory.router.route(request))
-        d.addCallback(self._connect_backend)
+        d.addCallback(self._routed)
         d.addCallback(lambda _: (chosen[0], {}))
         d.addErrback(self._refuse)
         return d
+
+    def _routed(self, route):
+        if isinstance(route, Launch):
+            # The backend is being started: open now, connect once it is up.
+            self.launch = route
+            self.target = route
+            return None
+        return self._connect_backend(route)
 
     def _client_address(self, request):
         peer = self.transport.getPeer()
@@ -156,9 +120,9 @@ class BridgeProtocol(WebSocketServerProtocol):
         self._log.debug(
             "{client} {path}: connecting to {target}", client=self.client, path=self.path, target=target
         )
-        backend = _Backend(self)
+        backend = Backend(self)
         endpoint = self.factory.backend_endpoint(target)
-        self._connecting = endpoint.connect(_OneShot(backend))
+        self._connecting = endpoint.connect(OneShot(backend))
         self._connecting.addCallback(self._backend_connected)
         return self._connecting
 
@@ -179,7 +143,7 @@ class BridgeProtocol(WebSocketServerProtocol):
             deny = ConnectionDeny(503, "handshake cancelled")
         elif failure.check(error.ConnectError, error.DNSLookupError, error.TimeoutError):
             deny = ConnectionDeny(
-                502, f"backend {self.target} unreachable: {_describe(failure.value)}"
+                502, f"backend {self.target} unreachable: {describe(failure.value)}"
             )
         else:
             self._log.failure(
@@ -202,6 +166,42 @@ class BridgeProtocol(WebSocketServerProtocol):
     def onOpen(self):
         self.opened = True
         self.factory.tunnels.add(self)
+        if self.launch is not None:
+            # Hold the client's bytes in the kernel until there is a backend.
+            self._hold_client(True)
+            self.launch.started.addCallback(self._launched)
+            self.launch.started.addErrback(self._launch_failed)
+            return
+        self._start_piping()
+
+    def _launched(self, target):
+        if self.closing:
+            return None
+        self._log.debug("{client}: {launch} is up at {target}", client=self.client,
+                        launch=self.launch, target=target)
+        self.target = target
+        d = self._connect_backend(target)
+        d.addCallback(lambda _: None if self.closing else self._start_piping())
+        d.addErrback(self._backend_failed, target)
+        return d
+
+    def _launch_failed(self, failure):
+        self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
+                       launch=self.launch, reason=printable(failure.getErrorMessage()))
+        if not self.closing:
+            # The reason names the service and instance already; its end is the cause.
+            self._close(CLOSE_INTERNAL_ERROR, close_reason(failure.getErrorMessage()))
+
+    def _backend_failed(self, failure, target):
+        self._connecting = None
+        if self.closing or failure.check(ConnectionDeny, defer.CancelledError):
+            return
+        reason = close_reason(f"backend {target} unreachable: {describe(failure.value)}")
+        self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
+                       launch=self.launch, reason=reason)
+        self._close(CLOSE_INTERNAL_ERROR, reason)
+
+    def _start_piping(self):
         self._log.info(
             "tunnel open: {client} {path} -> {target}",
             client=self.client,
@@ -210,11 +210,12 @@ class BridgeProtocol(WebSocketServerProtocol):
         )
         backend_transport = self.backend.transport
         # The client's transport is a consumer of backend data and vice versa.
-        self._backend_valve = _Valve(backend_transport, on_resume=self._client_drained)
+        self._backend_valve = Valve(backend_transport, on_resume=self._client_drained)
         self.transport.registerProducer(self._backend_valve, True)
-        self._client_valve = _Valve(self.transport)
+        self._client_valve = Valve(self.transport)
         backend_transport.registerProducer(self._client_valve, True)
         backend_transport.resumeProducing()
+        self._hold_client(False)
 
     # --- data -----------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class BridgeProtocol(WebSocketServerProtocol):
         else:
             self._backend_done = (
                 CLOSE_INTERNAL_ERROR,
-                f"backend connection lost: {_describe(reason.value)}",
+                f"backend connection lost: {describe(reason.value)}",
             )
         if self._backend_valve is not None and self._backend_valve.paused:
             # Bytes are still queued for the client; close once they are written.
@@ -264,7 +265,14 @@ class BridgeProtocol(WebSocketServerProtocol):
     def _close_after_backend(self):
         self._close(*self._backend_done)
 
+    def _hold_client(self, hold):
+        if hold != self._holding:
+            self._holding = hold
+            (self.transport.pauseProducing if hold else self.transport.resumeProducing)()
+
     def _close(self, code, reason):
+        # The client's close reply must be read, so held bytes are let through.
+        self._hold_client(False)
         # sendClose refuses protocol codes such as 1001 and 1011 from
         # applications; a gateway speaks for the protocol, so it sends them.
         self.closing = True
@@ -282,6 +290,10 @@ class BridgeProtocol(WebSocketServerProtocol):
             self._connecting.cancel()
         if self.backend is not None and self.backend.transport.connected:
             self._finish_backend()
+        if self.launch is not None:
+            self.launch.end().addErrback(
+                lambda f: self._log.failure("ending {launch} failed", f, launch=self.launch)
+            )
         if not self.opened:
             return
         self.factory.tunnels.discard(self)
@@ -315,35 +327,6 @@ class BridgeProtocol(WebSocketServerProtocol):
         self._drain_call = None
 
 
-def _request_target(request):
-    """The request's path and query, secrets masked, for log lines."""
-    query = urlencode([(k, v) for k, vs in request.params.items() for v in vs])
-    return printable(redact(request.path + ("?" + query if query else "")))
-
-
-def _describe(exc):
-    """A short, one-line description of a connection error."""
-    text = getattr(exc, "osError", None) or exc
-    text = str(text).strip().rstrip(".")
-    for prefix in ("Connection was refused by other side: ", "An error occurred while connecting: "):
-        text = text.replace(prefix, "")
-    return printable(text or type(exc).__name__)
-
-
-class _ReactorTimer:
-    """Autobahn's protocol timers (handshake, ping, close) on the injected reactor.
-
-    Autobahn's default batched timer always uses the global reactor; this keeps
-    every timeout on the factory's reactor, so tests can drive them with a Clock.
-    """
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def call_later(self, delay, fn, *args, **kwargs):
-        return self._reactor.callLater(delay, fn, *args, **kwargs)
-
-
 class BridgeFactory(WebSocketServerFactory):
     """Makes L{BridgeProtocol}s, knows where tunnels go and which are open.
 
@@ -368,7 +351,7 @@ class BridgeFactory(WebSocketServerFactory):
     ):
         super().__init__(reactor=reactor)
         self.noisy = False
-        self._batched_timer = _ReactorTimer(reactor)
+        self._batched_timer = ReactorTimer(reactor)
         self.router = router
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout

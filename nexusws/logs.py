@@ -31,6 +31,9 @@ SECRET_PARAMS = frozenset(
 )
 
 
+_TOKEN_IN_PATH = re.compile(r"(/v\d+/release/)[^/?#]+")
+
+
 def logger(namespace):
     """Return a L{Logger} for C{namespace} whose events obey the C{--verbose} level."""
     return Logger(namespace=namespace, observer=_observer)
@@ -52,8 +55,10 @@ def redact(uri):
     if isinstance(uri, bytes):
         uri = uri.decode("latin-1")
     path, sep, query = uri.partition("?")
+    # A reservation token can also stand in the path: /v1/release/<token>.
+    path = _TOKEN_IN_PATH.sub(r"\1***", path)
     if not sep:
-        return uri
+        return path
     parts = re.split(r"([&;])", query)
     for i in range(0, len(parts), 2):
         name, eq, _ = parts[i].partition("=")

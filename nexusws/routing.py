@@ -1,10 +1,21 @@
 """Where a WebSocket goes: routers map a handshake request to a TCP L{Target}.
 
-A router has C{route(request)} returning a L{Target} (or a Deferred firing
-with one) or raising L{ConnectionDeny} with the HTTP status to refuse with.
+A router has C{route(request)} returning one of:
+  - a L{Target} (or a Deferred firing with one): the backend already listens;
+    the bridge connects during the handshake and answers 101 once connected;
+  - a L{Launch}: the backend is being started; the bridge answers 101 at once,
+    holds the client's data, and connects when the launch delivers a target
+    (or closes with 1011 and the launch's reason if it fails);
+or raises L{ConnectionDeny} with the HTTP status to refuse with.
 """
 
+import re
+
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+
+from nexusws.logs import printable
+from nexusws.reservations import TokenInUse, UnknownToken
 
 
 class Target:
@@ -42,3 +53,68 @@ class NoRouter:
         raise ConnectionDeny(
             404, "no backend configured: start nexusws with --client_port (basic mode)"
         )
+
+
+class Launch:
+    """A backend that is being started for one WebSocket.
+
+    @param started: a Deferred firing with the L{Target} to connect to, or
+        failing with the reason the start failed (its message is sent to the
+        client as the close reason).
+    @param ended: called once when the WebSocket is gone, whatever happened.
+    @param label: names the instance in log lines.
+    """
+
+    def __init__(self, started, ended, label):
+        self.started = started
+        self._ended = ended
+        self.label = label
+
+    def end(self):
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            return defer.maybeDeferred(ended)
+        return defer.succeed(None)
+
+    def __str__(self):
+        return self.label
+
+
+class TokenRouter:
+    """Sessions: a WebSocket whose query carries C{token=T} gets the instance reserved as T.
+
+    Requests without a token go to C{fallback} (basic mode, or refusal).
+    """
+
+    def __init__(self, registry, fallback):
+        self.registry = registry
+        self.fallback = fallback
+
+    def route(self, request):
+        tokens = request.params.get("token")
+        if not tokens:
+            return self.fallback.route(request)
+        token = tokens[0]
+        # Looked up first: a start that fails at once has freed it by the time activate returns.
+        reservation = self.registry.get(token)
+        try:
+            started = self.registry.activate(token)
+        except UnknownToken:
+            raise ConnectionDeny(404, "unknown, released or expired token") from None
+        except TokenInUse:
+            raise ConnectionDeny(409, "token already in use by another WebSocket") from None
+        label = f"{printable(reservation.service.name)}#{reservation.index}"
+        started.addCallbacks(lambda address: Target(*address), _cause)
+        return Launch(started, lambda: self.registry.deactivate(token), label)
+
+
+class LaunchFailed(Exception):
+    """Why an instance did not start, without the service and index the client knows."""
+
+
+_PREFIX = re.compile(r"^service '.*?' instance \d+(: start failed)?: |^service '.*?' instance \d+ ")
+
+
+def _cause(failure):
+    message = failure.getErrorMessage()
+    raise LaunchFailed(_PREFIX.sub("", message, count=1) or message)

@@ -13,7 +13,9 @@ import signal
 
 from autobahn import websocket as autobahn_websocket
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, task
+from twisted.internet.base import ReactorBase
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -23,7 +25,7 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
-from nexusws import __version__
+from nexusws import __version__, launcher, procs
 from nexusws.errors import StartupError, install_excepthook
 from nexusws.logs import logger, set_verbosity
 
@@ -131,8 +133,12 @@ class GatewayService(service.MultiService):
 
     def startService(self):
         super().startService()
-        if self.reactor is not None:
+        if isinstance(self.reactor, ReactorBase):
+            # Ours from now: a SIGTERM before the reactor runs is served once it
+            # does. Twisted installs its own when it starts; replaced right after.
+            self._install_signal_handlers(only_default=True)
             self.reactor.callWhenRunning(self._stop_cleanly_on_sigterm)
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._ignore_late_signals)
 
     def _stop_cleanly_on_sigterm(self):
         """Make SIGTERM (and SIGINT) an orderly stop with exit status 0, under twistd too.
@@ -144,11 +150,41 @@ class GatewayService(service.MultiService):
         Twisted installs its handlers before after-startup triggers run, so
         this replaces Twisted's, and does what it does minus the recording.
         """
-        reactor = self.reactor
+        self._install_signal_handlers(only_default=False)
+
+    def _install_signal_handlers(self, only_default):
+        defaults = (signal.SIG_DFL, signal.default_int_handler)
         for number in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(number) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            current = signal.getsignal(number)
+            if only_default and current not in defaults:
+                continue  # someone else's (a debugger's, a test runner's): leave it
+            if not only_default and current in (signal.SIG_DFL, signal.SIG_IGN, None):
                 continue  # the reactor runs without signal handlers: leave it so
-            signal.signal(number, lambda number, frame: reactor.callFromThread(reactor.stop))
+            signal.signal(number, self._on_signal)
+
+    def _ignore_late_signals(self):
+        """Once stopped, ignore further SIGTERM/SIGINT while the process exits.
+
+        Python's finalization resets Python-level handlers to the default, so
+        a second SIGTERM (systemd, an impatient operator) arriving then would
+        turn an orderly exit 0 into death by signal; an ignored signal stays
+        ignored.
+        """
+        for number in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(number) == self._on_signal:
+                signal.signal(number, signal.SIG_IGN)
+
+    def _on_signal(self, number, frame):
+        self.reactor.callFromThread(self._stop_once, signal.Signals(number).name)
+
+    def _stop_once(self, name):
+        """Stop the reactor; a second signal while stopping is only logged."""
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            _log.info("{signal} received while already stopping", signal=name)
+        else:
+            _log.info("{signal} received: stopping", signal=name)
 
     def stopService(self):
         _log.info("nexusws stopping")
@@ -269,3 +305,93 @@ class TunnelsService(service.Service):
         d.addTimeout(self.grace, self.reactor)
         d.addErrback(lambda _: _log.warn("some tunnels did not close within {grace}s", grace=self.grace))
         return d
+
+
+class SessionsService(service.Service):
+    """Sessions: the state file, the previous run's leftovers, the reaper, no orphans at stop.
+
+    At start it checks the state file can be written, becomes the child
+    subreaper (so processes a session daemonizes stay our descendants),
+    restores the previous run's reservations and ends its processes, then
+    starts the reaper. At stop it stops every instance, then ends whatever
+    descendant of the gateway is still alive, and records the final state.
+    """
+
+    def __init__(self, registry, statefile, reactor, kill_grace=5.0):
+        self.registry = registry
+        self.statefile = statefile
+        self.reactor = reactor
+        self.kill_grace = kill_grace
+        self._reaping = None
+        self._write_failed = False
+        self._recorded = set()
+
+    def save(self):
+        """Record the registry in the state file; a failure is logged once, not raised.
+
+        Every live descendant of the gateway is recorded too (as processes to
+        end after a crash), whichever instance owns it: so a restart after a
+        SIGKILL ends even processes no instance could be sure were its own.
+        """
+        data = self.registry.snapshot()
+        self._recorded = self._descendants()
+        data["orphans"] = [list(p) for p in dict.fromkeys(
+            [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded))]
+        try:
+            self.statefile.write(data)
+        except (OSError, StartupError) as e:
+            if not self._write_failed:
+                _log.error("cannot write the session state file {path}: {error}",
+                           path=self.statefile.path, error=str(e))
+            self._write_failed = True
+        else:
+            self._write_failed = False
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self.statefile.check()
+        if not procs.become_subreaper():
+            _log.warn("cannot become the child subreaper: processes a session daemonizes "
+                      "may outlive it if nexusws is killed")
+        d = self.registry.restore(self.statefile.read())
+        d.addCallback(lambda killed: self.save())
+        d.addErrback(lambda f: _log.failure("restoring the previous sessions failed", f))
+
+    def startService(self):
+        super().startService()
+        self.registry.start_reaper()
+        # Orphans a session daemonized are reparented to us: reap them when they
+        # die, and keep the state file's list of our processes current.
+        self._reaping = task.LoopingCall(self._watch)
+        self._reaping.clock = self.reactor
+        self._reaping.start(2.0, now=False).addErrback(
+            lambda f: _log.failure("reaping orphans failed", f))
+
+    def stopService(self):
+        super().stopService()
+        if self._reaping is not None and self._reaping.running:
+            self._reaping.stop()
+        d = self.registry.shutdown()
+        d.addErrback(lambda f: _log.failure("stopping the sessions failed", f))
+        d.addCallback(lambda _: self._sweep())
+        d.addCallback(lambda _: self.save())
+        return d
+
+    def _watch(self):
+        procs.reap_orphans()
+        if self._descendants() != self._recorded:
+            self.save()
+
+    @staticmethod
+    def _descendants():
+        """(pid, start time) of every live descendant of this process."""
+        found = ((pid, procs.start_time(pid)) for pid in procs.descendants(os.getpid()))
+        return {(pid, started) for pid, started in found if started is not None}
+
+    def _sweep(self):
+        """End every process still descending from the gateway: nothing outlives it."""
+        leftovers = sorted(self._descendants())
+        if not leftovers:
+            return None
+        _log.info("ending {count} process(es) the sessions left behind", count=len(leftovers))
+        return launcher.kill_processes(self.reactor, leftovers, grace=self.kill_grace)

@@ -17,12 +17,7 @@ from nexusws.service import is_tls_endpoint, parse_endpoint
 SECURITY_TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
 LOCAL_SESSION_APPS = ("ensight", "envision")
 
-#: Reference options a later release implements: refused, never silently ignored.
-NOT_YET = {
-    "remote_session_config": "service configuration files are",
-    "local_session": "built-in ensight/envision sessions are",
-    "timeout": "reservations (and so their timeout) are",
-}
+EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 
 
 def _port(value):
@@ -103,8 +98,7 @@ class Options(usage.Options):
         ["key", None, None, "Filename of the ssl key (PEM, unencrypted)."],
         ["security_token", None, None,
          f"REST API security token. Default: {SECURITY_TOKEN_ENV} environmental variable value"],
-        ["remote_session_config", None, None,
-         "Name of the remote session configuration file (not yet supported)."],
+        ["remote_session_config", None, None, "Name of the remote session configuration file."],
         ["client_hostname", None, None,
          "Hostname of the socket to serve using the websocket protocol on ws_server_port "
          "(default: localhost when --client_port is given)."],
@@ -112,11 +106,10 @@ class Options(usage.Options):
          "Port number of the socket to serve using the websocket protocol on ws_server_port.",
          _coerced(_port, "client_port")],
         ["timeout", None, 300,
-         "Number of seconds before an unused reservation is reclaimed (not yet supported).",
+         "Number of seconds before an unused reservation is reclaimed.",
          _coerced(_seconds, "timeout")],
         ["local_session", None, None,
-         "'appname count': built-in sessions, appname ensight or envision; repeatable "
-         "(not yet supported)."],
+         "'appname count': built-in sessions, appname ensight or envision; repeatable."],
         ["verbose", None, 0,
          "Verbosity: 0 start-up, tunnels and HTTP access; 1 adds debugging; 2 adds Autobahn's.",
          _coerced(_level, "verbose")],
@@ -139,6 +132,18 @@ class Options(usage.Options):
         ["ping_timeout", None, None,
          "Drop a client that has not answered a ping within this many seconds "
          "(default: the ping interval).", _coerced(_seconds, "ping_timeout")],
+        ["state_file", None, None,
+         "The session state file (default: $STATE_DIRECTORY/nexusws-state.json under systemd, "
+         "else ~/.local/state/nexusws/<ws listener>.json); used when services are configured."],
+        ["start_timeout", None, 30.0,
+         "Seconds a session instance may take to start and accept connections.",
+         _coerced(_seconds, "start_timeout")],
+        ["ensight_executable", None, None,
+         "The EnSight program for --local_session ensight (default: $NEXUSWS_ENSIGHT, else "
+         "'ensight' on PATH)."],
+        ["envision_executable", None, None,
+         "The EnVision program for --local_session envision (default: $NEXUSWS_ENVISION, "
+         "else 'envision' on PATH)."],
     ]
 
     def __init__(self):
@@ -243,9 +248,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"ws_server_port: {e}") from None
 
     def postOptions(self):
-        for key, what in NOT_YET.items():
-            if key in self.given:
-                raise usage.UsageError(f"--{key}: {what} not yet supported by nexusws {__version__}")
         if self["security_token"] is None:
             self["security_token"] = os.environ.get(SECURITY_TOKEN_ENV) or None
         if self["client_port"] is not None and self["client_hostname"] is None:
@@ -254,6 +256,7 @@ class Options(usage.Options):
             raise usage.UsageError("--ping_timeout needs --ping_interval")
         self._check_listeners()
         self._check_tls()
+        self._check_sessions()
 
     def _check_listeners(self):
         if self["ws_listen"] is not None and self["ws_server_port"] is not None:
@@ -300,6 +303,53 @@ class Options(usage.Options):
             self["tls"] = tls.load_certificate_options(self["cert"], self["key"])
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
+
+
+    def _check_sessions(self):
+        """Load the services (scripts run now, so their errors are option errors)."""
+        from twisted.internet import reactor
+
+        from nexusws.launcher import Launcher
+        from nexusws.services import builtin_services, check_names, load_config
+
+        self["launcher"] = launcher = Launcher(reactor)
+        services = []
+        try:
+            if self["remote_session_config"] is not None:
+                services += load_config(self["remote_session_config"], reactor, launcher)
+            if self["local_session"]:
+                executables = {
+                    app: self[f"{app}_executable"] or os.environ.get(env) or None
+                    for app, env in EXECUTABLE_ENV.items()
+                }
+                services += builtin_services(self["local_session"], reactor, launcher, executables)
+            check_names(services)
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
+        self["services"] = services
+        if services and self["state_file"] is None:
+            self["state_file"] = default_state_file(self["ws_listen"])
+            try:
+                os.makedirs(os.path.dirname(self["state_file"]), mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--state_file: cannot create the default directory for "
+                    f"{self['state_file']!r}: {e.strerror}") from None
+
+
+def default_state_file(ws_listen, environ=os.environ):
+    """Where the session state lives unless --state_file says otherwise.
+
+    Under systemd (C{StateDirectory=} sets C{$STATE_DIRECTORY}) it is
+    C{nexusws-state.json} there; otherwise one file per WebSocket listener in
+    C{~/.local/state/nexusws}, so two gateways on one machine never share one.
+    """
+    directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if directory:
+        return os.path.join(directory, "nexusws-state.json")
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    name = "".join(c if c.isalnum() else "-" for c in ws_listen).strip("-")
+    return os.path.join(base, "nexusws", f"{name}.json")
 
 
 def makeService(options, reactor=None):

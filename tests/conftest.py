@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / ".artifacts"
@@ -206,6 +207,15 @@ def echo_port():
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()
+
+
+@pytest.fixture
+def events():
+    """Collect the log events emitted during a test."""
+    collected = []
+    globalLogPublisher.addObserver(collected.append)
+    yield collected
+    globalLogPublisher.removeObserver(collected.append)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
@@ -144,15 +143,6 @@ class Harness:
             if not moved:
                 return
         raise AssertionError("pumps never settled")
-
-
-@pytest.fixture
-def events():
-    """Collect the log events emitted during a test."""
-    collected = []
-    globalLogPublisher.addObserver(collected.append)
-    yield collected
-    globalLogPublisher.removeObserver(collected.append)
 
 
 def lines(events):

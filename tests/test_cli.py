@@ -71,9 +71,10 @@ USAGE_ERRORS = {
     "missing dir": (["--http_directory", "/nonexistent/dir", "0"], "--http_directory '/nonexistent/dir': not a directory"),
     "key without cert": (["--key", "server.key", "0"], "--key needs --cert"),
     "missing cert": (["--cert", "/nonexistent.pem", "0"], "--cert '/nonexistent.pem': cannot read: No such file"),
-    "timeout": (["--timeout", "60", "0"], "--timeout: reservations (and so their timeout) are not yet supported"),
-    "local_session": (["--local_session", "envision", "4", "0"], "--local_session: built-in ensight/envision sessions are not yet supported"),
-    "remote_session_config": (["--remote_session_config", "s.json", "0"], "--remote_session_config: service configuration files are not yet supported"),
+    "timeout": (["--timeout", "soon", "0"], "--timeout: 'soon' is not a number of seconds"),
+    "local_session": (["--local_session", "envision", "many", "0"], "--local_session: 'envision many' is not"),
+    "remote_session_config": (["--remote_session_config", "/nonexistent.json", "0"],
+                              "/nonexistent.json: cannot read the service config: No such file or directory"),
     "systemd without LISTEN_FDS": (["--ws_listen", "systemd:domain=INET:name=ws"], "systemd passed no such socket (LISTEN_FDS=unset"),
 }
 

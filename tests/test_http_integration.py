@@ -117,11 +117,13 @@ def test_ansys_nexus_serves_the_bundled_landing_page(served):
     assert status in (301, 302) and headers["location"].endswith("/ansys/nexus/")
 
 
-def test_v1_answers_json_404_for_every_path(served):
-    for path in ("/v1/", "/v1/status", "/v1/stop", "/v1/reserve/ensight?x=1", "/v1/release/abc"):
+def test_v1_unknown_calls_are_json_404_and_status_without_services_is_empty(served):
+    for path in ("/v1/", "/v1/nope", "/v1/release/a/b", "/v1/status/x", "/v1/reserve/ensight?x=1"):
         status, headers, body = curl(served.http_url + path)
         assert (path, status, headers["content-type"]) == (path, 404, "application/json; charset=utf-8")
-        assert "not yet supported" in json.loads(body)["error"]
+        assert json.loads(body)["error"]
+    status, headers, body = curl(served.http_url + "/v1/status")
+    assert (status, headers["content-type"], json.loads(body)) == (200, "application/json; charset=utf-8", [])
 
 
 @pytest.mark.parametrize("via", ["option", "environment"])
@@ -136,8 +138,21 @@ def test_v1_with_a_token_needs_it_as_query_or_bearer(gateway, www, via):
         assert (status, headers["www-authenticate"][:6]) == (401, "Bearer")
         assert "error" in json.loads(body)
     assert curl(url + "?security_token=nope")[0] == 401
-    assert curl(url + f"?security_token={SECRET}")[0] == 404
-    assert curl(url, "-H", f"Authorization: Bearer {SECRET}")[0] == 404
+    status, _, body = curl(url + f"?security_token={SECRET}")
+    assert (status, json.loads(body)) == (200, [])
+    assert curl(url, "-H", f"Authorization: Bearer {SECRET}")[0] == 200
+
+
+def test_v1_stop_with_the_token_answers_200_then_the_gateway_exits_cleanly(gateway, www):
+    """What the Nexus client does: GET /v1/stop?security_token=KEY; a wrong token stops nothing."""
+    gw = gateway(http_args(www, "--security_token", SECRET), http=True)
+    assert curl(f"{gw.http_url}/v1/stop?security_token=nope")[0] == 401
+    assert curl(f"{gw.http_url}/v1/status?security_token={SECRET}")[0] == 200  # still serving
+    status, headers, body = curl(f"{gw.http_url}/v1/stop?security_token={SECRET}")
+    assert (status, headers["content-type"], json.loads(body)) == (
+        200, "application/json; charset=utf-8", {"stopping": True})
+    assert gw.proc.wait(20) == 0
+    assert SECRET not in gw.log
 
 
 def test_access_log_redacts_security_token_and_token_values(gateway, www):
@@ -149,8 +164,8 @@ def test_access_log_redacts_security_token_and_token_values(gateway, www):
     curl(f"{gw.http_url}/out-file?security_token={SECRET}")
     gw.wait_for(r'"GET /out-file\?security_token=\*\*\* HTTP/1.1" 404')
     log = gw.log
-    assert '"GET /v1/status?security_token=*** HTTP/1.1" 404' in log
-    assert '"HEAD /v1/status?security_token=*** HTTP/1.1" 404' in log
+    assert '"GET /v1/status?security_token=*** HTTP/1.1" 200' in log
+    assert '"HEAD /v1/status?security_token=*** HTTP/1.1" 200' in log
     assert '"GET /counting.txt?token=***&x=1 HTTP/1.1" 200 300 "http://app/?token=***"' in log
     assert '"HEAD /missing?token=*** HTTP/1.1" 404' in log
     assert SECRET not in log and OTHER not in log

@@ -157,25 +157,35 @@ def test_help_lists_every_reference_option_with_its_spelling(capsys):
     assert "ws_server_port" in out
 
 
-# --- options a later release implements ----------------------------------------
+# --- session options --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["--remote_session_config", "services.json"],
-        ["--local_session", "envision", "4"],
-        ["--local_session", "envision 4"],
-        ["--local_session", "ensight", "1", "--local_session", "envision", "2"],
-        ["--timeout", "300"],
-        ["--timeout=60"],
-    ],
-)
-def test_session_options_are_refused_as_not_yet_supported(args):
-    """Session options are accepted by name but refused with 'not yet supported'."""
-    message = refused(*args, "0")
-    assert "not yet supported" in message
-    assert message.startswith("--" + args[0].lstrip("-").split("=")[0])
+def test_local_sessions_become_builtin_services_with_their_counts(tmp_path):
+    options = parse("--local_session", "envision", "4", "--local_session", "ensight 1",
+                    "--state_file", str(tmp_path / "state.json"), "0")
+    assert {(s.name, s.count) for s in options["services"]} == {("envision", 4), ("ensight", 1)}
+    assert options["state_file"] == str(tmp_path / "state.json")
+
+
+def test_timeout_is_seconds_and_defaults_to_300():
+    assert parse("--timeout", "60", "0")["timeout"] == 60.0
+    assert parse("--timeout=2.5", "0")["timeout"] == 2.5
+
+
+def test_no_services_no_state_file():
+    """Basic mode keeps no session state."""
+    options = parse("0")
+    assert options["services"] == [] and options["state_file"] is None
+
+
+def test_default_state_file_is_per_listener_or_in_the_systemd_state_directory():
+    from nexusws.tap import default_state_file
+
+    home = {"HOME": "/h", "XDG_STATE_HOME": "/h/state"}
+    assert default_state_file("tcp:9090", home) == "/h/state/nexusws/tcp-9090.json"
+    assert default_state_file("tcp:9091", home) != default_state_file("tcp:9090", home)
+    assert default_state_file("tcp:9090", {"STATE_DIRECTORY": "/var/lib/nexusws"}) == (
+        "/var/lib/nexusws/nexusws-state.json")
 
 
 @pytest.mark.parametrize(

@@ -338,21 +338,26 @@ def test_ansys_and_v1_shadow_same_named_directories_of_http_directory(clock, tmp
 # --- /v1 ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "target", ["/v1", "/v1/", "/v1/status", "/v1/status_view", "/v1/stop", "/v1/reserve/ensight?a=1", "/v1/release/abc/def"]
-)
-def test_every_v1_path_answers_json_404(client, target):
+@pytest.mark.parametrize("target", ["/v1", "/v1/", "/v1/nope", "/v1/release/a/b", "/v1/status/x"])
+def test_unknown_v1_calls_answer_json_404_naming_the_call(client, target):
     r = client.request(target)
     assert r.status == 404
     assert r.headers["cache-control"] == "no-store"
-    assert "not yet supported" in r.json()["error"]
+    assert r.json()["error"].startswith("no such API call: /v1/")
 
 
-def test_v1_head_has_headers_only(client, logged):
-    r = client.request("/v1/status", method=b"HEAD")
-    assert r.status == 404
-    assert int(r.headers["content-length"]) > 0
-    assert r.raw.endswith(b"\r\n\r\n")
+def test_v1_status_without_configured_services_is_an_empty_json_list(client):
+    r = client.request("/v1/status")
+    assert (r.status, r.headers["cache-control"], r.json()) == (200, "no-store", [])
+
+
+def test_v1_head_has_the_get_headers_and_no_body(client, logged):
+    get = client.request("/v1/status")
+    head = client.request("/v1/status", method=b"HEAD")
+    assert head.status == 200
+    assert head.headers["content-type"] == "application/json; charset=utf-8"
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.body))
+    assert head.raw.endswith(b"\r\n\r\n")
     assert not [line for line in logged() if "returning a message body" in line]
 
 
@@ -379,32 +384,41 @@ def guarded(clock, tree):
         ("/v1/status", [("Authorization", "Bearer wrong")]),
         ("/v1/status", [("Authorization", f"Basic {SECRET}")]),
         ("/v1/status", [("Authorization", "Bearer")]),
+        ("/v1/nope", []),
     ],
-    ids=["none", "empty", "wrong", "longer", "other-name", "wrong-bearer", "basic", "bare-bearer"],
+    ids=["none", "empty", "wrong", "longer", "other-name", "wrong-bearer", "basic", "bare-bearer", "unknown-call"],
 )
 def test_with_a_token_configured_v1_without_the_right_token_is_401_json(guarded, target, headers):
     r = guarded.request(target, headers=headers)
     assert r.status == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
     assert "security_token" in r.json()["error"]
+    assert "[" not in r.body.decode()  # the status list itself is not leaked
 
 
 def test_token_in_query_parameter_is_accepted(guarded):
-    assert guarded.request(f"/v1/status?security_token={SECRET}").status == 404
+    r = guarded.request(f"/v1/status?security_token={SECRET}")
+    assert (r.status, r.json()) == (200, [])
 
 
 def test_token_in_query_is_percent_decoded_before_comparison(guarded):
     encoded = "".join(f"%{b:02X}" for b in SECRET.encode())
-    assert guarded.request(f"/v1/status?security_token={encoded}").status == 404
+    assert guarded.request(f"/v1/status?security_token={encoded}").status == 200
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_token_as_bearer_header_is_accepted_with_any_scheme_case(guarded, scheme):
-    assert guarded.request("/v1/status", headers=[("Authorization", f"{scheme} {SECRET}")]).status == 404
+    assert guarded.request("/v1/status", headers=[("Authorization", f"{scheme} {SECRET}")]).status == 200
 
 
 def test_token_is_only_required_under_v1(guarded):
     assert guarded.request("/counting.txt").status == 200
+
+
+def test_without_a_configured_token_v1_needs_none_and_ignores_one_given(client):
+    assert client.request("/v1/status").status == 200
+    assert client.request("/v1/status?security_token=anything").status == 200
+    assert client.request("/v1/status", headers=[("Authorization", "Bearer anything")]).status == 200
 
 
 def test_token_is_compared_with_compare_digest_on_equal_length_digests(guarded, monkeypatch):
@@ -416,7 +430,7 @@ def test_token_is_compared_with_compare_digest_on_equal_length_digests(guarded, 
 
     monkeypatch.setattr(api_module.hmac, "compare_digest", spy)
     assert guarded.request("/v1/status?security_token=x").status == 401
-    assert guarded.request(f"/v1/status?security_token={SECRET}").status == 404
+    assert guarded.request(f"/v1/status?security_token={SECRET}").status == 200
     assert calls == [
         (hashlib.sha256(b"x").digest(), hashlib.sha256(SECRET.encode()).digest()),
         (hashlib.sha256(SECRET.encode()).digest(),) * 2,
@@ -453,7 +467,7 @@ def test_access_log_masks_secret_query_values(guarded, logged, query, shown):
 
 def test_percent_encoded_parameter_name_is_still_accepted_and_masked(guarded, logged):
     """twisted.web decodes parameter names, so the API takes this token; the log must hide it."""
-    assert guarded.request(f"/v1/status?security%5Ftoken={SECRET}").status == 404
+    assert guarded.request(f"/v1/status?security%5Ftoken={SECRET}").status == 200
     assert SECRET not in "\n".join(logged())
 
 

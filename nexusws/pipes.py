@@ -1,0 +1,95 @@
+"""Transport plumbing for the bridge: producer valves, the backend protocol, timers."""
+
+from urllib.parse import urlencode
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+from nexusws.logs import printable, redact
+
+
+@implementer(IPushProducer)
+class Valve:
+    """A producer proxy that pauses and resumes one transport for another.
+
+    C{stopProducing} is deliberately inert: the tunnel decides how each side
+    closes, so a consumer going away never aborts the other side's pending data.
+    """
+
+    def __init__(self, transport, on_resume=None):
+        self._transport = transport
+        self._on_resume = on_resume
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+        self._transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        self._transport.resumeProducing()
+        if self._on_resume is not None:
+            self._on_resume()
+
+    def stopProducing(self):
+        pass
+
+
+class Backend(Protocol):
+    """The TCP side of a tunnel."""
+
+    def __init__(self, tunnel):
+        self.tunnel = tunnel
+
+    def connectionMade(self):
+        # Hold the backend's first bytes (an RFB greeting, say) in the kernel
+        # until the WebSocket is open and flow control is in place.
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data):
+        self.tunnel.backendData(data)
+
+    def connectionLost(self, reason):
+        self.tunnel.backendLost(reason)
+
+
+class OneShot(Factory):
+    """Connects one given protocol (connectProtocol's factory, minus its log lines)."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
+
+
+def request_target(request):
+    """The request's path and query, secrets masked, for log lines."""
+    query = urlencode([(k, v) for k, vs in request.params.items() for v in vs])
+    return printable(redact(request.path + ("?" + query if query else "")))
+
+
+def describe(exc):
+    """A short, one-line description of a connection error."""
+    text = getattr(exc, "osError", None) or exc
+    text = str(text).strip().rstrip(".")
+    for prefix in ("Connection was refused by other side: ", "An error occurred while connecting: "):
+        text = text.replace(prefix, "")
+    return printable(text or type(exc).__name__)
+
+
+class ReactorTimer:
+    """Autobahn's protocol timers (handshake, ping, close) on the injected reactor.
+
+    Autobahn's default batched timer always uses the global reactor; this keeps
+    every timeout on the factory's reactor, so tests can drive them with a Clock.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def call_later(self, delay, fn, *args, **kwargs):
+        return self._reactor.callLater(delay, fn, *args, **kwargs)

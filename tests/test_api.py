@@ -1,0 +1,363 @@
+"""The /v1 REST API in memory: reserve, release, stop, errors, methods, the security token.
+
+Raw HTTP bytes go through twisted.web's real parser and L{nexusws.web} Site
+(one L{StringTransport} connection per request, no sockets) to an L{ApiRoot}
+over a real L{Registry} of fake services; every timer runs on a L{Clock}.
+The status calls are in test_api_status.py, which uses the harness below.
+"""
+
+import uuid
+
+import pytest
+from test_web import PEER, Response
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from nexusws import web
+from nexusws.api import ApiRoot
+from nexusws.reservations import Registry
+
+SECRET = "s3cr3t-T0KEN"
+EPOCH = 1767225600.0  # what the wall clock reads at Clock time 0: 2026-01-01T00:00:00Z
+ADDRESS = ("127.0.0.1", 5900)
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class FakeService:
+    """A service in the shape L{Registry} expects; records start/stop calls."""
+
+    def __init__(self, name="demo", count=1, aliases=(), common_options=None):
+        self.name, self.count, self.aliases = name, count, tuple(aliases)
+        self.common_options = {"sizes": ["1024x768"]} if common_options is None else common_options
+        self.group, self.origin = None, "test"
+        self.starts, self.stops = [], []  # (index, options); index
+        self.stopping = None  # what stop() returns: None (stopped at once) or a Deferred
+
+    def start(self, index, options):
+        self.starts.append((index, dict(options)))
+        return ADDRESS
+
+    def stop(self, index):
+        self.stops.append(index)
+        return self.stopping
+
+    def pids(self, index):
+        return []
+
+
+class Exchange:
+    """One request on its own connection; its response may come later."""
+
+    def __init__(self, site, target, method, headers):
+        if isinstance(target, str):
+            target = target.encode("ascii")
+        lines = [method + b" " + target + b" HTTP/1.1", b"Host: test"]
+        lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
+        self.method = method
+        self.transport = StringTransport(peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        self.protocol = site.buildProtocol(PEER)
+        self.protocol.makeConnection(self.transport)
+        self.protocol.dataReceived(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
+
+    @property
+    def finished(self):
+        """The whole response is written (with C{Connection: close}, the server then hangs up)."""
+        return self.transport.disconnecting
+
+    def response(self):
+        assert self.finished, "the response is not complete"
+        return Response(self.transport.value(), self.method)
+
+    def hang_up(self):
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class Api:
+    """An L{ApiRoot} mounted at /v1 of a real Site, over a real Registry and a Clock.
+
+    @ivar stop_calls: one entry per call of the stop callable: whether each
+        request sent so far had its complete answer written at that moment.
+    """
+
+    def __init__(self, directory, services=None, security_token=None, with_registry=True):
+        self.clock = Clock()
+        self.services = [FakeService()] if services is None else services
+        self.registry = Registry(
+            self.services, self.clock, wallclock=lambda: EPOCH + self.clock.seconds(),
+            wait_for_port=lambda reactor, host, port, timeout: defer.succeed(None),
+        ) if with_registry else None
+        self.exchanges, self.stop_calls = [], []
+        root = ApiRoot(security_token, registry=self.registry, stop=self._stop, reactor=self.clock)
+        self.site = web.make_site(str(directory), root, reactor=MemoryReactorClock())
+
+    def _stop(self):
+        self.stop_calls.append([e.finished for e in self.exchanges])
+
+    def send(self, target, method=b"GET", headers=()):
+        exchange = Exchange(self.site, target, method, headers)
+        self.exchanges.append(exchange)
+        return exchange
+
+    def get(self, target, method=b"GET", headers=()):
+        """Send a request whose answer must be complete at once; return it."""
+        return self.send(target, method, headers).response()
+
+    def reserve(self, query=""):
+        r = self.get(f"/v1/reserve/{self.services[0].name}{query}")
+        assert r.status == 200, r.raw
+        return r.json()["token"]
+
+    def live(self):
+        """The instances in the registry's own status: {token: (service, index, state)}."""
+        return {i["token"]: (s["name"], i["index"], i["state"])
+                for s in self.registry.status() for i in s["instances"]}
+
+
+@pytest.fixture
+def make_api(tmp_path):
+    return lambda *args, **kwargs: Api(tmp_path, *args, **kwargs)
+
+
+@pytest.fixture
+def api(make_api):
+    return make_api()
+
+
+def assert_json_error(r, status):
+    assert r.status == status, r.raw
+    assert r.headers["content-type"] == JSON_TYPE
+    body = r.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"]
+
+
+# --- reserve ------------------------------------------------------------------
+
+
+def test_reserve_answers_200_json_with_a_fresh_uuid4_token_service_and_index(make_api):
+    api = make_api([FakeService(count=2)])
+    first, second = api.get("/v1/reserve/demo"), api.get("/v1/reserve/demo")
+    assert (first.status, first.headers["content-type"], first.headers["cache-control"]) == (
+        200, JSON_TYPE, "no-store")
+    tokens = []
+    for r, index in ((first, 0), (second, 1)):
+        body = r.json()
+        parsed = uuid.UUID(body["token"])
+        assert parsed.version == 4 and str(parsed) == body["token"]
+        assert body == {"token": body["token"], "service": "demo", "index": index}
+        tokens.append(body["token"])
+    assert api.live() == {tokens[0]: ("demo", 0, "reserved"), tokens[1]: ("demo", 1, "reserved")}
+
+
+def test_reserve_records_query_options_one_value_as_a_string_repeated_ones_as_a_list(api):
+    token = api.reserve("?sizes=1600x1200&sizes=800x600&mode=view&empty=&name=a%20b%26c")
+    assert api.registry.get(token).options == {
+        "sizes": ["1600x1200", "800x600"], "mode": "view", "empty": "", "name": "a b&c"}
+
+
+def test_reserve_records_no_security_token_and_no_client_supplied_token_or_user(make_api):
+    """security_token is the API's; token and user are what nexusws itself tells the script."""
+    api = make_api(security_token=SECRET)
+    token = api.reserve(f"?security_token={SECRET}&token=forged&user=admin&mode=1")
+    assert api.registry.get(token).options == {"mode": "1"}
+    api.registry.activate(token)
+    assert api.services[0].starts == [(0, {"mode": "1", "token": token})]
+
+
+def test_reserve_without_any_option_records_an_empty_dict(api):
+    assert api.registry.get(api.reserve()).options == {}
+
+
+def test_reserve_of_a_service_name_with_spaces_takes_it_percent_encoded(make_api):
+    api = make_api([FakeService("Local Software Session")])
+    r = api.get("/v1/reserve/Local%20Software%20Session?x=1")
+    assert (r.status, r.json()["service"]) == (200, "Local Software Session")
+    assert [v[0] for v in api.live().values()] == ["Local Software Session"]
+
+
+@pytest.mark.parametrize("name", ["ensight", "local_ensight"])
+def test_reserve_by_name_or_alias_reserves_the_same_service(make_api, name):
+    api = make_api([FakeService("ensight", aliases=("local_ensight",)), FakeService("envision")])
+    r = api.get(f"/v1/reserve/{name}")
+    assert (r.status, r.json()["service"]) == (200, "ensight")
+    assert list(api.live().values()) == [("ensight", 0, "reserved")]
+
+
+@pytest.mark.parametrize("name", ["nope", "Demo", "demo%20", "", "%ff"])
+def test_reserve_of_an_unknown_service_is_json_404_and_reserves_nothing(api, name):
+    r = api.get(f"/v1/reserve/{name}")
+    assert_json_error(r, 404)
+    assert "unknown service" in r.json()["error"]
+    assert api.live() == {}
+
+
+def test_reserve_without_any_configured_service_is_json_404(make_api):
+    assert_json_error(make_api(with_registry=False).get("/v1/reserve/demo"), 404)
+
+
+def test_reserve_with_every_instance_taken_is_json_503_until_one_is_released(make_api):
+    api = make_api([FakeService(count=2)])
+    first, _ = api.reserve(), api.reserve()
+    r = api.get("/v1/reserve/demo")
+    assert_json_error(r, 503)
+    assert "no free instance" in r.json()["error"]
+    assert len(api.live()) == 2
+    api.get(f"/v1/release/{first}")
+    assert api.get("/v1/reserve/demo").json()["index"] == 0
+
+
+# --- release ------------------------------------------------------------------
+
+
+def test_release_of_a_reserved_token_answers_200_and_frees_its_index(api):
+    token = api.reserve()
+    r = api.get(f"/v1/release/{token}")
+    assert (r.status, r.headers["content-type"], r.json()) == (200, JSON_TYPE, {"released": token})
+    assert api.live() == {} and api.services[0].stops == []  # nothing was running
+    again = api.get("/v1/reserve/demo").json()
+    assert (again["index"], again["token"] != token) == (0, True)
+
+
+@pytest.mark.parametrize("token", ["nope", str(uuid.uuid4()), "%20"])
+def test_release_of_an_unknown_token_is_json_404(api, token):
+    kept = api.reserve()
+    assert_json_error(api.get(f"/v1/release/{token}"), 404)
+    assert list(api.live()) == [kept]
+
+
+def test_release_of_an_already_released_token_is_json_404(api):
+    token = api.reserve()
+    assert api.get(f"/v1/release/{token}").status == 200
+    assert_json_error(api.get(f"/v1/release/{token}"), 404)
+
+
+def test_release_without_any_configured_service_is_json_404(make_api):
+    assert_json_error(make_api(with_registry=False).get("/v1/release/abc"), 404)
+
+
+def test_release_of_an_active_instance_answers_only_once_its_stop_has_finished(api):
+    token = api.reserve()
+    api.registry.activate(token)
+    api.services[0].stopping = stopped = defer.Deferred()
+    pending = api.send(f"/v1/release/{token}")
+    assert not pending.finished
+    assert api.services[0].stops == [0]
+    assert api.live() == {token: ("demo", 0, "stopping")}
+    assert_json_error(api.get("/v1/reserve/demo"), 503)  # the index is not free yet
+    stopped.callback(None)
+    assert (pending.response().status, pending.response().json()) == (200, {"released": token})
+    assert api.live() == {}
+    assert api.get("/v1/reserve/demo").json()["index"] == 0
+
+
+def test_release_whose_client_hung_up_still_frees_the_index_and_writes_nothing(api, events):
+    token = api.reserve()
+    api.registry.activate(token)
+    api.services[0].stopping = stopped = defer.Deferred()
+    pending = api.send(f"/v1/release/{token}")
+    sent = pending.transport.value()
+    pending.hang_up()
+    stopped.callback(None)
+    assert pending.transport.value() == sent == b""
+    assert api.live() == {}
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+# --- stop ---------------------------------------------------------------------
+
+
+def test_stop_answers_200_and_calls_stop_once_after_the_answer_is_written(api):
+    r = api.get("/v1/stop")
+    assert (r.status, r.headers["content-type"], r.json()) == (200, JSON_TYPE, {"stopping": True})
+    assert api.stop_calls == []  # not from inside the request
+    api.clock.advance(0)
+    assert api.stop_calls == [[True]]
+
+
+def test_stop_requested_twice_answers_200_both_times_but_stops_once(api):
+    assert api.get("/v1/stop").status == 200
+    assert api.get("/v1/stop").status == 200
+    api.clock.advance(0)
+    assert api.get("/v1/stop").status == 200
+    api.clock.advance(10)
+    assert len(api.stop_calls) == 1
+
+
+def test_stop_whose_client_hung_up_before_the_answer_still_stops(api):
+    """The answer of a stop cannot be held back; a vanished client does not cancel the stop."""
+    exchange = api.send("/v1/stop")
+    exchange.hang_up()
+    api.clock.advance(0)
+    assert len(api.stop_calls) == 1
+
+
+# --- errors and methods -------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["/v1", "/v1/", "/v1/nope", "/v1/reserve", "/v1/reserve/demo/x",
+                                    "/v1/release", "/v1/release/a/b", "/v1/status/x", "/v1/stop/now"])
+def test_unknown_calls_are_json_404_naming_the_call(api, target):
+    r = api.get(target)
+    assert_json_error(r, 404)
+    assert r.json()["error"].startswith("no such API call: /v1/")
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"])
+@pytest.mark.parametrize("call", ["reserve/demo", "release/TOKEN", "status", "status_view", "stop"])
+def test_methods_other_than_get_are_json_405_and_change_nothing(api, method, call):
+    token = api.reserve()
+    r = api.get("/v1/" + call.replace("TOKEN", token), method=method)
+    assert_json_error(r, 405)
+    assert r.headers["allow"] in ("GET, HEAD", "GET")
+    api.clock.advance(10)
+    assert (list(api.live()), api.stop_calls) == ([token], [])
+
+
+@pytest.mark.parametrize("call", ["reserve/demo", "release/TOKEN", "stop"])
+def test_head_of_a_call_that_changes_something_is_405_and_changes_nothing(api, call):
+    """A HEAD answer has no body: a reservation made by it would hold an index nobody can use."""
+    token = api.reserve()
+    r = api.get("/v1/" + call.replace("TOKEN", token), method=b"HEAD")
+    assert (r.status, r.headers["allow"], r.body) == (405, "GET", b"")
+    api.clock.advance(10)
+    assert (list(api.live()), api.stop_calls) == ([token], [])
+
+
+# --- security token -----------------------------------------------------------
+
+
+CALLS = ["reserve/demo?mode=1", "release/TOKEN", "status", "status_view", "stop", "nope"]
+
+
+@pytest.mark.parametrize("credentials", [
+    ("", []), ("?security_token=wrong", []), ("", [("Authorization", "Bearer wrong")]),
+], ids=["none", "wrong-query", "wrong-bearer"])
+@pytest.mark.parametrize("call", CALLS)
+def test_with_a_security_token_every_call_without_it_is_401_and_has_no_effect(make_api, call, credentials):
+    api = make_api(security_token=SECRET)
+    token = api.reserve(f"?security_token={SECRET}")
+    query, headers = credentials
+    sep = "&" if "?" in call else ""
+    target = "/v1/" + call.replace("TOKEN", token) + (sep + query[1:] if sep and query else query)
+    r = api.get(target, headers=headers)
+    assert_json_error(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert token not in r.body.decode()
+    api.clock.advance(10)
+    assert (list(api.live()), api.stop_calls) == ([token], [])
+
+
+@pytest.mark.parametrize("how", ["query", "bearer"])
+def test_with_the_security_token_in_query_or_bearer_header_every_call_works(make_api, how):
+    api = make_api(security_token=SECRET)
+    query, headers = (f"security_token={SECRET}", []) if how == "query" else ("", [("Authorization", f"Bearer {SECRET}")])
+    token = api.get(f"/v1/reserve/demo?{query}", headers=headers).json()["token"]
+    assert api.get(f"/v1/status?{query}", headers=headers).json()[0]["instances"][0]["token"] == token
+    assert api.get(f"/v1/status_view?{query}", headers=headers).status == 200
+    assert api.get(f"/v1/release/{token}?{query}", headers=headers).status == 200
+    assert api.get(f"/v1/stop?{query}", headers=headers).status == 200
+    api.clock.advance(0)
+    assert (api.live(), len(api.stop_calls)) == ({}, 1)
