@@ -1,11 +1,15 @@
-"""Run the nexusws demo: a small TCP backend, and the gateway tunnelling to it.
+"""Run the nexusws demo: a small TCP backend, the gateway tunnelling to it, and sessions.
 
     python config/demo/run.py [gateway options...]
 
 Without options the gateway runs as in the reference's Basic Operation example:
-HTTP on port 9000 (serving config/demo/www), WebSocket on port 9090, so open
-http://127.0.0.1:9000/?port=9090 in a browser. Any options given replace those
-defaults (for example --http_listen tcp:0 --ws_listen tcp:0 for free ports).
+HTTP on port 9000 (serving config/demo/www), WebSocket on port 9090. Open
+http://127.0.0.1:9000/?port=9090 for basic mode (one shared backend), and
+http://127.0.0.1:9000/sessions.html?port=9090 for sessions: each page reserves
+a "Demo Session" through /v1 and gets its own backend process, started when
+its WebSocket opens and stopped when it closes (services.json, demo_session.py).
+Any options given replace the defaults (for example --http_listen tcp:0
+--ws_listen tcp:0 for free ports).
 """
 
 import re
@@ -34,11 +38,12 @@ def main(args):
         if not match:
             sys.exit(f"demo: the backend did not start: {line!r}")
         port = match.group(1)
-        print(f"demo: backend on 127.0.0.1:{port}; open http://127.0.0.1:9000/?port=9090 "
-              "(or the ports you chose)", flush=True)
+        print(f"demo: backend on 127.0.0.1:{port}; open http://127.0.0.1:9000/?port=9090 and "
+              "http://127.0.0.1:9000/sessions.html?port=9090 (or the ports you chose)", flush=True)
         gateway = subprocess.Popen(
             gateway_command() + ["--http_directory", str(HERE / "www"), "--client_hostname",
-                                 "127.0.0.1", "--client_port", port] + (args or DEFAULTS)
+                                 "127.0.0.1", "--client_port", port, "--remote_session_config",
+                                 str(HERE / "services.json")] + (args or DEFAULTS)
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, f: gateway.send_signal(signal.SIGTERM))

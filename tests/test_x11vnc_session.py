@@ -1,0 +1,118 @@
+"""config/scripts/x11vnc_desktop_session.py with a real Xvfb and x11vnc, through a real gateway."""
+
+import asyncio
+import json
+import os
+import shutil
+import urllib.parse
+import urllib.request
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from conftest import ROOT, require
+
+SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def free_display_base(count):
+    """A display number from which C{count} displays are unused."""
+    for base in range(300, 600, count):
+        if not any(os.path.exists(f"/tmp/.X11-unix/X{d}") or os.path.exists(f"/tmp/.X{d}-lock")
+                   for d in range(base, base + count)):
+            return base
+    pytest.fail("no free X display number")
+
+
+def processes_with(marker):
+    """Pids whose command line contains C{marker}."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture
+def desktop_gateway(gateway, tmp_path):
+    require(shutil.which("Xvfb") and shutil.which("x11vnc"), "Xvfb and x11vnc (apt-get install xvfb x11vnc)")
+    base = free_display_base(2)
+    config = tmp_path / "desktops.json"
+    config.write_text(json.dumps({"Local Software Session": {
+        "script": str(SCRIPT), "count": 2,
+        "options": {"sizes": ["640x480", "800x600"], "display_base": base}}}))
+    www = tmp_path / "www"
+    www.mkdir()
+    gw = gateway(["--remote_session_config", str(config), "--state_file", str(tmp_path / "state.json"),
+                  "--http_directory", str(www), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK],
+                 http=True)
+    gw.display_base = base
+    yield gw
+    # An orderly stop ends the sessions; a killed gateway would orphan them.
+    assert gw.stop() == 0
+    assert processes_with(f":{base}") == [] and processes_with(f":{base + 1}") == []
+
+
+def reserve(gw, **options):
+    query = urllib.parse.urlencode(options)
+    url = f"{gw.http_url}/v1/reserve/{urllib.parse.quote('Local Software Session')}?{query}"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_desktop_session_serves_rfb_through_the_websocket_and_is_cleaned_up(desktop_gateway):
+    gw = desktop_gateway
+    display = f":{gw.display_base}"
+    token = reserve(gw, size="800x600", password="s3cret")["token"]
+
+    async def session():
+        async with connect(f"{gw.ws_url}/websockify?token={token}", subprotocols=["binary"],
+                           open_timeout=30) as ws:
+            greeting = await asyncio.wait_for(ws.recv(), 30)
+            assert greeting.startswith(b"RFB 003.")
+            await ws.send(greeting[:12])  # the client picks the same version
+            types = await asyncio.wait_for(ws.recv(), 10)
+            assert types[0] >= 1 and 2 in types[1:], "VNC authentication (type 2) is offered"
+            assert len(processes_with(display)) >= 2, "Xvfb and x11vnc run for the session"
+
+    asyncio.run(session())
+    gw.wait_for(r"Local Software Session#0: stopping -> released")
+    assert processes_with(display) == [], "Xvfb and x11vnc are gone after the session"
+    assert not os.path.exists(f"/tmp/.X11-unix/X{gw.display_base}")
+    assert "s3cret" not in gw.log
+
+
+def test_desktop_session_without_password_needs_no_authentication(desktop_gateway):
+    gw = desktop_gateway
+    token = reserve(gw)["token"]
+
+    async def session():
+        async with connect(f"{gw.ws_url}/?token={token}", subprotocols=["binary"], open_timeout=30) as ws:
+            greeting = await asyncio.wait_for(ws.recv(), 30)
+            await ws.send(greeting[:12])
+            types = await asyncio.wait_for(ws.recv(), 10)
+            assert 1 in types[1:], "security type None is offered"
+
+    asyncio.run(session())
+
+
+def test_unoffered_size_closes_the_websocket_with_the_reason(desktop_gateway):
+    gw = desktop_gateway
+    token = reserve(gw, size="99999x99999")["token"]
+
+    async def session():
+        async with connect(f"{gw.ws_url}/?token={token}", subprotocols=["binary"], open_timeout=30) as ws:
+            with pytest.raises(websockets.ConnectionClosedError):
+                await asyncio.wait_for(ws.recv(), 30)
+            assert ws.close_code == 1011
+            assert "is not offered" in ws.close_reason
+
+    asyncio.run(session())
+    assert processes_with(f":{gw.display_base}") == []
