@@ -16,10 +16,14 @@ Which instance a process belongs to:
     C{subprocess}): the gateway's live descendants are read from C{/proc}
     before C{start} is called, when its synchronous part returns, and when its
     result fires. New descendants after the synchronous part belong to the
-    instance; new ones when the result fires belong to it only if no other
-    instance, of any service, started or ran its script's C{stop} meanwhile
-    (a debug line says when they are not attributed). A new process below
-    one that another instance owns stays that instance's.
+    instance; new ones when the result fires belong to it if no other
+    instance, of any service, started or ran its script's C{stop} meanwhile,
+    and otherwise if they carry the instance's marker: the helpers' children
+    get C{NEXUSWS_INSTANCE=<marker>} in their environment, and so does all
+    they start, daemons too. Marked processes are claimed again at stop. A
+    new process below one that another instance owns stays that instance's.
+    Unmarked processes started during an overlap belong to no instance; the
+    gateway ends them when it stops (and after a crash, at restart).
   - B{Stop}: once the script's C{stop} has finished (or failed, or exceeded
     C{stop_timeout}), helper children still running get C{Child.terminate}
     (TERM to the group, KILL after C{grace}), and every other process the
@@ -30,14 +34,17 @@ Which instance a process belongs to:
 import contextvars
 import copy
 import inspect
-import json
 import os
+import uuid
 import weakref
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from nexusws.logs import logger
+from nexusws.logs import describe, logger, one_line, show
+
+#: The environment variable that marks the processes of one instance.
+MARKER_ENV = "NEXUSWS_INSTANCE"
 
 #: (service, index) of the instance whose script code is running, if known.
 current = contextvars.ContextVar("nexusws_instance", default=None)
@@ -60,6 +67,7 @@ class System:
         self.is_alive = procs.is_alive
         self.kill_processes = launcher.kill_processes
         self.wait_for_port = launcher.wait_for_port
+        self.environ_has = procs.environ_has
 
 
 class Tracker:
@@ -106,7 +114,13 @@ class _Instance:
         self.overlapped = False
         self.pending = None  # the start Deferred until it fires
         self.stopped = None  # fires when the stop is complete
+        # In the environment of its helpers' children and all they start (daemons
+        # too): how an instance knows its own when others start at the same time.
+        self.marker = uuid.uuid4().hex
 
+    @property
+    def marker_entry(self):
+        return f"{MARKER_ENV}={self.marker}".encode()
     def owned(self):
         return {child.pid for child in self.children} | set(self.procs)
 
@@ -176,10 +190,10 @@ class Service:
     def _started(self, result, instance, before, where):
         instance.pending = None
         if instance.overlapped:
-            self.log.debug("{where}: other instances started or stopped meanwhile; processes "
-                           "that appeared during its start are not attributed", where=where)
-        else:
-            self._attribute(instance, before)
+            self.log.debug("{where}: other instances started or stopped meanwhile; of the "
+                           "processes that appeared during its start, it owns those its "
+                           "helper children started", where=where)
+        self._attribute(instance, before, marked_only=instance.overlapped)
         if instance.state == "starting":
             self._tracker.leave(instance)
         if isinstance(result, Failure):
@@ -220,6 +234,8 @@ class Service:
         try:
             if instance.pending is not None:
                 instance.pending.cancel()
+            # Whatever carries its marker now is its own, though it appeared late.
+            self._attribute(instance, {}, marked_only=True)
             owned_before = self.pids(instance.index)
             stopping = self._call(self.script.stop, instance.index)
             if not stopping.called:
@@ -305,11 +321,17 @@ class Service:
         pids = self.system.descendants(self.system.getpid(), table)
         return {pid: table[pid] for pid in pids if self.system.is_alive(table.get(pid))}
 
-    def _attribute(self, instance, before):
-        """Record descendants new since C{before} as C{instance}'s, unless another owns them."""
+    def _attribute(self, instance, before, marked_only=False):
+        """Record descendants new since C{before} as C{instance}'s, unless another owns them.
+
+        With C{marked_only}, only those carrying the instance's marker (see L{_Instance}).
+        """
         now = self._descendants()
         new = sorted(pid for pid, entry in now.items()
                      if pid not in before or before[pid].start_time != entry.start_time)
+        if marked_only:
+            carries = getattr(self.system, "environ_has", None)
+            new = [pid for pid in new if carries is not None and carries(pid, instance.marker_entry)]
         if not new:
             return
         mine = instance.owned()
@@ -358,24 +380,3 @@ def _address(value):
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return None
     return (host, port)
-
-
-def one_line(text):
-    """C{text} with every run of whitespace (newlines too) made one space."""
-    return " ".join(str(text).split())
-
-
-def describe(exc):
-    """C{"TypeName: message"} on one line."""
-    text = one_line(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def show(value, limit=80):
-    """C{value} as JSON (else repr), on one line, cut at C{limit} characters."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    text = one_line(text)
-    return text if len(text) <= limit else text[:limit] + "..."

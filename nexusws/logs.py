@@ -10,6 +10,7 @@ Verbosity levels:
   2  also Autobahn's own debug output
 """
 
+import json
 import re
 from urllib.parse import quote, unquote_plus
 
@@ -70,4 +71,25 @@ def redact(uri):
 def printable(text, limit=200):
     """Quote control characters and cut C{text} so one log line stays one line."""
     text = quote(str(text), safe=" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def one_line(text):
+    """C{text} with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def describe(exc):
+    """C{"TypeName: message"} on one line."""
+    text = one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def show(value, limit=80):
+    """C{value} as JSON (else repr), on one line, cut at C{limit} characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = one_line(text)
     return text if len(text) <= limit else text[:limit] + "..."

@@ -244,3 +244,15 @@ def _popen_pids():
         obj.pid for obj in gc.get_objects()
         if isinstance(obj, subprocess.Popen) and obj.returncode is None
     }
+
+
+def environ_has(pid, entry):
+    """Whether process C{pid}'s environment holds C{entry} (bytes, C{NAME=value}).
+
+    False when the process is gone or its environment cannot be read.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except OSError:
+        return False

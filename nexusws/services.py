@@ -36,7 +36,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from nexusws.errors import StartupError
-from nexusws.instances import Service, ServiceError, current, describe, show
+from nexusws.instances import MARKER_ENV, Service, ServiceError, current
+from nexusws.logs import describe, show
 from nexusws.logs import logger
 
 __all__ = [
@@ -93,7 +94,9 @@ class RemoteServiceScript:
     def spawn(self, argv, env=None, cwd=None, label=None, index=None):
         """Start C{argv} in its own session and process group; its output goes to the log.
 
-        @param env: the whole environment; None inherits the gateway's.
+        @param env: the whole environment; None inherits the gateway's. nexusws
+            adds C{NEXUSWS_INSTANCE}, which marks what the child and the
+            programs it starts belong to.
         @param label: prefix of its log lines; default C{"<service>[<index>] <program>"}.
         @param index: the instance it belongs to; needed only where nexusws
             cannot tell (in a plain C{callLater}, say; see L{nexusws.instances}).
@@ -107,6 +110,8 @@ class RemoteServiceScript:
         argv = [os.fspath(arg) for arg in argv]
         if label is None:
             label = f"{service.name}[{instance.index}] {os.path.basename(argv[0])}"
+        env = dict(os.environ if env is None else env)
+        env[MARKER_ENV] = instance.marker
         child = service.launcher.spawn(argv, env=env, cwd=cwd, label=label)
         instance.children.append(child)
         return child

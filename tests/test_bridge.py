@@ -1,6 +1,5 @@
 """In-memory tests of the WebSocket⇄TCP bridge: iosim pumps, a memory reactor, no sockets."""
 
-import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error

@@ -133,14 +133,6 @@ def test_sigkill_orphans_are_ended_by_the_next_gateway_with_the_same_state_file(
     assert second.proc.poll() is None
 
 
-OVERLAP_NOT_ATTRIBUTED = pytest.mark.xfail(strict=True, reason=(
-    "BUG: nexusws/instances.py Service._started skips attributing processes that appear "
-    "after start()'s synchronous part when another instance started meanwhile (overlapped); "
-    "a daemon (double fork, reparented to the gateway) is then owned by no instance, so "
-    "the instance's stop does not end it (the gateway's stop and a restart after SIGKILL do: "
-    "every descendant of the gateway is ended then)"))
-
-
 async def open_sessions_together(gw, markers, stack):
     """Reserve one session of each kind, then open all their WebSockets at once."""
     tokens = {kind: reserve(gw, kind, marker=m) for kind, m in markers.items()}
@@ -151,7 +143,7 @@ async def open_sessions_together(gw, markers, stack):
     assert running(markers) == KINDS
 
 
-@OVERLAP_NOT_ATTRIBUTED
+
 def test_sessions_started_together_each_end_with_their_websocket(gateway, tmp_path, markers):
     """Sessions whose starts overlap: closing their WebSockets still ends all their
     processes, the daemon included, while the gateway runs on."""

@@ -217,3 +217,15 @@ def test_group_alive_while_a_member_runs_and_not_once_only_a_zombie_is_left(pope
     p.kill()
     wait_until(lambda: procs.info(p.pid).state == "Z")
     assert not procs.group_alive(p.pid)
+
+
+def test_environ_has_finds_an_exact_entry_of_a_live_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             env={**os.environ, "NEXUSWS_INSTANCE": "abc123"})
+    try:
+        assert procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123")
+        assert not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc")
+    finally:
+        child.kill()
+        child.wait()
+    assert not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123"), "a gone process has none"
