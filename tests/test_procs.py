@@ -223,7 +223,10 @@ def test_environ_has_finds_an_exact_entry_of_a_live_process():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
                              env={**os.environ, "NEXUSWS_INSTANCE": "abc123"})
     try:
-        assert procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123")
+        deadline = time.monotonic() + 5
+        while not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123"):
+            assert time.monotonic() < deadline, "the entry never showed in /proc/PID/environ"
+            time.sleep(0.01)
         assert not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc")
     finally:
         child.kill()
