@@ -4,24 +4,12 @@ The server starts a sleeping grandchild too; nexusws ends both when the session 
 """
 
 import os
-import socket
 import sys
 
 from nexusws.services import RemoteServiceScript
 
-SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "echo_server.py")
-
-
-def free_port():
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_argv(port, options, *flags):
-    """The echo server's command line, marked with the reservation's C{marker} option."""
-    return [sys.executable, SERVER, str(port), options.get("marker", "unmarked"), *flags]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from echo_common import free_port, server_argv  # noqa: E402
 
 
 class HelperEcho(RemoteServiceScript):
