@@ -141,6 +141,9 @@ class Options(usage.Options):
         ["ensight_executable", None, None,
          "The EnSight program for --local_session ensight (default: $NEXUSWS_ENSIGHT, else "
          "'ensight' on PATH)."],
+        ["vnc_port_base", None, 5900,
+         "VNC port of the built-in sessions: ensight i uses base+2i, envision i base+2i+1.",
+         _coerced(_port, "vnc_port_base")],
         ["envision_executable", None, None,
          "The EnVision program for --local_session envision (default: $NEXUSWS_ENVISION, "
          "else 'envision' on PATH)."],
@@ -322,6 +325,7 @@ class Options(usage.Options):
                     app: self[f"{app}_executable"] or os.environ.get(env) or None
                     for app, env in EXECUTABLE_ENV.items()
                 }
+                executables["vnc_port_base"] = self["vnc_port_base"]
                 services += builtin_services(self["local_session"], reactor, launcher, executables)
             check_names(services)
         except StartupError as e:

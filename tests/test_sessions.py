@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, require
+from conftest import ROOT
 from sessions.harness import (
     all_instances,
     assert_gone,
@@ -41,7 +41,6 @@ from sessions.harness import (
 #: A log line of the launcher saying it started a process.
 STARTED = r"nexusws\.launcher#info\].*(started pid|\) started)"
 FAKE_ENSIGHT = ROOT / "tests" / "services" / "fake_ensight.py"
-ENSIGHT_VNC_PORT = 5900  # fixed by nexusws.builtins for ensight index 0: there is no option
 
 
 @pytest.fixture
@@ -309,11 +308,13 @@ def _port_free(port):
 def test_local_ensight_reserved_by_both_names_tunnels_to_its_vnc_port(gateway, tmp_path):
     """--local_session ensight 1 with a stand-in executable: 'local_ensight' and
     'ensight' both reserve it, and the WebSocket reads the stand-in's RFB greeting."""
-    require(_port_free(ENSIGHT_VNC_PORT), f"127.0.0.1:{ENSIGHT_VNC_PORT} free (ensight #0's VNC port)")
+    with socket.socket() as s:  # ensight #0's VNC port is --vnc_port_base: a free one
+        s.bind(("127.0.0.1", 0))
+        vnc_port = s.getsockname()[1]
     program = tmp_path / "ensight"  # fake_ensight.py is not executable itself
     program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_ENSIGHT}" "$@"\n')
     program.chmod(0o755)
-    gw = start(gateway, tmp_path, "--local_session", "ensight", "1",
+    gw = start(gateway, tmp_path, "--local_session", "ensight", "1", "--vnc_port_base", str(vnc_port),
                "--ensight_executable", str(program), config=None)
     for name in ("local_ensight", "ensight"):
         status, body = get(f"{gw.http_url}/v1/reserve/{name}")
@@ -325,7 +326,7 @@ def test_local_ensight_reserved_by_both_names_tunnels_to_its_vnc_port(gateway, t
 
         run(session())
         wait_until(lambda: all_instances(gw) == [], 10, "the ensight instance ended")
-        wait_until(lambda: _port_free(ENSIGHT_VNC_PORT), 5, "the stand-in's VNC port closed")
+        wait_until(lambda: _port_free(vnc_port), 5, "the stand-in's VNC port closed")
         assert_gone(f"{FAKE_ENSIGHT} -vnc", what="the stand-in")
 
 
