@@ -13,6 +13,15 @@ something answer it 405. Other methods get 405 everywhere.
 
 With a security token configured, a call must carry it as
 C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401.
+
+Access (see L{nexusws.auth}): the caller's user comes from the user header
+of a trusted proxy or, on a call authenticated with the security token, from
+a C{user} query parameter. Without the security token, reserve, release and
+stop are accepted from local clients only (403; reserve and release also
+from others under C{--allow_remote_api}), and /v1/status shows anyone else
+only the tokens reserved as them. Reserving a service needs membership of its group and of
+C{--require_group} (403); a reservation records its user, and only that user
+(or a call with the security token and no C{user}) may release it (403).
 """
 
 import hashlib
@@ -23,6 +32,9 @@ from html import escape
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from nexusws.auth import Access
+from nexusws.groups import check_user
+from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import SECRET_PARAMS, logger, printable
 from nexusws.reservations import NoFreeInstance, UnknownService, UnknownToken
 from nexusws.web import READ_METHODS, respond
@@ -87,12 +99,16 @@ class ApiRoot(resource.Resource):
         reservation is for an unknown service).
     @param stop: called (once, after the answer is written) by /v1/stop.
     @param reactor: schedules that call.
+    @param access: the L{nexusws.auth.Access} that identifies and authorizes callers.
     """
 
     isLeaf = True
+    #: Outstanding reservations per user, or anonymous address (0: no limit); set by assemble.
+    max_reservations_per_user = 0
 
-    def __init__(self, security_token=None, registry=None, stop=None, reactor=None):
+    def __init__(self, security_token=None, registry=None, stop=None, reactor=None, access=None):
         super().__init__()
+        self.access = access if access is not None else Access()
         # Comparing fixed-length digests keeps the comparison's time
         # independent of the token's length as well as of its content.
         self._token_digest = _digest(security_token.encode("utf-8")) if security_token else None
@@ -132,15 +148,64 @@ class ApiRoot(resource.Resource):
         if request.method != b"GET" and call in MUTATING_CALLS:
             request.setHeader(b"allow", b"GET")
             return json_response(request, 405, {"error": f"/v1/{call} answers GET only"})
-        return handler(request, *args)
+        caller = self._caller(request)
+        if isinstance(caller, bytes):
+            return caller
+        if call in MUTATING_CALLS and not self.access.may_change(caller, call, caller.with_token):
+            self._refused(caller, call, "a client on another host without the security token")
+            more = "" if call == "stop" else " (or the server's --allow_remote_api)"
+            return json_response(request, 403, {
+                "error": f"/v1/{call} from another host needs the security token{more}"})
+        return handler(request, caller, *args)
+
+    def _caller(self, request):
+        """The caller's L{nexusws.auth.Identity}, with C{with_token} set; or the
+        bytes of a 400 answer for an unusable C{user} parameter."""
+        headers = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
+        caller = self.access.identify(request.getClientAddress(), headers)
+        caller.with_token = self._token_digest is not None
+        named = request.args.get(b"user")
+        if named and not caller.with_token:
+            _log.warn("ignored the user parameter from {client}: only calls with the "
+                      "security token may name a user", client=printable(caller.client))
+        elif named:
+            try:
+                user, problem = check_user(named[0].decode("utf-8"))
+            except UnicodeDecodeError:
+                user, problem = None, "not UTF-8"
+            if len(named) > 1:
+                problem = "given more than once"
+            if problem:
+                return json_response(request, 400, {"error": f"user parameter: {problem}"})
+            caller.user = user
+        return caller
+
+    def _refused(self, caller, call, reason):
+        _log.warn("/v1/{call} refused: {client} as {user}: {reason}", call=call,
+                  client=printable(caller.client), reason=reason,
+                  user="anonymous" if caller.user is None else repr(printable(caller.user)))
 
     # --- calls ----------------------------------------------------------------
 
-    def _reserve(self, request, name):
-        if self.registry is None:
+    def _reserve(self, request, caller, name):
+        service = None if self.registry is None else find_service(self.registry, name)
+        if service is None:
             return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
+        refusal = self.access.refusal(caller.user, service)
+        if refusal is not None:
+            self._refused(caller, "reserve", refusal)
+            return json_response(request, 403, {"error": refusal})
+        try:  # a caller with the security token is counted by the user it names only
+            check_reservation_quota(self.registry, caller.user, None if caller.with_token else caller.client,
+                                    self.max_reservations_per_user)
+        except QuotaExceeded as e:
+            self._refused(caller, "reserve", str(e))
+            return json_response(request, 429, {"error": str(e)})
         try:
-            reservation = self.registry.reserve(name, reservation_options(request))
+            reservation = self.registry.reserve(name, reservation_options(request), user=caller.user,
+                                                client=caller.client)
         except UnknownService:
             return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
         except NoFreeInstance:
@@ -153,9 +218,16 @@ class ApiRoot(resource.Resource):
             {"token": reservation.token, "service": reservation.service.name, "index": reservation.index},
         )
 
-    def _release(self, request, token):
+    def _release(self, request, caller, token):
         if self.registry is None:
             return json_response(request, 404, {"error": "unknown token"})
+        reservation = self.registry.get(token)
+        owner = None if reservation is None else reservation.user
+        # The security token without a user parameter is the operator's: it may release any.
+        if owner is not None and caller.user != owner and not (
+                caller.with_token and not request.args.get(b"user")):
+            self._refused(caller, "release", f"the token was reserved by {printable(owner)!r}")
+            return json_response(request, 403, {"error": "this token was reserved by another user"})
         d = defer.maybeDeferred(self.registry.release, token)
 
         def done(_):
@@ -170,10 +242,16 @@ class ApiRoot(resource.Resource):
         d.addCallbacks(done, failed)
         return answer_later(request, d)
 
-    def _status(self, request):
-        return json_response(request, 200, self._status_list())
+    def _status(self, request, caller):
+        # A token opens its session: the operator (the security token, a local
+        # client) sees every token, anyone else only those reserved as them.
+        if caller.with_token or caller.local:
+            return json_response(request, 200, self._status_list())
+        return json_response(request, 200, self._status_list(
+            lambda instance: caller.user is not None and instance.get("user") == caller.user))
 
-    def _status_list(self):
+    def _status_list(self, token_shown=lambda instance: True):
+        """The status listing, secrets masked, and the tokens C{token_shown} refuses."""
         if self.registry is None:
             return []
         listing = self.registry.status()
@@ -182,19 +260,29 @@ class ApiRoot(resource.Resource):
             service["common_options"] = mask_secrets(service.get("common_options", {}))
             for instance in service["instances"]:
                 instance["options"] = mask_secrets(instance.get("options", {}))
+                if not token_shown(instance):
+                    instance["token"] = "***"
         return listing
 
-    def _status_view(self, request):
+    def _status_view(self, request, caller):
         request.setHeader(b"cache-control", b"no-store")
         return respond(request, 200, HTML, status_page(self._status_list()).encode("utf-8"))
 
-    def _stop_server(self, request):
+    def _stop_server(self, request, caller):
         if self._stop is not None and not self._stopping:
             self._stopping = True
             _log.info("stop requested through /v1/stop")
             # After this answer has gone out.
             request.notifyFinish().addBoth(lambda _: self._reactor.callLater(0, self._stop))
         return json_response(request, 200, {"stopping": True})
+
+
+def find_service(registry, name):
+    """The service of C{registry} called C{name} (by name or alias), or None."""
+    for service in registry.services:
+        if name == service.name or name in getattr(service, "aliases", ()):
+            return service
+    return None
 
 
 def answer_later(request, d):

@@ -6,6 +6,7 @@ and everything that happens at start-up happens in L{nexusws.service}.
 
 from nexusws import tls
 from nexusws.api import ApiRoot
+from nexusws.auth import access_notes
 from nexusws.bridge import BridgeFactory
 from nexusws.reservations import Registry
 from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
@@ -29,7 +30,7 @@ def make_router(options, registry, notes):
         router = NoRouter()
         if registry is None:
             notes.append("no --client_port and no services: every WebSocket will be refused")
-    return router if registry is None else TokenRouter(registry, router)
+    return router if registry is None else TokenRouter(registry, router, options.get("access"))
 
 
 def make_bridge(options, reactor, registry, notes):
@@ -40,6 +41,13 @@ def make_bridge(options, reactor, registry, notes):
         close_timeout=options["close_timeout"],
         ping_interval=options["ping_interval"],
         ping_timeout=options["ping_timeout"],
+        # Limits and origins (nexusws.limits).
+        handshake_timeout=options["handshake_timeout"],
+        max_frame_size=options["max_frame_size"],
+        max_message_size=options["max_message_size"],
+        max_tunnels=options["max_tunnels"],
+        max_tunnels_per_address=options["max_tunnels_per_address"],
+        allowed_origins=options.get("allowed_origin", ()),
     )
 
 
@@ -78,13 +86,20 @@ def build_service(options, reactor=None):
     bridge = make_bridge(options, reactor, registry, notes)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
     if options["http_directory"] is not None:
-        api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor)
-        site = make_site(options["http_directory"], api)
+        api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
+                      access=options.get("access"))
+        api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
+        site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
+                         max_header_size=options["http_max_header_size"],
+                         idle_timeout=options["http_idle_timeout"], hsts_max_age=options["hsts_max_age"])
         listeners.append(
             make_listener("--http_listen", options["http_listen"], site, reactor, options["tls"], "http")
         )
     elif {"http_port", "http_listen"} & options.given:
         notes.append("--http_port/--http_listen given without --http_directory: no HTTP server (as documented)")
+    if options.get("access") is not None:  # access control: warnings about its configuration
+        http = options["http_listen"] if options["http_directory"] is not None else None
+        notes += access_notes(options["access"], options["services"], http, options["security_token"])
 
     top = GatewayService(
         verbose=options["verbose"], log_file=options["log_file"], notes=notes, reactor=reactor

@@ -15,6 +15,13 @@ Data rules:
   - Flow control both ways: each side's transport is the producer of the other,
     so a stalled reader on either side stops reading on the other.
 
+Admission, before anything is connected or launched (see L{nexusws.limits}):
+the client must finish its request within the handshake timeout; its C{Origin}
+must be allowed (403); it must offer C{binary} or no subprotocol (400); there
+must be a free tunnel slot in total (503) and for its address (429). A slot is
+held until the connection is gone. Messages and frames beyond the size limits
+close the tunnel with 1009.
+
 Close rules (nothing is lost):
   - Backend closes: everything it sent is written to the client first; the close
     frame (1000, or 1011 if the backend connection failed) is sent once the
@@ -29,26 +36,17 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
 
+from nexusws import limits, pipes
 from nexusws.logs import logger, printable
 from nexusws.pipes import Backend, OneShot, ReactorTimer, Valve, describe, request_target
 from nexusws.routing import Launch
-
-SUBPROTOCOL = "binary"
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 
-
-def close_reason(text, limit=123):
-    """C{text} fitted into a close frame's 123 bytes: its start and its end, the middle cut."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    half = (limit - 3) // 2
-    head = data[:half].decode("utf-8", "ignore")
-    tail = data[-(limit - 3 - half):].decode("utf-8", "ignore")
-    return head + "..." + tail
+#: Seconds the gateway may take for its side of a handshake beyond --connect_timeout.
+GATEWAY_MARGIN = 5.0
 
 
 class BridgeProtocol(WebSocketServerProtocol):
@@ -67,21 +65,24 @@ class BridgeProtocol(WebSocketServerProtocol):
     _backend_valve = None
     _backend_done = None
     _drain_call = None
+    _release_slot = None
+    _phase = None  # (what is awaited, seconds) once the handshake waits for the gateway
 
     # --- handshake ------------------------------------------------------------
 
     def connectionMade(self):
         super().connectionMade()
         self.gone = defer.Deferred()
+        self.client = pipes.peer_label(self.transport.getPeer(), getattr(self, "peer", "-"))
 
     def onConnect(self, request):
-        self.client = self._client_address(request)
+        self._gateway_phase()
         self.bytes_up = 0  # client -> backend
         self.bytes_down = 0  # backend -> client
         self.started = self.factory.reactor.seconds()
         self.path = request_target(request)
         chosen = []
-        d = defer.maybeDeferred(self._choose_subprotocol, request.protocols)
+        d = defer.maybeDeferred(self._admit, request)
         d.addCallback(lambda protocol: chosen.append(protocol) or self.factory.router.route(request))
         d.addCallback(self._routed)
         d.addCallback(lambda _: (chosen[0], {}))
@@ -96,24 +97,27 @@ class BridgeProtocol(WebSocketServerProtocol):
             return None
         return self._connect_backend(route)
 
-    def _client_address(self, request):
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        port = getattr(peer, "port", None)
-        if host is None:
-            return str(request.peer)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def _gateway_phase(self):
+        """The client's request is in: from now on the handshake waits for the gateway.
 
-    def _choose_subprotocol(self, offered):
-        if not offered:
-            return None
-        if SUBPROTOCOL in offered:
-            return SUBPROTOCOL
-        raise ConnectionDeny(
-            400,
-            "unsupported WebSocket subprotocol(s) "
-            f"{printable(', '.join(offered))}: nexusws speaks '{SUBPROTOCOL}' or none",
+        The client had C{openHandshakeTimeout} (--handshake_timeout) to send it;
+        connecting the backend gets --connect_timeout (502 beyond), and this
+        deadline only backs that up.
+        """
+        self._phase = ("gateway side not done", self.factory.connect_timeout + GATEWAY_MARGIN)
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+        self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+            self._phase[1], self.onOpenHandshakeTimeout
         )
+
+    def _admit(self, request):
+        """Origin, then subprotocol, then a tunnel slot; return the subprotocol."""
+        self.factory.origins.check(request.origin)
+        protocol = pipes.choose_subprotocol(request.protocols)
+        address = self.factory.client_host(request, self.transport.getPeer())
+        self._release_slot = self.factory.counter.acquire(address)
+        return protocol
 
     def _connect_backend(self, target):
         self.target = target
@@ -137,27 +141,17 @@ class BridgeProtocol(WebSocketServerProtocol):
 
     def _refuse(self, failure):
         self._connecting = None
-        if failure.check(ConnectionDeny):
-            deny = failure.value
-        elif failure.check(defer.CancelledError):
-            deny = ConnectionDeny(503, "handshake cancelled")
-        elif failure.check(error.ConnectError, error.DNSLookupError, error.TimeoutError):
-            deny = ConnectionDeny(
-                502, f"backend {self.target} unreachable: {describe(failure.value)}"
-            )
-        else:
+        deny = pipes.denial(failure, self.target)
+        if deny is None:
             self._log.failure(
                 "{client}: unexpected error while opening a tunnel", failure, client=self.client
             )
             deny = ConnectionDeny(500, "internal error while opening the tunnel")
         if not self.closing:
             self._log.warn(
-                "tunnel refused: {client} {path} -> {target}: {code} {reason}",
-                client=self.client,
-                path=self.path,
-                target=self.target or "-",
-                code=deny.code,
-                reason=deny.reason,
+                "tunnel refused: {client} {path} -> {target}: {code} {reason}", client=self.client,
+                path=self.path, target=self.target or "-", code=deny.code,
+                reason=getattr(deny, "detail", deny.reason),  # limits.Refused says more
             )
         raise deny
 
@@ -190,13 +184,13 @@ class BridgeProtocol(WebSocketServerProtocol):
                        launch=self.launch, reason=printable(failure.getErrorMessage()))
         if not self.closing:
             # The reason names the service and instance already; its end is the cause.
-            self._close(CLOSE_INTERNAL_ERROR, close_reason(failure.getErrorMessage()))
+            self._close(CLOSE_INTERNAL_ERROR, pipes.close_reason(failure.getErrorMessage()))
 
     def _backend_failed(self, failure, target):
         self._connecting = None
         if self.closing or failure.check(ConnectionDeny, defer.CancelledError):
             return
-        reason = close_reason(f"backend {target} unreachable: {describe(failure.value)}")
+        reason = pipes.close_reason(f"backend {target} unreachable: {describe(failure.value)}")
         self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
                        launch=self.launch, reason=reason)
         self._close(CLOSE_INTERNAL_ERROR, reason)
@@ -237,7 +231,9 @@ class BridgeProtocol(WebSocketServerProtocol):
         if self.closing:
             return
         self.bytes_down += len(data)
-        self.sendMessage(data, isBinary=True)
+        # Autobahn applies the message size limit to what it sends too.
+        for piece in pipes.chunks(data, self.maxMessagePayloadSize):
+            self.sendMessage(piece, isBinary=True)
 
     # --- close ----------------------------------------------------------------
 
@@ -286,6 +282,8 @@ class BridgeProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.closing = True
+        if self._release_slot is not None:
+            self._release_slot()
         if self._connecting is not None:
             self._connecting.cancel()
         if self.backend is not None and self.backend.transport.connected:
@@ -295,20 +293,21 @@ class BridgeProtocol(WebSocketServerProtocol):
                 lambda f: self._log.failure("ending {launch} failed", f, launch=self.launch)
             )
         if not self.opened:
+            if getattr(self, "wasOpenHandshakeTimeout", False):
+                what, seconds = self._phase or ("no complete request", self.openHandshakeTimeout)
+                self._log.info("handshake timeout: {client} dropped: {what} within {seconds:g} s",
+                               client=self.client, what=what, seconds=seconds)
             return
         self.factory.tunnels.discard(self)
         duration = self.factory.reactor.seconds() - self.started
+        if self.closedByMe and self.localCloseCode is not None:  # ours (1009...), not the echo
+            code, reason = self.localCloseCode, self.localCloseReason or b""
+            reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
         self._log.info(
             "tunnel closed: {client} -> {target}: {up} bytes up, {down} bytes down, "
-            "{duration:.3f}s, close {code} {reason}{clean}",
-            client=self.client,
-            target=self.target,
-            up=self.bytes_up,
-            down=self.bytes_down,
-            duration=duration,
-            code=code,
-            reason=printable(reason or ""),
-            clean="" if wasClean else " (unclean)",
+            "{duration:.3f}s, close {code} {reason}{clean}", client=self.client, target=self.target,
+            up=self.bytes_up, down=self.bytes_down, duration=duration, code=code,
+            reason=printable(reason or ""), clean="" if wasClean else " (unclean)",
         )
         self.gone.callback(None)
 
@@ -336,18 +335,22 @@ class BridgeFactory(WebSocketServerFactory):
     @param close_timeout: seconds a closing side may take to drain its data.
     @param ping_interval: seconds between keep-alive pings (0: none).
     @param ping_timeout: seconds to wait for a pong before dropping the peer.
+    @param handshake_timeout: seconds a client has to send its whole request (0: no limit).
+    @param max_frame_size: bytes of the largest frame a client may send (0: no limit).
+    @param max_message_size: bytes of the largest message either way (0: no limit).
+    @param max_tunnels: tunnels at once in total (0: no limit).
+    @param max_tunnels_per_address: tunnels at once per client address (0: no limit).
+    @param allowed_origins: origin patterns (see L{nexusws.limits}); none: any origin.
     """
 
     protocol = BridgeProtocol
 
     def __init__(
-        self,
-        router,
-        reactor,
-        connect_timeout=10.0,
-        close_timeout=30.0,
-        ping_interval=0.0,
-        ping_timeout=None,
+        self, router, reactor, connect_timeout=10.0, close_timeout=30.0, ping_interval=0.0,
+        ping_timeout=None, handshake_timeout=limits.HANDSHAKE_TIMEOUT,
+        max_frame_size=limits.MAX_FRAME_SIZE, max_message_size=limits.MAX_MESSAGE_SIZE,
+        max_tunnels=limits.MAX_TUNNELS, max_tunnels_per_address=limits.MAX_TUNNELS_PER_ADDRESS,
+        allowed_origins=(),
     ):
         super().__init__(reactor=reactor)
         self.noisy = False
@@ -356,16 +359,30 @@ class BridgeFactory(WebSocketServerFactory):
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self.tunnels = set()
+        self.origins = limits.OriginPolicy(allowed_origins)
+        self.counter = limits.TunnelCounter(max_tunnels, max_tunnels_per_address)
+        # One call only: every call resets allowNullOrigin. Autobahn's own origin
+        # check lets everything through; L{limits.OriginPolicy} decides, and logs.
         self.setProtocolOptions(
             webStatus=False,
-            # No origin policy yet: pages loaded from files (Origin: null) work.
             allowNullOrigin=True,
-            openHandshakeTimeout=connect_timeout + 5,
+            openHandshakeTimeout=handshake_timeout,
+            maxFramePayloadSize=max_frame_size,
+            maxMessagePayloadSize=max_message_size,
             closeHandshakeTimeout=close_timeout,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout if ping_timeout is not None else ping_interval,
             failByDrop=False,
         )
+
+    #: Optional C{(peer, headers) -> identity with .client} (e.g. L{nexusws.auth.Access.identify}).
+    identify = None
+
+    def client_host(self, request, peer):
+        """The address tunnels are counted by: C{identify}'s client, else the TCP peer's host."""
+        if self.identify is not None:
+            return self.identify(peer, request.headers).client
+        return getattr(peer, "host", None) or str(peer)
 
     def backend_endpoint(self, target):
         return HostnameEndpoint(self.reactor, target.host, target.port, timeout=self.connect_timeout)

@@ -354,7 +354,6 @@ def _send(kill, targets, sig):
 _PROBES = Factory.forProtocol(Protocol)
 _PROBES.noisy = False  # no "Starting factory" line for every probe
 
-
 def wait_for_port(reactor, host, port, timeout, interval=0.1):
     """Try to connect to C{host}:C{port} until it works or C{timeout} seconds pass.
 

@@ -12,6 +12,7 @@ Verbosity levels:
 
 import json
 import re
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote_plus
 
 import txaio
@@ -93,3 +94,13 @@ def show(value, limit=80):
         text = repr(value)
     text = one_line(text)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def short(token):
+    """The part of a token that may appear in a log line."""
+    return printable(str(token)[:8]) + "..."
+
+
+def iso_utc(epoch):
+    """ISO-8601 UTC, to the second, of C{epoch} seconds."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

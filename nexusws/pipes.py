@@ -2,11 +2,15 @@
 
 from urllib.parse import urlencode
 
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from nexusws.logs import printable, redact
+
+SUBPROTOCOL = "binary"
 
 
 @implementer(IPushProducer)
@@ -70,6 +74,57 @@ def request_target(request):
     """The request's path and query, secrets masked, for log lines."""
     query = urlencode([(k, v) for k, vs in request.params.items() for v in vs])
     return printable(redact(request.path + ("?" + query if query else "")))
+
+
+def close_reason(text, limit=123):
+    """C{text} fitted into a close frame's 123 bytes: its start and its end, the middle cut."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    half = (limit - 3) // 2
+    head = data[:half].decode("utf-8", "ignore")
+    tail = data[-(limit - 3 - half):].decode("utf-8", "ignore")
+    return head + "..." + tail
+
+
+def peer_label(peer, fallback="-"):
+    """C{host:port} (C{[v6]:port}) of a transport's peer, as tunnel log lines show it."""
+    host = getattr(peer, "host", None)
+    if host is None:
+        return str(fallback)
+    port = getattr(peer, "port", None)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def chunks(data, size):
+    """C{data} in pieces of at most C{size} bytes (C{size} 0: whole)."""
+    if not size or len(data) <= size:
+        return [data]
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def choose_subprotocol(offered):
+    """C{binary} when offered, None when nothing is; else refuse with 400."""
+    if not offered:
+        return None
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    raise ConnectionDeny(
+        400,
+        "unsupported WebSocket subprotocol(s) "
+        f"{printable(', '.join(offered))}: nexusws speaks '{SUBPROTOCOL}' or none",
+    )
+
+
+def denial(failure, target):
+    """The L{ConnectionDeny} a failed handshake answers with; None for an unexpected error."""
+    if failure.check(ConnectionDeny):
+        return failure.value
+    if failure.check(defer.CancelledError):
+        return ConnectionDeny(503, "handshake cancelled")
+    if failure.check(error.ConnectError, error.DNSLookupError, error.TimeoutError):
+        return ConnectionDeny(502, f"backend {target} unreachable: {describe(failure.value)}")
+    return None
 
 
 def describe(exc):

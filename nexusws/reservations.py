@@ -3,7 +3,8 @@
 A reservation holds the lowest free index of a service until it ends. Its states::
 
     reserved --activate--> starting --address accepts--> active
-    reserved --release, shutdown--> released;  reserved --unused for `timeout` s--> expired
+    reserved --release--> released;  reserved --unused for `timeout` s--> expired
+    (shutdown leaves reserved ones: the state file keeps them for the next run)
     starting --start failed or timed out, release, WebSocket gone, shutdown--> stopping
     active --WebSocket closed, release, shutdown--> stopping
     stopping --service.stop done (or failed, or timed out)--> released
@@ -15,14 +16,13 @@ reservations (/v1/status, the state file): another process must understand those
 
 import time
 import uuid
-from datetime import UTC, datetime
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from nexusws.errors import StartupError
 from nexusws.launcher import kill_processes, wait_for_port
-from nexusws.logs import logger, printable
+from nexusws.logs import iso_utc, logger, printable, short
 from nexusws.statefile import recover
 
 _log = logger("nexusws.reservations")
@@ -53,16 +53,6 @@ class StartFailed(Exception):
     """An instance did not start; the message is one line, fit for a close reason."""
 
 
-def short(token):
-    """The part of a token that may appear in a log line."""
-    return printable(str(token)[:8]) + "..."
-
-
-def iso_utc(epoch):
-    """ISO-8601 UTC, to the second, of C{epoch} seconds."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _describe(failure):
     value = failure.value
     if isinstance(value, defer.CancelledError):
@@ -78,7 +68,10 @@ class Reservation:
 
     @ivar created: when it was made, on the reactor's clock (for the timeout);
         C{created_wall}: the same moment in wall-clock epoch seconds.
-    @ivar pids: C{(pid, start_time)} of the processes it runs, as last seen."""
+    @ivar pids: C{(pid, start_time)} of the processes it runs, as last seen.
+    @ivar client: the address that reserved it, for L{nexusws.limits}' quota (not saved)."""
+
+    client = None
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (
@@ -152,7 +145,7 @@ class Registry:
     def _instances(self, service):
         return sorted((r for r in self._live.values() if r.service is service), key=lambda r: r.index)
 
-    def reserve(self, service_name, options=None, user=None):
+    def reserve(self, service_name, options=None, user=None, client=None):
         """Reserve the lowest free index of a service (by name or alias).
 
         @raise UnknownService: no such service.
@@ -169,7 +162,7 @@ class Registry:
                                  f"{printable(service.name)!r} are in use")
         r = Reservation(str(uuid.uuid4()), service, index, dict(options or {}), user,
                         self._reactor.seconds(), self._wallclock())
-        self._live[r.token] = r
+        r.client, self._live[r.token] = client, r
         self._logged(r, "new", RESERVED, None if user is None else f"user {printable(user)}")
         self._changed()
         return r

@@ -14,8 +14,11 @@ import re
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 
-from nexusws.logs import printable
+from nexusws.auth import Access
+from nexusws.logs import logger, printable
 from nexusws.reservations import TokenInUse, UnknownToken
+
+_log = logger("nexusws.routing")
 
 
 class Target:
@@ -83,12 +86,19 @@ class Launch:
 class TokenRouter:
     """Sessions: a WebSocket whose query carries C{token=T} gets the instance reserved as T.
 
-    Requests without a token go to C{fallback} (basic mode, or refusal).
+    The token is bound to the user who reserved it: presented by anyone else
+    (or anonymously, when a user reserved it) it is refused with 403, as it is
+    when the user may not use the service (its group, C{--require_group}).
+    Nothing is launched for a refused WebSocket. Requests without a token go
+    to C{fallback} (basic mode, or refusal).
+
+    @param access: the L{nexusws.auth.Access} that identifies and authorizes users.
     """
 
-    def __init__(self, registry, fallback):
+    def __init__(self, registry, fallback, access=None):
         self.registry = registry
         self.fallback = fallback
+        self.access = access if access is not None else Access()
 
     def route(self, request):
         tokens = request.params.get("token")
@@ -97,6 +107,8 @@ class TokenRouter:
         token = tokens[0]
         # Looked up first: a start that fails at once has freed it by the time activate returns.
         reservation = self.registry.get(token)
+        if reservation is not None:
+            self._authorize(request, reservation)
         try:
             started = self.registry.activate(token)
         except UnknownToken:
@@ -106,6 +118,28 @@ class TokenRouter:
         label = f"{printable(reservation.service.name)}#{reservation.index}"
         started.addCallbacks(lambda address: Target(*address), _cause)
         return Launch(started, lambda: self.registry.deactivate(token), label)
+
+    def _authorize(self, request, reservation):
+        """Refuse (403) unless the handshake's user may use C{reservation}."""
+        identity = self.access.identify(getattr(request, "peer", None),
+                                        getattr(request, "headers", None) or {})
+        owner = getattr(reservation, "user", None)
+        if owner is not None and identity.user != owner:
+            reason = "this token was reserved by another user"
+            logged = f"{reason} ({_who(owner)})"
+        else:
+            reason = logged = self.access.refusal(identity.user, reservation.service)
+        if reason is None:
+            return
+        _log.warn("session WebSocket refused: {client} as {user}, for {service}#{index}: {reason}",
+                  client=printable(identity.client), user=_who(identity.user),
+                  service=printable(reservation.service.name), index=reservation.index,
+                  reason=logged)
+        raise ConnectionDeny(403, reason)
+
+
+def _who(user):
+    return "anonymous" if user is None else repr(printable(user))
 
 
 class LaunchFailed(Exception):

@@ -115,6 +115,11 @@ class GatewayService(service.MultiService):
 
     def privilegedStartService(self):
         set_verbosity(self.verbose)
+        if isinstance(self.reactor, ReactorBase):
+            # Ours before anything listens: a SIGTERM before the reactor runs is
+            # served once it does. Twisted installs its own when it starts;
+            # they are replaced right after (see startService).
+            self._install_signal_handlers(only_default=True)
         try:
             # Opened before privileges are shed, like twistd's own log file.
             self._open_log_file()
@@ -134,9 +139,6 @@ class GatewayService(service.MultiService):
     def startService(self):
         super().startService()
         if isinstance(self.reactor, ReactorBase):
-            # Ours from now: a SIGTERM before the reactor runs is served once it
-            # does. Twisted installs its own when it starts; replaced right after.
-            self._install_signal_handlers(only_default=True)
             self.reactor.callWhenRunning(self._stop_cleanly_on_sigterm)
             self.reactor.addSystemEventTrigger("after", "shutdown", self._ignore_late_signals)
 

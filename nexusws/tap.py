@@ -10,71 +10,18 @@ import sys
 
 from twisted.python import usage
 
-from nexusws import __version__
+from nexusws import __version__, limits, tls, web
+from nexusws.auth import AccessOptions
 from nexusws.errors import TWISTD_PROG, StartupError, say
+from nexusws.convert import _coerced, _level, _local_session, _port, _seconds
 from nexusws.service import is_tls_endpoint, parse_endpoint
 
 SECURITY_TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
-LOCAL_SESSION_APPS = ("ensight", "envision")
 
 EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 
 
-def _port(value):
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{value!r} is not a port number (0-65535)")
-    return port
-
-
-def _seconds(value):
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    # NaN fails every comparison, so this also refuses "nan".
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"{value!r} is not a number of seconds >= 0")
-    return seconds
-
-
-def _level(value):
-    try:
-        level = int(value)
-    except (TypeError, ValueError):
-        level = -1
-    if level < 0:
-        raise ValueError(f"{value!r} is not a verbosity level (0, 1 or 2)")
-    return level
-
-
-def _local_session(value):
-    words = value.split()
-    if len(words) != 2 or words[0] not in LOCAL_SESSION_APPS or not words[1].isdigit():
-        raise ValueError(
-            f"{value!r} is not 'appname count' with appname "
-            f"{' or '.join(LOCAL_SESSION_APPS)} and a whole count"
-        )
-    return words[0], int(words[1])
-
-
-def _coerced(coerce, name):
-    """Wrap a converter so that a bad value's error names the option."""
-
-    def convert(value):
-        try:
-            return coerce(value)
-        except ValueError as e:
-            raise usage.UsageError(f"--{name}: {e}") from None
-
-    convert.coerceDoc = ""
-    return convert
-
-
-class Options(usage.Options):
+class Options(AccessOptions, usage.Options):
     """Options of C{twistd nexusws} and C{nexus-websocketserver}.
 
     Beyond Twisted's usage rules, as the reference's argparse allows: names
@@ -148,6 +95,55 @@ class Options(usage.Options):
          "The EnVision program for --local_session envision (default: $NEXUSWS_ENVISION, "
          "else 'envision' on PATH)."],
     ]
+
+    # Limits and origins (nexusws.limits); also opt_allowed_origin.
+    optParameters += [
+        ["handshake_timeout", None, limits.HANDSHAKE_TIMEOUT,
+         "Seconds a client has to send its whole WebSocket request (0: no limit).",
+         _coerced(_seconds, "handshake_timeout")],
+        ["max_frame_size", None, limits.MAX_FRAME_SIZE,
+         "Largest WebSocket frame a client may send, bytes (64K, 16M...; 0: no limit); "
+         "close 1009 beyond.", _coerced(limits.parse_size, "max_frame_size")],
+        ["max_message_size", None, limits.MAX_MESSAGE_SIZE,
+         "Largest WebSocket message a client may send, bytes (0: no limit); close 1009 beyond.",
+         _coerced(limits.parse_size, "max_message_size")],
+        ["max_tunnels", None, limits.MAX_TUNNELS,
+         "Most tunnels open at once (0: no limit); beyond, handshakes get 503.",
+         _coerced(limits.parse_count, "max_tunnels")],
+        ["max_tunnels_per_address", None, limits.MAX_TUNNELS_PER_ADDRESS,
+         "Most tunnels open at once from one client address (0: no limit); beyond, 429.",
+         _coerced(limits.parse_count, "max_tunnels_per_address")],
+        ["max_reservations_per_user", None, limits.MAX_RESERVATIONS_PER_USER,
+         "Most outstanding reservations of one user (anonymous: one address) (0: no limit); "
+         "beyond, /v1/reserve answers 429.", _coerced(limits.parse_count, "max_reservations_per_user")],
+    ]
+
+    # TLS (nexusws.tls; the files are loaded in _check_tls) and HTTP limits (nexusws.web).
+    optParameters += [
+        ["cert_chain", None, None, "PEM intermediate certificates, after any chain in --cert."],
+        ["tls_min_version", None, "1.2", "Oldest TLS version accepted: 1.2 or 1.3.",
+         _coerced(tls.parse_min_version, "tls_min_version")],
+        ["tls_ciphers", None, None, "OpenSSL cipher string for TLS 1.2 (default: Twisted's)."],
+        ["client_ca", None, None, "PEM CA certificates: clients must present a certificate they signed."],
+        ["hsts_max_age", None, web.HSTS_MAX_AGE,
+         "Strict-Transport-Security max-age on https responses, seconds (0: none).",
+         _coerced(web.parse_max_age, "hsts_max_age")],
+        ["http_max_header_size", None, web.MAX_HEADER_SIZE,
+         "Largest HTTP request head, bytes (16K, 1M...); 431 beyond.",
+         _coerced(web.parse_header_size, "http_max_header_size")],
+        ["http_idle_timeout", None, web.IDLE_TIMEOUT,
+         "Seconds an HTTP connection may stay idle, and a request head take (0: no limit).",
+         _coerced(_seconds, "http_idle_timeout")],
+    ]
+
+    def opt_allowed_origin(self, value):
+        """Origin a WebSocket may come from (https://app.example.com, https://*.example.com,
+        http://localhost:*, null); repeatable. Default: any origin."""
+        try:
+            pattern = limits.OriginPattern(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--allowed_origin: {e}") from None
+        self.setdefault("allowed_origin", []).append(pattern)
 
     def __init__(self):
         super().__init__()
@@ -260,6 +256,9 @@ class Options(usage.Options):
         self._check_listeners()
         self._check_tls()
         self._check_sessions()
+        from twisted.internet import reactor
+
+        self.check_access(reactor)  # nexusws.auth.AccessOptions
 
     def _check_listeners(self):
         if self["ws_listen"] is not None and self["ws_server_port"] is not None:
@@ -291,8 +290,9 @@ class Options(usage.Options):
 
     def _check_tls(self):
         if self["cert"] is None:
-            if self["key"] is not None:
-                raise usage.UsageError("--key needs --cert")
+            for key in ("key", "cert_chain", "tls_min_version", "tls_ciphers", "client_ca"):
+                if key in self.given:
+                    raise usage.UsageError(f"--{key} needs --cert")
             return
         for key in ("ws_listen", "http_listen"):
             if self[key] is not None and is_tls_endpoint(self[key]):
@@ -300,10 +300,10 @@ class Options(usage.Options):
                     f"--{key} {self[key]!r} does its own TLS: give TLS either there or "
                     "with --cert/--key, not both"
                 )
-        from nexusws import tls
-
         try:
-            self["tls"] = tls.load_certificate_options(self["cert"], self["key"])
+            self["tls"] = tls.load_certificate_options(
+                self["cert"], self["key"], chain_path=self["cert_chain"], min_version=self["tls_min_version"],
+                ciphers=self["tls_ciphers"], client_ca_path=self["client_ca"])
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -159,12 +159,25 @@ def test_reserve_records_query_options_one_value_as_a_string_repeated_ones_as_a_
 
 
 def test_reserve_records_no_security_token_and_no_client_supplied_token_or_user(make_api):
-    """security_token is the API's; token and user are what nexusws itself tells the script."""
+    """security_token is the API's; token and user are what nexusws itself tells the
+    script: without the security token a client cannot pose as a user."""
+    api = make_api()
+    token = api.reserve("?token=forged&user=admin&mode=1")
+    assert api.registry.get(token).options == {"mode": "1"}
+    assert api.registry.get(token).user is None
+    api.registry.activate(token)
+    assert api.services[0].starts == [(0, {"mode": "1", "token": token})]
+
+
+def test_reserve_with_the_security_token_reserves_on_behalf_of_the_user_parameter(make_api):
+    """With the security token, user=NAME names the user the reservation is for: it is
+    recorded as the reservation's user (not an option) and the script receives it."""
     api = make_api(security_token=SECRET)
     token = api.reserve(f"?security_token={SECRET}&token=forged&user=admin&mode=1")
     assert api.registry.get(token).options == {"mode": "1"}
+    assert api.registry.get(token).user == "admin"
     api.registry.activate(token)
-    assert api.services[0].starts == [(0, {"mode": "1", "token": token})]
+    assert api.services[0].starts == [(0, {"mode": "1", "token": token, "user": "admin"})]
 
 
 def test_reserve_without_any_option_records_an_empty_dict(api):

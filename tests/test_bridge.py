@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from nexusws.bridge import BridgeFactory
+from nexusws.bridge import GATEWAY_MARGIN, BridgeFactory
 from nexusws.routing import FixedRouter, NoRouter, Target
 
 
@@ -86,10 +86,17 @@ class Client(WebSocketClientProtocol):
 class Harness:
     """One client, the gateway, and (once connected) one backend, all in memory."""
 
-    def __init__(self, router=None, protocols=("binary",), close_timeout=30.0, ping_interval=0.0, ping_timeout=None):
-        self.reactor = MemoryReactorClock()
-        self.endpoint = ControlledEndpoint()
-        self.targets = []
+    def __init__(self, router=None, protocols=("binary",), close_timeout=30.0, ping_interval=0.0,
+                 ping_timeout=None, origin=None, peer=("127.0.0.1", 40000), like=None, **factory_options):
+        """C{origin}: the client's Origin header; C{peer}: its address; C{like}: another
+        Harness whose gateway (factory, reactor, backend endpoint) this client joins;
+        C{factory_options}: more L{BridgeFactory} arguments."""
+        if like is not None:
+            self.reactor, self.endpoint, self.targets = like.reactor, like.endpoint, like.targets
+        else:
+            self.reactor = MemoryReactorClock()
+            self.endpoint = ControlledEndpoint()
+            self.targets = []
         endpoint = self.endpoint
         targets = self.targets
 
@@ -98,15 +105,16 @@ class Harness:
                 targets.append(target)
                 return endpoint
 
-        self.factory = Factory(
+        self.factory = like.factory if like is not None else Factory(
             router or FixedRouter(Target("127.0.0.1", 5900)), self.reactor, close_timeout=close_timeout,
-            ping_interval=ping_interval, ping_timeout=ping_timeout,
+            ping_interval=ping_interval, ping_timeout=ping_timeout, **factory_options,
         )
         client_factory = WebSocketClientFactory(
-            "ws://127.0.0.1:9090/websockify?token=SECRET", protocols=list(protocols), reactor=self.reactor
+            "ws://127.0.0.1:9090/websockify?token=SECRET", protocols=list(protocols), reactor=self.reactor,
+            origin=origin,
         )
         client_factory.protocol = Client
-        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        peer = IPv4Address("TCP", *peer)
         self.server = self.factory.buildProtocol(peer)
         self.client = client_factory.buildProtocol(None)
         self.server_transport = Transport(self.server, True, peerAddress=peer)
@@ -405,11 +413,13 @@ def test_ping_keepalive_keeps_a_live_peer():
     assert h.client.closed is None and h.backend.lost is None
 
 
-def test_handshake_timeout_uses_the_injected_clock():
-    """A client that never finishes the handshake is dropped on the factory's clock."""
+def test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_margin():
+    """Once the request is in, the handshake waits for the backend: that wait is bounded by
+    connect_timeout + GATEWAY_MARGIN (not the client's --handshake_timeout), on the factory's clock."""
     h = Harness()
     h.flush()  # the backend never connects: the handshake stays pending
-    timeout = h.factory.openHandshakeTimeout
+    timeout = h.factory.connect_timeout + GATEWAY_MARGIN
+    assert timeout > h.factory.openHandshakeTimeout, "the test must tell the two deadlines apart"
     h.reactor.advance(timeout - 0.5)
     h.flush()
     assert not h.server_transport.disconnecting

@@ -121,7 +121,8 @@ def test_spellings_hyphen_equals_order_and_prefix(args):
 
 def test_ambiguous_prefix_names_the_candidates():
     """A prefix matching several options is refused, listing them."""
-    assert "--http_directory, --http_listen, --http_port" in refused("--http", "0")
+    assert "--http is ambiguous: --http_directory, --http_idle_timeout, --http_listen, " \
+        "--http_max_header_size, --http_port" in refused("--http", "0")
 
 
 def test_security_token_defaults_to_environment(monkeypatch):
@@ -292,12 +293,14 @@ def test_under_twistd_a_usage_error_is_one_line_and_exit_2(capfd):
 
 
 def test_make_service_assembles_tunnels_then_listeners(tmp_path):
-    """makeService: a GatewayService holding TunnelsService first, then ws and http listeners."""
+    """makeService: a GatewayService holding TunnelsService first, then ws and http listeners;
+    its one note: the API listens on every interface without a security token."""
     options = parse("--http_directory", str(tmp_path), "--http_port", "0",
                     "--client_port", "5900", "--verbose", "1", "--log_file", "x.log", "0")
     top = tap.makeService(options, MemoryReactorClock())
     assert isinstance(top, GatewayService)
-    assert (top.verbose, top.log_file, top.notes) == (1, "x.log", [])
+    assert (top.verbose, top.log_file) == (1, "x.log")
+    assert len(top.notes) == 1 and "reachable from other hosts" in top.notes[0]
     children = list(top)
     assert [type(c) for c in children] == [TunnelsService, ListenerService, ListenerService]
     assert [(c.label, c.scheme, c.description) for c in children[1:]] == [

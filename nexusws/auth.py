@@ -1,0 +1,346 @@
+"""Who is calling, and may they: users from a trusted proxy, groups, local callers.
+
+nexusws authenticates nobody itself. A front proxy (nginx) that has
+authenticated a user names them in a header (C{--user_header}, default
+C{X-Remote-User}); the header is believed only when the TCP peer is a trusted
+proxy (C{--trusted_proxy}, default loopback and UNIX sockets). From any other
+peer it is ignored, with a warning. C{X-Forwarded-For} gives the client's
+address, likewise only behind a trusted proxy.
+
+Groups come from a JSON file (C{--groups_file}, re-read when it changes) and
+optionally from the operating system (C{--os_groups}). A service whose
+options carry C{"group"} is for that group's members; C{--require_group}
+makes every session need one more group.
+"""
+
+import ipaddress
+
+from twisted.internet.address import UNIXAddress
+from twisted.python import usage
+
+from nexusws.errors import StartupError
+from nexusws.groups import GroupsFile, check_user, os_member
+from nexusws.logs import logger, printable
+
+_log = logger("nexusws.auth")
+
+#: The proxies trusted without C{--trusted_proxy}: this host only.
+DEFAULT_TRUSTED = ("127.0.0.0/8", "::1", "unix")
+#: The peer of a UNIX-socket connection (it has no address).
+UNIX = "unix"
+#: The characters of an HTTP header name (RFC 9110 "token").
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+# --- addresses ----------------------------------------------------------------------
+
+
+def parse_address(text):
+    """C{text} as an C{ipaddress} address (IPv4-mapped IPv6 as IPv4), or None."""
+    text = str(text).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])  # no zone: it is local to a host
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+def parse_network(text):
+    """One C{--trusted_proxy} value: an address, a CIDR network, or C{unix}.
+
+    @raise ValueError: a one-line reason."""
+    text = text.strip()
+    if text == UNIX:
+        return UNIX
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address, a CIDR network (10.0.0.0/8) "
+                         f"or 'unix'") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:10.0.0.1 means 10.0.0.1, as parse_address sees it
+            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def peer_host(peer):
+    """The host of a peer: an Autobahn C{request.peer} (C{tcp4:1.2.3.4:5678},
+    C{tcp6:::1:5678}, C{unix:...}) or a Twisted address; C{unix} for a UNIX socket."""
+    if peer is None:
+        return ""
+    if isinstance(peer, UNIXAddress):
+        return UNIX
+    if not isinstance(peer, str):
+        return str(getattr(peer, "host", None) or "")
+    kind, _, rest = peer.partition(":")
+    if kind in ("tcp4", "tcp6"):
+        return rest.rpartition(":")[0]
+    if kind == UNIX:
+        return UNIX
+    return peer
+
+
+def is_local(host):
+    """Whether C{host} (a L{peer_host}, or a client address) is this machine."""
+    if host == UNIX:
+        return True
+    address = parse_address(host)
+    return address is not None and address.is_loopback
+
+
+class TrustedProxies:
+    """The C{--trusted_proxy} set: C{host in proxies}."""
+
+    def __init__(self, values=DEFAULT_TRUSTED):
+        self.networks = [value if not isinstance(value, str) else parse_network(value)
+                         for value in values]
+
+    def __contains__(self, host):
+        if host == UNIX:
+            return UNIX in self.networks
+        address = parse_address(host)
+        return address is not None and any(
+            n != UNIX and n.version == address.version and address in n for n in self.networks)
+
+    def __str__(self):
+        return ", ".join(str(n.network_address) if n != UNIX and n.num_addresses == 1 else str(n)
+                         for n in self.networks) or "none"
+
+
+# --- identity -----------------------------------------------------------------------
+
+
+class Identity:
+    """Who made a request.
+
+    @ivar user: the user name, or None (anonymous).
+    @ivar client: the client's address: the peer's, or behind a trusted proxy
+        the last untrusted hop of C{X-Forwarded-For}.
+    @ivar peer: the TCP peer's host.
+    @ivar proxied: whether the peer is a trusted proxy.
+    @ivar with_token: the request carried the security token (set by the API)."""
+
+    with_token = False
+
+    def __init__(self, user, client, peer, proxied):
+        self.user, self.client, self.peer, self.proxied = user, client, peer, proxied
+
+    @property
+    def local(self):
+        """The client is this machine (a proxy forwarding a remote client is not)."""
+        return is_local(self.client)
+
+    def __repr__(self):
+        return f"<Identity user={self.user!r} client={self.client!r} peer={self.peer!r}>"
+
+
+def forwarded_client(header, trusted):
+    """The client named by an C{X-Forwarded-For} value: its last hop that is not a
+    trusted proxy (each proxy appends the address it saw), or its first if all are."""
+    hops = [hop.strip() for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            address = parse_address(hop)
+            return str(address) if address is not None else printable(hop, limit=64)
+    return str(parse_address(hops[0])) if hops else None
+
+
+def check_header_name(name):
+    """C{name} lower-cased if it is an HTTP header name; else ValueError."""
+    if not name or not set(name) <= _TCHAR:
+        raise ValueError(f"{name!r} is not an HTTP header name")
+    return name.lower()
+
+
+# --- decisions -----------------------------------------------------------------------
+
+
+class Access:
+    """Identity and authorization, as configured by the access options.
+
+    @param trusted: L{TrustedProxies} whose user header and X-Forwarded-For count.
+    @param user_header: the header naming the user.
+    @param groups_file: a L{GroupsFile}, or None.
+    @param os_groups: C{(user, group) -> bool}, or None: group membership from the system.
+    @param require_group: a group every session needs, or None.
+    @param allow_remote_api: reserve and release need neither a local client
+        nor the security token."""
+
+    def __init__(self, trusted=None, user_header="X-Remote-User", groups_file=None,
+                 os_groups=None, require_group=None, allow_remote_api=False):
+        self.trusted = trusted if trusted is not None else TrustedProxies()
+        self.user_header = check_header_name(user_header)
+        self.groups_file, self.os_groups = groups_file, os_groups
+        self.require_group, self.allow_remote_api = require_group, allow_remote_api
+
+    @property
+    def has_groups(self):
+        return self.groups_file is not None or self.os_groups is not None
+
+    def identify(self, peer, headers):
+        """The L{Identity} of a request from C{peer} (see L{peer_host}) with
+        C{headers} (lower-case names; repeated headers joined with ", ").
+        A user header from an untrusted peer is ignored and logged."""
+        host = peer_host(peer)
+        proxied = host in self.trusted
+        claimed = headers.get(self.user_header)
+        user = None
+        if claimed is not None and not proxied:
+            _log.warn("ignored {header}: {user!r} from {peer}: not a trusted proxy "
+                      "(--trusted_proxy {trusted})", header=self.user_header,
+                      user=printable(claimed, limit=80), peer=printable(host), trusted=self.trusted)
+        elif claimed is not None:
+            user, problem = check_user(claimed)
+            if problem:
+                _log.warn("ignored {header} from {peer}: {problem}", header=self.user_header,
+                          peer=printable(host), problem=problem)
+        client = host
+        forwarded = headers.get("x-forwarded-for")
+        if proxied and forwarded:
+            client = forwarded_client(forwarded, self.trusted) or host
+        return Identity(user, client, host, proxied)
+
+    def is_member(self, user, group):
+        if self.groups_file is not None and user in self.groups_file.members(group):
+            return True
+        return self.os_groups is not None and bool(self.os_groups(user, group))
+
+    def needed_groups(self, service):
+        """The groups a user must be in to use C{service}."""
+        return [g for g in (self.require_group, getattr(service, "group", None)) if g]
+
+    def refusal(self, user, service):
+        """Why C{user} (None: anonymous) may not use C{service}, or None if they may."""
+        for group in self.needed_groups(service):
+            if user is None:
+                return (f"service {printable(service.name)!r} is for members of group "
+                        f"{printable(group)!r}, and the user is unknown")
+            if not self.is_member(user, group):
+                return f"user {printable(user)!r} is not a member of group {printable(group)!r}"
+        return None
+
+    def may_change(self, identity, call, with_token):
+        """Whether a call that changes something (reserve, release, stop) is accepted.
+
+        With the security token: always. Without: from a local client; reserve
+        and release also from anywhere under C{allow_remote_api} (stop never)."""
+        if with_token or identity.local:
+            return True
+        return self.allow_remote_api and call != "stop"
+
+
+# --- the options -------------------------------------------------------------------------
+
+
+class AccessOptions(usage.Options):
+    """The access-control options, mixed into L{nexusws.tap.Options}.
+
+    Twisted's parser gathers C{optParameters}, C{optFlags} and C{opt_} methods
+    from every base class; C{check_access} (called by C{postOptions}) builds
+    C{self["access"]}."""
+
+    optParameters = [
+        ["user_header", None, "X-Remote-User",
+         "Header naming the authenticated user; believed only from a --trusted_proxy."],
+        ["groups_file", None, None,
+         'JSON file of groups, {"group": ["user", ...]}; re-read when it changes.'],
+        ["require_group", None, None,
+         "Group every session reservation and session WebSocket requires (e.g. RemoteSession)."],
+    ]
+    optFlags = [
+        ["os_groups", None, "Take group membership from the operating system's groups too."],
+        ["allow_remote_api", None,
+         "Accept /v1/reserve and /v1/release from other hosts without the security token."],
+    ]
+
+    def opt_trusted_proxy(self, value):
+        """Proxy whose user header is believed: address, CIDR, unix; repeatable; default loopback."""
+        # 'none' trusts no proxy at all; the default is DEFAULT_TRUSTED.
+        self.setdefault("trusted_proxy", [])
+        if value.strip() != "none":
+            try:
+                self["trusted_proxy"].append(parse_network(value))
+            except ValueError as e:
+                raise usage.UsageError(f"--trusted_proxy: {e}") from None
+
+    def check_access(self, clock):
+        try:
+            self["access"] = access_from_options(self, clock)
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+
+def access_from_options(options, clock):
+    """The L{Access} of parsed options (C{trusted_proxy}, C{user_header}, ...).
+
+    @raise StartupError: a bad value or groups file, one line."""
+    try:
+        proxies = options.get("trusted_proxy")  # [] (--trusted_proxy none): trust no proxy
+        trusted = TrustedProxies(DEFAULT_TRUSTED if proxies is None else proxies)
+        header = check_header_name(options.get("user_header") or "X-Remote-User")
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    groups_file = None
+    if options.get("groups_file"):
+        groups_file = GroupsFile(options["groups_file"], clock)
+    os_groups = os_member if options.get("os_groups") else None
+    require = options.get("require_group")
+    if require is not None:
+        require = require.strip()
+        if not require:
+            raise StartupError("--require_group: the group name is empty")
+        if groups_file is None and os_groups is None:
+            raise StartupError("--require_group needs --groups_file or --os_groups: "
+                               "without them nobody is a member")
+    return Access(trusted, header, groups_file, os_groups, require,
+                  bool(options.get("allow_remote_api")))
+
+
+def split_endpoint(description):
+    """An endpoint string's parts, split on unescaped colons and unescaped."""
+    parts, current, chars = [], [], iter(description)
+    for c in chars:
+        if c == "\\":
+            current.append(next(chars, ""))
+        elif c == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    return parts + ["".join(current)]
+
+
+def listener_is_local(description):
+    """Whether a listener endpoint string accepts connections from this host only
+    (a UNIX socket, or TCP bound to a loopback interface). Unknown kinds
+    (C{systemd:...}) count as reachable from other hosts."""
+    kind, *args = split_endpoint(description)
+    if kind == UNIX:
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    named = dict(a.partition("=")[::2] for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    interface = named.get("interface", positional[2] if kind != "ssl" and len(positional) > 2 else "")
+    return interface == "localhost" or is_local(interface)
+
+
+def access_notes(access, services, http_listen, security_token):
+    """Start-up warnings about the access configuration."""
+    notes = []
+    if http_listen is not None and not security_token and not listener_is_local(http_listen):
+        open_calls = "reserve and release are open to them (--allow_remote_api)" if (
+            access.allow_remote_api) else "reserve, release and stop are refused to them"
+        notes.append(f"the /v1 API on --http_listen {http_listen} is reachable from other hosts "
+                     f"and there is no --security_token: /v1/status is open to them, {open_calls}")
+    if not access.has_groups:
+        for service in services:
+            if getattr(service, "group", None):
+                notes.append(f"service {service.name!r} is for group {service.group!r} but there "
+                             f"is no --groups_file or --os_groups: nobody can use it")
+    return notes

@@ -1,0 +1,210 @@
+"""Access control of the /v1 API in memory: users from the header of a trusted proxy
+or the C{user} parameter of security-token calls, service groups and
+C{--require_group}, tokens bound to their user, and state-changing calls refused to
+remote clients without the security token.
+
+Raw HTTP goes through twisted.web's parser and the nexusws Site, on a
+StringTransport whose peer each test chooses; the registry runs on a Clock.
+"""
+
+import json
+
+import pytest
+from test_api import EPOCH, FakeService
+from test_web import Response
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from nexusws import web
+from nexusws.api import ApiRoot
+from nexusws.auth import Access, TrustedProxies
+from nexusws.groups import GroupsFile
+from nexusws.reservations import Registry
+
+SECRET = "s3cr3t-T0KEN"
+LOCAL, REMOTE = "127.0.0.1", "203.0.113.9"
+
+
+class Gateway:
+    """An ApiRoot over a Registry of an open service and a ClusterRendering one."""
+
+    def __init__(self, tmp_path, security_token=None, **access):
+        groups = tmp_path / "groups.json"
+        groups.write_text(json.dumps({"ClusterRendering": ["alice"], "RemoteSession": ["alice", "bob"]}))
+        self.clock = Clock()
+        self.services = [FakeService("open", count=3),
+                         FakeService("render", count=3, common_options={"group": "ClusterRendering"})]
+        self.services[1].group = "ClusterRendering"
+        self.registry = Registry(self.services, self.clock, wallclock=lambda: EPOCH,
+                                 wait_for_port=lambda *args: defer.succeed(None))
+        self.access = Access(groups_file=GroupsFile(groups, self.clock), **access)
+        self.stops = []
+        root = ApiRoot(security_token, registry=self.registry, stop=lambda: self.stops.append(1),
+                       reactor=self.clock, access=self.access)
+        self.site = web.make_site(str(tmp_path), root, reactor=MemoryReactorClock())
+
+    def get(self, target, peer=LOCAL, user=None, forwarded=None, headers=()):
+        """GET C{target} from C{peer}, with the user header and X-Forwarded-For if given."""
+        lines = [b"GET " + target.encode() + b" HTTP/1.1", b"Host: test", b"Connection: close"]
+        if user is not None:
+            lines.append(b"X-Remote-User: " + user.encode())
+        if forwarded is not None:
+            lines.append(b"X-Forwarded-For: " + forwarded.encode())
+        lines += [f"{n}: {v}".encode() for n, v in headers]
+        address = IPv4Address("TCP", peer, 40000)
+        transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", LOCAL, 8080))
+        protocol = self.site.buildProtocol(address)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"\r\n".join([*lines, b"", b""]))
+        self.clock.advance(0)  # /v1/stop calls later
+        return Response(transport.value(), b"GET")
+
+    def reserve(self, service="open", **kwargs):
+        """Reserve; return (status, body)."""
+        r = self.get(f"/v1/reserve/{service}" + kwargs.pop("query", ""), **kwargs)
+        return r.status, r.json()
+
+
+@pytest.fixture
+def gw(tmp_path):
+    return lambda **kwargs: Gateway(tmp_path, **kwargs)
+
+
+def warned(events):
+    return [e["log_format"].format(**e) for e in events
+            if e.get("log_namespace", "").startswith("nexusws") and e["log_level"].name == "warn"]
+
+
+# --- who the caller is -----------------------------------------------------------------
+
+
+def test_reserve_records_the_user_named_by_a_trusted_proxy(gw):
+    g = gw()
+    status, body = g.reserve(user="alice")
+    assert status == 200 and g.registry.get(body["token"]).user == "alice"
+
+
+def test_the_user_header_from_an_untrusted_peer_is_ignored_and_logged(gw, events):
+    g = gw(trusted=TrustedProxies(["10.0.0.1"]))
+    status, body = g.reserve(user="alice")
+    assert status == 200 and g.registry.get(body["token"]).user is None
+    assert any("ignored x-remote-user: 'alice' from 127.0.0.1" in line for line in warned(events))
+
+
+def test_with_the_security_token_the_user_parameter_names_the_user(gw):
+    g = gw(security_token=SECRET)
+    status, body = g.reserve("render", query="?user=alice", headers=[("Authorization", f"Bearer {SECRET}")])
+    assert status == 200 and g.registry.get(body["token"]).user == "alice"
+    status, body = g.reserve(query=f"?security_token={SECRET}&user=bob", user="alice")
+    assert g.registry.get(body["token"]).user == "bob", "the parameter wins over the header"
+
+
+def test_without_the_security_token_the_user_parameter_is_ignored_and_logged(gw, events):
+    g = gw()
+    status, body = g.reserve("render", query="?user=alice")
+    assert status == 403 and "the user is unknown" in body["error"]
+    assert any("ignored the user parameter from 127.0.0.1" in line for line in warned(events))
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("?user=", "user parameter: empty"),
+    ("?user=a%07b", "user parameter: it holds control characters"),
+    ("?user=%FF", "user parameter: not UTF-8"),
+    ("?user=a&user=b", "user parameter: given more than once"),
+])
+def test_an_unusable_user_parameter_with_the_security_token_is_400_and_reserves_nothing(gw, query, problem):
+    g = gw(security_token=SECRET)
+    status, body = g.reserve(query=f"{query}&security_token={SECRET}")
+    assert (status, body) == (400, {"error": problem})
+    assert g.registry.status()[0]["instances"] == []
+
+
+# --- groups -------------------------------------------------------------------------------
+
+
+def test_a_group_service_is_reserved_by_its_members_only_403_with_the_reason_otherwise(gw, events):
+    g = gw()
+    assert g.reserve("render", user="alice")[0] == 200
+    assert g.reserve("render", user="bob") == (
+        403, {"error": "user 'bob' is not a member of group 'ClusterRendering'"})
+    status, body = g.reserve("render")
+    assert status == 403 and body["error"] == (
+        "service 'render' is for members of group 'ClusterRendering', and the user is unknown")
+    assert [i["user"] for i in g.registry.status()[1]["instances"]] == ["alice"]
+    assert "/v1/reserve refused: 127.0.0.1 as 'bob': user 'bob' is not a member of group " \
+           "'ClusterRendering'" in warned(events)
+
+
+def test_require_group_applies_to_every_reservation(gw):
+    g = gw(require_group="RemoteSession")
+    assert g.reserve(user="bob")[0] == 200
+    assert g.reserve(user="carol")[0] == 403
+    assert g.reserve()[0] == 403
+    assert g.reserve("render", user="bob")[0] == 403, "the service's group is needed as well"
+    assert g.reserve("render", user="alice")[0] == 200
+
+
+def test_an_unknown_service_is_still_404_not_403(gw):
+    assert gw(require_group="RemoteSession").reserve("nope")[0] == 404
+
+
+# --- remote clients ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [{"peer": REMOTE}, {"forwarded": REMOTE}])
+def test_without_the_security_token_remote_clients_may_not_reserve_release_or_stop(gw, how):
+    """A remote peer, or a remote client forwarded by the (trusted, local) proxy."""
+    g = gw()
+    token = g.reserve()[1]["token"]
+    for target in ("/v1/reserve/open", f"/v1/release/{token}", "/v1/stop"):
+        r = g.get(target, **how)
+        assert r.status == 403 and "needs the security token" in r.json()["error"], target
+    assert g.registry.get(token) is not None and g.stops == []
+    assert len(g.registry.status()[0]["instances"]) == 1
+
+
+def test_with_the_security_token_remote_clients_may_change_things(gw):
+    g = gw(security_token=SECRET)
+    assert g.reserve(peer=REMOTE, query=f"?security_token={SECRET}")[0] == 200
+    assert g.get(f"/v1/stop?security_token={SECRET}", peer=REMOTE).status == 200
+    assert g.stops == [1]
+
+
+def test_allow_remote_api_opens_reserve_and_release_to_remote_clients_but_not_stop(gw):
+    g = gw(allow_remote_api=True)
+    status, body = g.reserve("render", forwarded=REMOTE, user="alice")
+    assert status == 200
+    assert g.get(f"/v1/release/{body['token']}", forwarded=REMOTE, user="alice").status == 200
+    assert g.get("/v1/stop", forwarded=REMOTE).status == 403 and g.stops == []
+
+
+def test_status_shows_remote_clients_only_the_tokens_reserved_as_them(gw):
+    g = gw(allow_remote_api=True)
+    mine = g.reserve(forwarded=REMOTE, user="alice")[1]["token"]
+    g.reserve(user="bob")
+    g.reserve()
+
+    def tokens(**how):
+        return [i["token"] for i in g.get("/v1/status", **how).json()[0]["instances"]]
+
+    assert tokens(forwarded=REMOTE, user="alice") == [mine, "***", "***"]
+    assert tokens(peer=REMOTE) == ["***", "***", "***"]
+    assert "***" not in tokens(), "a local client sees every token"
+
+
+# --- tokens bound to their user -------------------------------------------------------------------
+
+
+def test_a_token_is_released_only_by_its_user_or_with_the_security_token(gw):
+    g = gw()
+    token = g.reserve(user="alice")[1]["token"]
+    assert g.get(f"/v1/release/{token}", user="bob").status == 403
+    assert g.get(f"/v1/release/{token}").status == 403
+    assert g.registry.get(token) is not None
+    assert g.get(f"/v1/release/{token}", user="alice").status == 200
+    g = gw(security_token=SECRET)
+    token = g.reserve(query=f"?security_token={SECRET}&user=alice")[1]["token"]
+    assert g.get(f"/v1/release/{token}?security_token={SECRET}&user=bob").status == 403
+    assert g.get(f"/v1/release/{token}?security_token={SECRET}").status == 200
