@@ -8,7 +8,6 @@ the injected reactor's clock, then SIGKILL.
 L{kill_processes} ends processes that are not our Twisted children (those of a
 previous gateway run, recorded in the state file; daemons a program left
 behind), identified by pid and start time so that a reused pid is never hit.
-
 L{wait_for_port} waits until a TCP port accepts connections.
 """
 
@@ -24,7 +23,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import LogLevel
 
 from nexusws import procs as _procs
-from nexusws.logs import logger, printable
+from nexusws.logs import logger, printable, redact
 
 _log = logger("nexusws.launcher")
 
@@ -283,7 +282,8 @@ class Launcher:
         # Arguments may hold secrets (a VNC password): only the program at info level.
         fields = {"label": child.label, "pid": child.pid}
         _log.info("{label} (pid {pid}) started: {program}", program=printable(argv[0]), **fields)
-        _log.debug("{label} (pid {pid}) argv: {argv}", argv=printable(" ".join(argv)), **fields)
+        _log.debug("{label} (pid {pid}) argv: {argv}",  # secrets masked as in URLs
+                   argv=printable(" ".join(redact(arg) for arg in argv)), **fields)
         return child
 
 

@@ -44,6 +44,7 @@ def logger(namespace):
 def set_verbosity(level):
     """Apply a C{--verbose} level (see the module docstring)."""
     _predicate.setLogLevelForNamespace(None, LogLevel.debug if level >= 1 else LogLevel.info)
+    txaio.use_twisted()  # Autobahn's logging; idempotent, and needed before its first import
     txaio.set_global_log_level("debug" if level >= 2 else "info")
 
 

@@ -36,6 +36,7 @@ from nexusws.launcher import (
     kill_processes,
     wait_for_port,
 )
+from nexusws.logs import set_verbosity
 
 PROGRAMS = Path(__file__).parent / "programs"
 FAKE_PID = 4_999_000  # above any possible pid: /proc knows nothing of it
@@ -167,6 +168,18 @@ def test_spawn_runs_argv_through_the_setsid_wrapper_with_the_given_env_and_cwd(f
 def test_spawn_without_env_gives_the_child_this_process_environment(fake):
     fake.launcher.spawn(["sleep", "5"], label="s")
     assert fake.reactor.processes[0].env == dict(os.environ)
+
+
+def test_secrets_in_arguments_never_reach_the_log_even_at_debug(fake, logged):
+    """The built-ins pass vnc://?primary_password=...: every log line masks it."""
+    set_verbosity(1)
+    try:
+        fake.launcher.spawn(["sleep", "vnc://?rfb_port=5900&primary_password=hunter2"], label="s")
+    finally:
+        set_verbosity(0)
+    text = "\n".join(line for _, line in logged)
+    assert "primary_password=***" in text, "the debug line with the arguments was logged"
+    assert "hunter2" not in text
 
 
 def test_spawn_of_a_missing_program_raises_and_starts_nothing(fake, tmp_path):
