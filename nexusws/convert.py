@@ -1,4 +1,5 @@
-"""Option value converters: each raises ValueError with a message naming the bad value."""
+"""Converters of user-supplied values: options (each raises ValueError naming the bad
+value) and JSON files (duplicate keys refused)."""
 
 from twisted.python import usage
 
@@ -57,3 +58,17 @@ def _coerced(coerce, name):
 
     convert.coerceDoc = ""
     return convert
+
+
+class DuplicateKey(Exception):
+    """A JSON object names one key twice (json.loads would keep only the last)."""
+
+
+def unique_keys(pairs):
+    """A C{json.loads} C{object_pairs_hook} that raises L{DuplicateKey}."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result

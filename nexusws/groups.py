@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 
+from nexusws.convert import DuplicateKey, unique_keys
 from nexusws.errors import StartupError
 from nexusws.logs import logger, printable, show
 
@@ -40,28 +41,15 @@ class GroupsError(ValueError):
     """A groups file is unreadable or invalid; the message is one line."""
 
 
-class _Duplicate(Exception):
-    pass
-
-
-def _unique(pairs):
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        seen[key] = value
-    return seen
-
-
 def parse_groups(raw):
     """Groups file bytes as C{{group: frozenset(users)}}; L{GroupsError} with a one-line reason."""
     try:
-        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique)
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError as e:
         raise GroupsError(f"not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise GroupsError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except _Duplicate as e:
+    except DuplicateKey as e:
         raise GroupsError(f"group {printable(e.args[0])!r} appears twice") from None
     except RecursionError:
         raise GroupsError("nested too deeply") from None

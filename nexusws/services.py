@@ -35,10 +35,10 @@ import types
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from nexusws.convert import DuplicateKey, unique_keys
 from nexusws.errors import StartupError
 from nexusws.instances import MARKER_ENV, Service, ServiceError, current
-from nexusws.logs import describe, show
-from nexusws.logs import logger
+from nexusws.logs import describe, logger, show
 
 __all__ = [
     "RemoteServiceScript",
@@ -213,13 +213,13 @@ def load_config(path, reactor, launcher, system=None):
     except OSError as e:
         raise StartupError(f"{where}: cannot read the service config: {e.strerror or e}") from None
     try:
-        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys)
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError as e:
         raise StartupError(f"{where}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise StartupError(
             f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except _DuplicateKey as e:
+    except DuplicateKey as e:
         raise StartupError(f"{where}: key {e.args[0]!r} appears twice in one object") from None
     if not isinstance(data, dict):
         raise StartupError(f"{where}: the top level must be an object of services, "
@@ -320,19 +320,6 @@ def builtin_services(specs, reactor, launcher, executables, system=None):
     from nexusws import builtins  # imported here: it builds on this module
 
     return builtins.builtin_services(specs, reactor, launcher, executables, system=system)
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_keys(pairs):
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
 
 
 def _kind(value):
