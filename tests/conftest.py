@@ -219,6 +219,29 @@ def events():
 
 
 @pytest.fixture
+def popen():
+    """Start processes with C{popen(argv, **kw)}; whatever is left is killed and waited for."""
+    from nexusws import procs
+
+    started = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, **kw)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.poll() is None:
+            for pid in procs.descendants(p.pid):  # a shell's background children too
+                os.kill(pid, signal.SIGKILL)
+            p.kill()
+        p.wait(5)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+@pytest.fixture
 def artifacts():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS

@@ -407,25 +407,6 @@ def test_wait_for_port_fails_with_start_timeout_naming_the_address_after_the_tim
 # --- kill_processes: real processes, Clock for the grace period --------------------------
 
 
-@pytest.fixture
-def popen():
-    started = []
-
-    def start(argv, **kw):
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            for pid in procs.descendants(p.pid):  # a shell's background children too
-                os.kill(pid, signal.SIGKILL)
-            p.kill()
-        p.wait(5)
-        p.stdout.close()
-
-
 class Kills:
     """An os.kill that records what it sends (and sends it, unless told not to)."""
 
@@ -476,7 +457,7 @@ def test_kill_processes_sends_only_sigterm_to_a_process_that_exits_in_time(popen
 
 
 def test_kill_processes_sends_sigkill_when_sigterm_is_ignored_for_the_grace_period(popen):
-    p = popen([sys.executable, "-c", IGNORE_TERM])
+    p = popen([sys.executable, "-c", IGNORE_TERM], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "ready\n"
     kills, clock = Kills(), Clock()
     d = kill_processes(clock, [identity(p.pid)], grace=3, kill=kills)
@@ -522,7 +503,8 @@ ORPHAN_IN_SESSION = (
 
 
 def test_kill_processes_ends_the_whole_session_of_a_session_leader(popen):
-    p = popen([sys.executable, "-c", ORPHAN_IN_SESSION], start_new_session=True)
+    p = popen([sys.executable, "-c", ORPHAN_IN_SESSION], start_new_session=True,
+              stdout=subprocess.PIPE, text=True)
     orphan = int(p.stdout.readline())
     wait_until(lambda: orphan not in procs.descendants(p.pid))  # once the middle process is gone
     assert procs.info(orphan).sid == p.pid
@@ -551,7 +533,7 @@ FORKS_ON_TERM = (
 
 
 def test_kill_processes_kills_processes_started_during_the_grace_period(popen):
-    p = popen([sys.executable, "-c", FORKS_ON_TERM])
+    p = popen([sys.executable, "-c", FORKS_ON_TERM], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "ready\n"
     kills, clock = Kills(), Clock()
     d = kill_processes(clock, [identity(p.pid)], grace=1, kill=kills)

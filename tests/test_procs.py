@@ -8,7 +8,6 @@ because making pytest a subreaper would change it for every later test.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,25 +20,6 @@ from nexusws.procs import ProcInfo
 
 PROGRAMS = Path(__file__).parent / "programs"
 NO_SUCH_PID = 4_999_999  # above the kernel's highest possible pid_max (2**22)
-
-
-@pytest.fixture
-def popen():
-    """Start processes with C{popen(argv, **kw)}; whatever is left is killed and waited for."""
-    started = []
-
-    def start(argv, **kw):
-        p = subprocess.Popen(argv, **kw)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        if p.poll() is None:
-            for pid in procs.descendants(p.pid):  # a shell's background children too
-                os.kill(pid, signal.SIGKILL)
-            p.kill()
-        p.wait(5)
 
 
 def wait_until(condition, timeout=10.0):
