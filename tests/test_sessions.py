@@ -330,11 +330,8 @@ def test_local_ensight_reserved_by_both_names_tunnels_to_its_vnc_port(gateway, t
         assert_gone(f"{FAKE_ENSIGHT} -vnc", what="the stand-in")
 
 
-def test_local_ensight_without_executable_fails_the_session_clearly_and_the_gateway_runs(
-        gateway, tmp_path):
-    """A missing EnSight executable: the reservation is made, its WebSocket is closed
-    1011 saying which executable is missing; the gateway keeps serving."""
-    missing = tmp_path / "no-such-ensight"
+def ensight_missing(gateway, tmp_path, missing):
+    """A gateway whose ensight executable is C{missing}; a session's (gw, close code, reason)."""
     gw = start(gateway, tmp_path, "--local_session", "ensight", "1",
                "--ensight_executable", str(missing), config=None)
     token = reserve(gw, "ensight")
@@ -343,7 +340,14 @@ def test_local_ensight_without_executable_fails_the_session_clearly_and_the_gate
         async with open_ws(session_url(gw, token)) as ws:
             return await closed_with(ws)
 
-    code, reason = run(scenario())
+    return (gw, *run(scenario()))
+
+
+def test_local_ensight_without_executable_fails_the_session_clearly_and_the_gateway_runs(
+        gateway, tmp_path):
+    """A missing EnSight executable: the reservation is made, its WebSocket is closed
+    1011 saying which executable is missing; the gateway keeps serving."""
+    gw, code, reason = ensight_missing(gateway, tmp_path, tmp_path / "no-such-ensight")
     assert code == 1011
     assert reason.startswith("no ensight executable") and "not executable" in reason, reason
     assert gw.proc.poll() is None
@@ -355,15 +359,7 @@ def test_missing_executable_close_reason_names_the_problem_and_the_remedy(gatewa
     """With a long executable path, the 1011 reason still says 'no ensight executable'
     and which option to set."""
     missing = tmp_path / "opt" / "ansys_inc" / "v251" / "CEI" / "bin" / "ensight251"
-    gw = start(gateway, tmp_path, "--local_session", "ensight", "1",
-               "--ensight_executable", str(missing), config=None)
-    token = reserve(gw, "ensight")
-
-    async def scenario():
-        async with open_ws(session_url(gw, token)) as ws:
-            return await closed_with(ws)
-
-    code, reason = run(scenario())
+    _, code, reason = ensight_missing(gateway, tmp_path, missing)
     assert code == 1011
     assert "no ensight executable" in reason and "--ensight_executable" in reason, reason
 
