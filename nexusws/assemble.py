@@ -19,6 +19,7 @@ from nexusws.service import (
     is_tls_endpoint,
     parse_endpoint,
 )
+from nexusws.viewer import viewer_resource
 from nexusws.web import make_site
 
 
@@ -90,6 +91,7 @@ def build_service(options, reactor=None):
                       access=options.get("access"))
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
+                         viewer=viewer_resource(options["novnc_dir"]),
                          max_header_size=options["http_max_header_size"],
                          idle_timeout=options["http_idle_timeout"], hsts_max_age=options["hsts_max_age"])
         listeners.append(

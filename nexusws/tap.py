@@ -10,7 +10,7 @@ import sys
 
 from twisted.python import usage
 
-from nexusws import __version__, limits, tls, web
+from nexusws import __version__, limits, tls, viewer, web
 from nexusws.auth import AccessOptions
 from nexusws.errors import TWISTD_PROG, StartupError, say
 from nexusws.convert import _coerced, _level, _local_session, _port, _seconds
@@ -134,6 +134,10 @@ class Options(AccessOptions, usage.Options):
         ["http_idle_timeout", None, web.IDLE_TIMEOUT,
          "Seconds an HTTP connection may stay idle, and a request head take (0: no limit).",
          _coerced(_seconds, "http_idle_timeout")],
+        ["novnc_dir", None, None,
+         "noVNC tree served at /ansys/nexus/novnc/ (default: the first of "
+         f"{', '.join(viewer.CANDIDATES)} that holds noVNC).",
+         _coerced(viewer.check_novnc_dir, "novnc_dir")],
     ]
 
     def opt_allowed_origin(self, value):
@@ -254,6 +258,8 @@ class Options(AccessOptions, usage.Options):
         if self["ping_timeout"] is not None and not self["ping_interval"]:
             raise usage.UsageError("--ping_timeout needs --ping_interval")
         self._check_listeners()
+        if self["novnc_dir"] is None and self["http_directory"] is not None:
+            self["novnc_dir"] = viewer.find_novnc()
         self._check_tls()
         self._check_sessions()
         from twisted.internet import reactor

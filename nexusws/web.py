@@ -363,20 +363,28 @@ class Site(server.Site):
         )
 
 
-def build_root(http_directory, api):
-    """Build the resource tree for C{http_directory} with C{api} mounted at /v1."""
+def build_root(http_directory, api, viewer=None):
+    """Build the resource tree for C{http_directory} with C{api} mounted at /v1.
+
+    C{viewer}, if given, answers /ansys/nexus/novnc/ (L{nexusws.viewer}).
+    """
     root = ConfinedFile(os.path.abspath(http_directory))
-    root.putChild(b"ansys", ConfinedFile(ANSYS_ROOT))
+    ansys = ConfinedFile(ANSYS_ROOT)
+    if viewer is not None:
+        nexus = ConfinedFile(os.path.join(ANSYS_ROOT, "nexus"), root=ANSYS_ROOT)
+        nexus.putChild(b"novnc", viewer)
+        ansys.putChild(b"nexus", nexus)
+    root.putChild(b"ansys", ansys)
     root.putChild(b"v1", api)
     return root
 
 
-def make_site(http_directory, api, reactor=None, **limits):
+def make_site(http_directory, api, reactor=None, viewer=None, **limits):
     """The L{Site} serving L{build_root}; C{reactor} drives its timeouts (default: global).
 
     C{limits}: L{Site}'s C{max_header_size}, C{idle_timeout} and C{hsts_max_age}.
     """
-    site = Site(build_root(http_directory, api), requestFactory=Request, reactor=reactor, **limits)
+    site = Site(build_root(http_directory, api, viewer), requestFactory=Request, reactor=reactor, **limits)
     site.noisy = False
     site.displayTracebacks = False
     return site
