@@ -249,3 +249,41 @@ def artifacts():
 
 def have(program):
     return shutil.which(program) is not None
+
+
+NODE_DIR = ROOT / "tests" / ".node"
+#: npm packages the tests use: Node's ws client, and noVNC 1.7 (its RFB core
+#: for the browser tests, its DES for VNC authentication in Node).
+NODE_PACKAGES = {"ws": "ws@8", "@novnc/novnc": "@novnc/novnc@1.7.0"}
+
+
+@pytest.fixture(scope="session")
+def node_modules():
+    """tests/.node/node_modules with L{NODE_PACKAGES}, installed once from the npm registry (git-ignored)."""
+    require(have("node") and have("npm"), "node and npm")
+    modules = NODE_DIR / "node_modules"
+    if not all((modules / name / "package.json").is_file() for name in NODE_PACKAGES):
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR),
+             *NODE_PACKAGES.values()],
+            check=True, capture_output=True, timeout=300,
+        )
+    return modules
+
+
+@pytest.fixture
+def desktop():
+    """Start VNC desktops (L{desktop.Desktop}) with C{desktop(password=..., size=...)}; all stop at teardown."""
+    from desktop import Desktop
+
+    started = []
+
+    def start(**kw):
+        d = Desktop(**kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()

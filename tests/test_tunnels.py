@@ -4,14 +4,13 @@ import asyncio
 import hashlib
 import json
 import os
-import subprocess
 import time
 
 import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from conftest import ROOT, have, require
+from conftest import NODE_DIR
 from tcp_peers import Backend, closed_port
 
 LOOPBACK = ["--ws_listen", "tcp:0:interface=127.0.0.1"]
@@ -250,7 +249,6 @@ def test_flood_into_a_stalled_backend_keeps_gateway_memory_bounded_and_loses_not
 
 # --- a second, independent client: Node's ws ------------------------------------
 
-NODE_DIR = ROOT / "tests" / ".node"
 NODE_CLIENT = r"""
 const WebSocket = require('ws');
 const [url, size] = [process.argv[2], parseInt(process.argv[3])];
@@ -272,15 +270,8 @@ ws.on('error', (e) => { console.log(JSON.stringify({error: String(e)})); process
 
 
 @pytest.fixture(scope="session")
-def node_ws():
-    """Node.js with the 'ws' package from the npm registry (installed once, git-ignored)."""
-    require(have("node") and have("npm"), "node and npm")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        NODE_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), "ws@8"],
-            check=True, capture_output=True, timeout=300,
-        )
+def node_ws(node_modules):
+    """A Node.js echo client using the 'ws' package."""
     script = NODE_DIR / "echo_client.js"
     script.write_text(NODE_CLIENT)
     return script

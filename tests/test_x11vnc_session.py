@@ -12,38 +12,16 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import ROOT, require
+from desktop import free_display, processes_with
 
 SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
-def free_display_base(count):
-    """A display number from which C{count} displays are unused."""
-    for base in range(300, 600, count):
-        if not any(os.path.exists(f"/tmp/.X11-unix/X{d}") or os.path.exists(f"/tmp/.X{d}-lock")
-                   for d in range(base, base + count)):
-            return base
-    pytest.fail("no free X display number")
-
-
-def processes_with(marker):
-    """Pids whose command line contains C{marker}."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.fixture
 def desktop_gateway(gateway, tmp_path):
     require(shutil.which("Xvfb") and shutil.which("x11vnc"), "Xvfb and x11vnc (apt-get install xvfb x11vnc)")
-    base = free_display_base(2)
+    base = free_display(count=2)
     config = tmp_path / "desktops.json"
     config.write_text(json.dumps({"Local Software Session": {
         "script": str(SCRIPT), "count": 2,

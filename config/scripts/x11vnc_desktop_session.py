@@ -11,7 +11,9 @@ config file):
                 (default: any free loopback port)
   depth         colour depth (default: 24)
   start_timeout seconds to wait for Xvfb and x11vnc (default: 20)
-  xvfb, x11vnc  the programs (default: found on PATH)
+  background    fill the desktop with this colour ("#3a6ea5", "steelblue"),
+                with xsetroot (Debian: x11-xserver-utils); default: Xvfb's
+  xvfb, x11vnc, xsetroot  the programs (default: found on PATH)
 
 Reservation options (the query of /v1/reserve):
 
@@ -58,6 +60,13 @@ class X11VncDesktopSession(RemoteServiceScript):
         self.timeout = float(options.get("start_timeout", 20))
         self.xvfb = options.get("xvfb") or shutil.which("Xvfb") or "Xvfb"
         self.x11vnc = options.get("x11vnc") or shutil.which("x11vnc") or "x11vnc"
+        self.background = options.get("background")
+        if self.background is not None:
+            if not isinstance(self.background, str) or not self.background or self.background.startswith("-"):
+                raise ValueError(f"background: {self.background!r} is not a colour")
+            self.xsetroot = options.get("xsetroot") or shutil.which("xsetroot")
+            if not self.xsetroot:
+                raise ValueError("background needs xsetroot (Debian: apt-get install x11-xserver-utils)")
         self.password_files = {}
 
     async def start(self, index, options):
@@ -70,8 +79,13 @@ class X11VncDesktopSession(RemoteServiceScript):
         port = int(self.port_base) + index if self.port_base is not None else free_port()
 
         xvfb = self.spawn([self.xvfb, f":{display}", "-screen", "0", f"{size}x{self.depth}",
-                           "-nolisten", "tcp"])
+                           "-nolisten", "tcp", "-noreset"])
         await self._wait_for_display(display, xvfb)
+        if self.background is not None:
+            painter = self.spawn([self.xsetroot, "-display", f":{display}", "-solid", self.background])
+            status = await painter.ended
+            if status != 0:
+                raise RuntimeError(f"xsetroot -solid {self.background!r} failed (status {status})")
 
         argv = [self.x11vnc, "-display", f":{display}", "-rfbport", str(port), "-localhost",
                 "-noipv6", "-forever", "-shared", "-nocursorshape", "-quiet"]
