@@ -7,6 +7,8 @@ repository is not written to; dependencies come from the package index (pip's
 cache makes repeats fast).
 """
 
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SOURCE = shutil.ignore_patterns(
@@ -66,9 +69,14 @@ def installed(tmp_path_factory):
     venv = base / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=base)
     _run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, cwd=base)
+    (plugins,) = venv.glob("lib/python*/site-packages/twisted/plugins")
+    cache = plugins / "dropin.cache"
+    assert not cache.exists(), "nothing should have written the venv's plugin cache yet"
     _run(venv / "bin" / "python", "-c",
          "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))", cwd=base)
-    return Installed(base, source, wheel, venv)
+    installed = Installed(base, source, wheel, venv)
+    installed.dropin_cache = cache
+    return installed
 
 
 def test_wheel_ships_the_plugin_without_twisted_init_or_dropin_cache(installed):
@@ -90,6 +98,12 @@ def test_wheel_ships_every_ansys_asset(installed):
     }
     assert assets, "the source tree has no nexusws/ansys files to ship"
     assert assets <= installed.names, sorted(assets - installed.names)
+
+
+def test_plugin_cache_is_regenerated_in_the_venv_and_names_nexusws(installed):
+    """Scanning the plugins in the fresh venv wrote its twisted/plugins/dropin.cache, with nexusws in it."""
+    assert installed.dropin_cache.is_file()
+    assert b"nexusws_plugin" in installed.dropin_cache.read_bytes()
 
 
 def test_twistd_help_lists_nexusws(installed):
@@ -139,3 +153,44 @@ def test_installed_gateway_serves_ansys_and_stops_on_sigterm(installed, tmp_path
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_readme_demo_runs_with_the_installed_package(installed, gateway, monkeypatch, tmp_path):
+    """The Quick start's `.venv/bin/python config/demo/run.py`, from a copy of the checkout
+    (with nexusws/ beside config/) but the venv's Python: every nexusws module the demo
+    loads comes from the venv; it serves its page, tunnels in basic mode and in a session,
+    and stops on SIGTERM. Free ports through run.py's options instead of 9000 and 9090."""
+    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    assert (installed.source / "nexusws" / "__init__.py").is_file()
+    gw = gateway(
+        ["--http_listen", "tcp:0:interface=127.0.0.1", "--ws_listen", "tcp:0:interface=127.0.0.1",
+         "--state_file", str(tmp_path / "state.json")],
+        via=[str(installed.bin / "python"), "config/demo/run.py"], cwd=installed.source,
+        env={"PYTHONVERBOSE": "1"},  # the interpreters say where each module comes from
+        http=True,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(gw.http_url + "/", timeout=10) as response:
+        assert response.status == 200 and "new WebSocket(url" in response.read().decode()
+    with opener.open(gw.http_url + "/v1/reserve/Demo%20Session", timeout=10) as response:
+        token = json.loads(response.read())["token"]
+
+    async def talk(url, line):
+        async with connect(url, subprotocols=["binary"]) as ws:
+            assert (await ws.recv()).startswith(b"hello from the nexusws demo backend")
+            await ws.send(line + b"\n")
+            assert await ws.recv() == b"you said: " + line.upper() + b"\r\n"
+
+    async def both():
+        await talk(gw.ws_url + "/websockify", b"basic mode")
+        await talk(f"{gw.ws_url}/websockify?token={token}", b"my session")
+
+    asyncio.run(asyncio.wait_for(both(), 60))
+    gw.wait_for(r"Demo Session.*released")
+    assert gw.stop(signal.SIGTERM) == 0
+
+    loaded = set(re.findall(r"^# code object from '?(\S*?)/nexusws/(?:__pycache__/)?\w+\.(?:py|cpython)",
+                            gw.log, re.MULTILINE))
+    site_packages = str(installed.dropin_cache.parent.parent.parent)
+    assert loaded == {site_packages}, f"nexusws loaded from {loaded}, not only from {site_packages}"
