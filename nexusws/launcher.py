@@ -262,7 +262,8 @@ class Launcher:
         C{<label>: <line>}; a last line without a newline is logged at exit.
         Its stdin is closed.
 
-        @param env: its environment; None: this process's environment.
+        @param env: its environment; None: this process's environment; either
+            without the gateway's own variables (L{procs.GATEWAY_ONLY_ENV}).
         @param cwd: its working directory; None: ours.
         @param label: the name its log lines carry; default: the program's name.
         @raise FileNotFoundError: C{argv[0]} is not an executable program.
@@ -270,7 +271,7 @@ class Launcher:
         argv = [os.fsdecode(a) for a in argv]
         if not argv:
             raise ValueError("spawn: empty argv")
-        env = dict(os.environ if env is None else env)
+        env = _procs.child_environment(os.environ if env is None else env)
         _check_executable(argv[0], env, cwd)
         child = Child(self, label or os.path.basename(argv[0]))
         args = [sys.executable, "-c", SETSID_WRAPPER, *argv]

@@ -256,3 +256,13 @@ def environ_has(pid, entry):
             return entry in f.read().split(b"\0")
     except OSError:
         return False
+
+
+#: The gateway's own secrets and systemd's socket-activation variables: a
+#: child must not see them (the token would let a session script call /v1/stop).
+GATEWAY_ONLY_ENV = ("WEBSOCKETSERVER_SECURITY_TOKEN", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def child_environment(env):
+    """A copy of C{env} without L{GATEWAY_ONLY_ENV}."""
+    return {k: v for k, v in env.items() if k not in GATEWAY_ONLY_ENV}

@@ -170,6 +170,19 @@ def test_spawn_without_env_gives_the_child_this_process_environment(fake):
     assert fake.reactor.processes[0].env == dict(os.environ)
 
 
+@pytest.mark.parametrize("inherit", [True, False])
+def test_children_never_see_the_security_token_or_systemd_sockets(fake, monkeypatch, inherit):
+    gateway_only = {"WEBSOCKETSERVER_SECURITY_TOKEN": "HELLO", "LISTEN_FDS": "2", "LISTEN_PID": "1",
+                    "LISTEN_FDNAMES": "ws:http"}
+    for name, value in gateway_only.items():
+        monkeypatch.setenv(name, value)
+    env = None if inherit else {**gateway_only, "PATH": os.environ["PATH"], "A": "1"}
+    fake.launcher.spawn(["sleep", "5"], env=env, label="s")
+    child_env = fake.reactor.processes[0].env
+    assert not set(gateway_only) & set(child_env)
+    assert child_env["PATH"] == os.environ["PATH"]
+
+
 def test_secrets_in_arguments_never_reach_the_log_even_at_debug(fake, logged):
     """The built-ins pass vnc://?primary_password=...: every log line masks it."""
     set_verbosity(1)
