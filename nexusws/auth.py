@@ -14,9 +14,12 @@ makes every session need one more group.
 """
 
 import ipaddress
+import os
+import socket
 
 from twisted.internet.address import UNIXAddress
 from twisted.python import usage
+from twisted.python.systemd import ListenFDs
 
 from nexusws.errors import StartupError
 from nexusws.groups import GroupsFile, check_user, os_member
@@ -315,19 +318,34 @@ def split_endpoint(description):
     return parts + ["".join(current)]
 
 
-def listener_is_local(description):
+def listener_is_local(description, inherited=None):
     """Whether a listener endpoint string accepts connections from this host only
-    (a UNIX socket, or TCP bound to a loopback interface). Unknown kinds
-    (C{systemd:...}) count as reachable from other hosts."""
+    (a UNIX socket, or TCP bound to a loopback interface; for C{systemd:...},
+    the socket systemd passed, looked up in C{inherited}, default: this
+    process's L{ListenFDs}). Other kinds count as reachable from other hosts."""
     kind, *args = split_endpoint(description)
+    named = dict(a.partition("=")[::2] for a in args if "=" in a)
     if kind == UNIX:
         return True
+    if kind == "systemd":
+        return _inherited_is_local(named, inherited or ListenFDs.fromEnvironment())
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    named = dict(a.partition("=")[::2] for a in args if "=" in a)
     positional = [a for a in args if "=" not in a]
     interface = named.get("interface", positional[2] if kind != "ssl" and len(positional) > 2 else "")
     return interface == "localhost" or is_local(interface)
+
+
+def _inherited_is_local(named, inherited):
+    try:
+        fd = (inherited.inheritedNamedDescriptors()[named["name"]] if "name" in named
+              else inherited.inheritedDescriptors()[int(named.get("index", ""))])
+        with socket.socket(fileno=os.dup(fd)) as listening:
+            address = listening.getsockname()
+            family = listening.family
+    except (KeyError, IndexError, ValueError, OSError):
+        return False
+    return family == socket.AF_UNIX or is_local(address[0])
 
 
 def access_notes(access, services, http_listen, security_token):

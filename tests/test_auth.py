@@ -3,12 +3,14 @@ X-Forwarded-For, local callers, listener reachability, the access options, and
 the session WebSocket's checks in L{nexusws.routing.TokenRouter}."""
 
 import json
+import socket
 
 import pytest
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.python import usage
+from twisted.python.systemd import ListenFDs
 
 from nexusws import tap
 from nexusws.auth import (
@@ -184,6 +186,30 @@ def test_state_changing_calls_need_a_local_client_the_security_token_or_allow_re
 ])
 def test_a_listener_is_local_only_on_a_loopback_interface_or_a_unix_socket(description, local):
     assert listener_is_local(description) is local
+
+
+@pytest.mark.parametrize("family, address, local", [
+    (socket.AF_INET, ("127.0.0.1", 0), True), (socket.AF_INET6, ("::1", 0), True),
+    (socket.AF_INET, ("0.0.0.0", 0), False), (socket.AF_INET6, ("::", 0), False),
+])
+def test_a_socket_from_systemd_is_local_where_it_is_bound_to_loopback(family, address, local):
+    with socket.socket(family) as listening:
+        listening.bind(address)
+        listening.listen()
+        inherited = ListenFDs([listening.fileno()], ["http"])
+        assert listener_is_local("systemd:domain=INET:name=http", inherited) is local
+        assert listener_is_local("systemd:domain=INET:index=0", inherited) is local
+        # A name or an index systemd did not pass: not known to be local.
+        assert listener_is_local("systemd:domain=INET:name=ws", inherited) is False
+        assert listener_is_local("systemd:domain=INET:index=1", inherited) is False
+        assert listening.fileno() >= 0  # its own descriptor was left open
+
+
+def test_a_unix_socket_from_systemd_is_local(tmp_path):
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tmp_path / "s"))
+        listening.listen()
+        assert listener_is_local("systemd:domain=UNIX:name=http", ListenFDs([listening.fileno()], ["http"]))
 
 
 def test_start_up_warns_when_the_api_is_reachable_from_other_hosts_without_a_security_token():
