@@ -35,7 +35,7 @@ def make_router(options, registry, notes):
 
 
 def make_bridge(options, reactor, registry, notes):
-    return BridgeFactory(
+    factory = BridgeFactory(
         make_router(options, registry, notes),
         reactor,
         connect_timeout=options["connect_timeout"],
@@ -50,6 +50,9 @@ def make_bridge(options, reactor, registry, notes):
         max_tunnels_per_address=options["max_tunnels_per_address"],
         allowed_origins=options.get("allowed_origin", ()),
     )
+    if options.get("access") is not None:  # tunnels per address: the client behind nginx
+        factory.client_address = options["access"].client
+    return factory
 
 
 def make_sessions(options, reactor, notes):

@@ -201,11 +201,15 @@ class Access:
             if problem:
                 _log.warn("ignored {header} from {peer}: {problem}", header=self.user_header,
                           peer=printable(host), problem=problem)
-        client = host
+        return Identity(user, self.client(peer, headers), host, proxied)
+
+    def client(self, peer, headers):
+        """The client's address: behind a trusted proxy, from its X-Forwarded-For."""
+        host = peer_host(peer)
         forwarded = headers.get("x-forwarded-for")
-        if proxied and forwarded:
-            client = forwarded_client(forwarded, self.trusted) or host
-        return Identity(user, client, host, proxied)
+        if forwarded and host in self.trusted:
+            return forwarded_client(forwarded, self.trusted) or host
+        return host
 
     def is_member(self, user, group):
         if self.groups_file is not None and user in self.groups_file.members(group):

@@ -115,7 +115,10 @@ class BridgeProtocol(WebSocketServerProtocol):
         """Origin, then subprotocol, then a tunnel slot; return the subprotocol."""
         self.factory.origins.check(request.origin)
         protocol = pipes.choose_subprotocol(request.protocols)
-        address = self.factory.client_host(request, self.transport.getPeer())
+        peer = self.transport.getPeer()
+        address = self.factory.client_host(request, peer)
+        if address != getattr(peer, "host", address):  # behind a trusted proxy: log both
+            self.client = f"{address} via {self.client}"
         self._release_slot = self.factory.counter.acquire(address)
         return protocol
 
@@ -375,13 +378,14 @@ class BridgeFactory(WebSocketServerFactory):
             failByDrop=False,
         )
 
-    #: Optional C{(peer, headers) -> identity with .client} (e.g. L{nexusws.auth.Access.identify}).
-    identify = None
+    #: Optional C{(peer, headers) -> client address} (L{nexusws.auth.Access.client}:
+    #: behind a trusted proxy, the address it forwards).
+    client_address = None
 
     def client_host(self, request, peer):
-        """The address tunnels are counted by: C{identify}'s client, else the TCP peer's host."""
-        if self.identify is not None:
-            return self.identify(peer, request.headers).client
+        """The address tunnels are counted by: C{client_address}'s, else the TCP peer's host."""
+        if self.client_address is not None:
+            return self.client_address(peer, request.headers)
         return getattr(peer, "host", None) or str(peer)
 
     def backend_endpoint(self, target):
