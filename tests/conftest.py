@@ -174,6 +174,21 @@ def gateway():
         gw.kill()
 
 
+async def echo_stream(reader, writer, writers, greeting=b""):
+    """Send C{greeting}, then echo until EOF; C{writers} holds the writer meanwhile."""
+    writers.add(writer)
+    try:
+        writer.write(greeting)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writers.discard(writer)
+        writer.close()
+
+
 @pytest.fixture
 def echo_port():
     """A loopback TCP echo server (asyncio, in a thread, for synchronous tests); yields its port."""
@@ -181,16 +196,7 @@ def echo_port():
     writers = set()
 
     async def echo(reader, writer):
-        writers.add(writer)
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writers.discard(writer)
-            writer.close()
+        await echo_stream(reader, writer, writers)
 
     server = loop.run_until_complete(asyncio.start_server(echo, "127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -26,7 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, echo_stream
+
 CONFIG_DIR = ROOT / "config" / "nginx"
 
 
@@ -163,17 +164,7 @@ class Greeters:
 
     def add(self, label):
         async def serve(reader, writer):
-            self.writers.add(writer)
-            try:
-                writer.write(label.encode() + b"\n")
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except ConnectionError:
-                pass
-            finally:
-                self.writers.discard(writer)
-                writer.close()
+            await echo_stream(reader, writer, self.writers, label.encode() + b"\n")
 
         async def start():
             return await asyncio.start_server(serve, "127.0.0.1", 0)

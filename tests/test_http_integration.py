@@ -346,7 +346,7 @@ def test_landing_page_websocket_client_works_against_the_gateway(gateway, www, t
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     backend.join(10)
-    assert result["defaultUrl"] == f"ws://127.0.0.1:{gw.http_port}/"
+    assert result["defaultUrl"] == f"ws://127.0.0.1:{gw.http_port}/websockify"
     assert "open, subprotocol: binary" in result["log"]
     assert "binary (6 bytes)" in result["log"] and "text: ..\ufffdRFB" in result["log"]
     assert "sent binary (5 bytes): 62 69 6e c3 a9" in result["log"]
