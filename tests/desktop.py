@@ -28,14 +28,14 @@ def free_display(start=300, count=1):
     pytest.fail("no free X display number")
 
 
-def processes_with(marker):
-    """Pids whose command line contains C{marker}."""
+def processes_with(argument):
+    """Pids with C{argument} (":301", say) as one whole argument of their command line."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
+                    if argument.encode() in f.read().split(b"\0"):
                         found.append(int(entry))
             except OSError:
                 pass
@@ -66,7 +66,13 @@ class Desktop:
         self.size = tuple(int(n) for n in size.split("x"))
         self.display = free_display()
         self.procs = []
-        self.tmp = None
+        try:
+            self._start(password, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, password, size):
         xvfb = self._spawn(["Xvfb", f":{self.display}", "-screen", "0", f"{size}x24", "-nolisten", "tcp",
                             "-noreset"])
         _wait(lambda: os.path.exists(f"/tmp/.X11-unix/X{self.display}") or xvfb.poll() is not None, "Xvfb")

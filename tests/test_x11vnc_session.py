@@ -4,6 +4,9 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import tempfile
+import time
 import urllib.parse
 import urllib.request
 
@@ -20,7 +23,8 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 @pytest.fixture
 def desktop_gateway(gateway, tmp_path):
-    require(shutil.which("Xvfb") and shutil.which("x11vnc"), "Xvfb and x11vnc (apt-get install xvfb x11vnc)")
+    require(all(shutil.which(p) for p in ("Xvfb", "x11vnc", "xsetroot")),
+            "Xvfb, x11vnc and xsetroot (apt-get install xvfb x11vnc x11-xserver-utils)")
     base = free_display(count=2)
     config = tmp_path / "desktops.json"
     config.write_text(json.dumps({"Local Software Session": {
@@ -48,6 +52,7 @@ def reserve(gw, **options):
 def test_desktop_session_serves_rfb_through_the_websocket_and_is_cleaned_up(desktop_gateway):
     gw = desktop_gateway
     display = f":{gw.display_base}"
+    started = time.time() - 1
     token = reserve(gw, size="800x600", password="s3cret")["token"]
 
     async def session():
@@ -59,9 +64,16 @@ def test_desktop_session_serves_rfb_through_the_websocket_and_is_cleaned_up(desk
             types = await asyncio.wait_for(ws.recv(), 10)
             assert types[0] >= 1 and 2 in types[1:], "VNC authentication (type 2) is offered"
             assert len(processes_with(display)) >= 2, "Xvfb and x11vnc run for the session"
+            # The display wants the session's cookie: another local client is refused.
+            intruder = subprocess.run(["xsetroot", "-display", display, "-solid", "red"],
+                                      env={**os.environ, "XAUTHORITY": "/nonexistent"},
+                                      capture_output=True, text=True, timeout=20)
+            assert intruder.returncode != 0 and "unable to open display" in intruder.stderr
 
     asyncio.run(session())
     gw.wait_for(r"Local Software Session#0: stopping -> released")
+    assert not [f for f in os.listdir(tempfile.gettempdir()) if f.startswith(("nexusws-xauth-", "nexusws-vnc-"))
+                and os.stat(os.path.join(tempfile.gettempdir(), f)).st_mtime >= started], "private files removed"
     assert processes_with(display) == [], "Xvfb and x11vnc are gone after the session"
     assert not os.path.exists(f"/tmp/.X11-unix/X{gw.display_base}")
     assert "s3cret" not in gw.log
@@ -94,3 +106,16 @@ def test_unoffered_size_closes_the_websocket_with_the_reason(desktop_gateway):
 
     asyncio.run(session())
     assert processes_with(f":{gw.display_base}") == []
+
+
+def test_the_shipped_desktop_config_loads(tmp_path):
+    """config/desktop_sessions.json, as the README shows it, names a script that loads."""
+    from twisted.internet import task
+
+    from nexusws.launcher import Launcher
+    from nexusws.services import load_config
+
+    require(shutil.which("xsetroot"), "xsetroot (apt-get install x11-xserver-utils)")  # its background
+    (service,) = load_config(str(ROOT / "config" / "desktop_sessions.json"), task.Clock(), Launcher(task.Clock()))
+    assert (service.name, service.count) == ("Local Software Session", 2)
+    assert service.common_options["background"] == "#3a6ea5"

@@ -21,12 +21,19 @@ Reservation options (the query of /v1/reserve):
   password      the VNC password (none: no password, for loopback-only use)
 
 On stop, nexusws terminates both programs (their process groups).
+
+Only the session reaches the X display: Xvfb requires a fresh random cookie
+(MIT-MAGIC-COOKIE-1, in a 0600 file only x11vnc and xsetroot are given), so
+other local users cannot open it. x11vnc listens on 127.0.0.1: without a
+password, any local user could connect to it directly, so give one on a host
+shared with other users.
 """
 
 import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 
 from twisted.internet import task
@@ -44,6 +51,41 @@ def free_port():
 
 def x_socket(display):
     return f"/tmp/.X11-unix/X{display}"
+
+
+def display_in_use(display):
+    """Whether a live X server holds C{display} (a lock left by a dead one does not count)."""
+    try:
+        with open(f"/tmp/.X{display}-lock") as f:
+            pid = int(f.read().strip())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # unreadable: assume it is someone's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def display_accepts(display):
+    """Whether an X server accepts connections on C{display}'s socket (not a stale file)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(x_socket(display))
+            return True
+        except OSError:
+            return False
+
+
+def xauthority(cookie):
+    """An Xauthority file's bytes: C{cookie} for any display on any host (FamilyWild)."""
+    def field(data):
+        return struct.pack(">H", len(data)) + data
+    return struct.pack(">H", 0xFFFF) + field(b"") + field(b"") + field(b"MIT-MAGIC-COOKIE-1") + field(cookie)
 
 
 class X11VncDesktopSession(RemoteServiceScript):
@@ -67,31 +109,34 @@ class X11VncDesktopSession(RemoteServiceScript):
             self.xsetroot = options.get("xsetroot") or shutil.which("xsetroot")
             if not self.xsetroot:
                 raise ValueError("background needs xsetroot (Debian: apt-get install x11-xserver-utils)")
-        self.password_files = {}
+        self.private_files = {}  # index -> files removed at stop
 
     async def start(self, index, options):
         size = options.get("size") or self.sizes[0]
         if size not in self.sizes:
             raise ValueError(f"size {size!r} is not offered (offered: {', '.join(self.sizes)})")
         display = self.display_base + index
-        if os.path.exists(x_socket(display)) or os.path.exists(f"/tmp/.X{display}-lock"):
+        if display_in_use(display) or display_accepts(display):
             raise RuntimeError(f"X display :{display} is already in use")
         port = int(self.port_base) + index if self.port_base is not None else free_port()
 
+        auth = self._private_file(index, "nexusws-xauth-", xauthority(os.urandom(16)))
         xvfb = self.spawn([self.xvfb, f":{display}", "-screen", "0", f"{size}x{self.depth}",
-                           "-nolisten", "tcp", "-noreset"])
+                           "-nolisten", "tcp", "-noreset", "-auth", auth])
         await self._wait_for_display(display, xvfb)
         if self.background is not None:
-            painter = self.spawn([self.xsetroot, "-display", f":{display}", "-solid", self.background])
+            painter = self.spawn([self.xsetroot, "-display", f":{display}", "-solid", self.background],
+                                 env={**os.environ, "XAUTHORITY": auth})
             status = await painter.ended
             if status != 0:
                 raise RuntimeError(f"xsetroot -solid {self.background!r} failed (status {status})")
 
-        argv = [self.x11vnc, "-display", f":{display}", "-rfbport", str(port), "-localhost",
+        argv = [self.x11vnc, "-display", f":{display}", "-auth", auth, "-rfbport", str(port), "-localhost",
                 "-noipv6", "-forever", "-shared", "-nocursorshape", "-quiet"]
         password = options.get("password")
         if password:
-            argv += ["-passwdfile", "rm:" + self._password_file(index, password)]
+            # rm: x11vnc removes the file once read.
+            argv += ["-passwdfile", "rm:" + self._private_file(index, "nexusws-vnc-", password.encode() + b"\n")]
         else:
             argv += ["-nopw"]
         x11vnc = self.spawn(argv)
@@ -101,15 +146,15 @@ class X11VncDesktopSession(RemoteServiceScript):
         return "127.0.0.1", port
 
     def stop(self, index):
-        # nexusws terminates Xvfb and x11vnc; only the password file may be left.
-        path = self.password_files.pop(index, None)
-        if path is not None and os.path.exists(path):
-            os.unlink(path)
+        # nexusws terminates Xvfb and x11vnc; their files are ours to remove.
+        for path in self.private_files.pop(index, []):
+            if os.path.exists(path):
+                os.unlink(path)
 
     async def _wait_for_display(self, display, xvfb):
-        """Until Xvfb's socket exists; fail if Xvfb exits or the timeout passes."""
+        """Until Xvfb accepts connections; fail if Xvfb exits or the timeout passes."""
         waited = 0.0
-        while not os.path.exists(x_socket(display)):
+        while not display_accepts(display):
             if not xvfb.running:
                 raise RuntimeError(f"Xvfb for display :{display} exited at start")
             if waited >= self.timeout:
@@ -117,10 +162,10 @@ class X11VncDesktopSession(RemoteServiceScript):
             await task.deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
 
-    def _password_file(self, index, password):
-        """A 0600 file x11vnc reads the password from (and removes: the rm: prefix)."""
-        fd, path = tempfile.mkstemp(prefix="nexusws-vnc-")
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        self.password_files[index] = path
+    def _private_file(self, index, prefix, content):
+        """A new 0600 file holding C{content}, removed when instance C{index} stops."""
+        fd, path = tempfile.mkstemp(prefix=prefix)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        self.private_files.setdefault(index, []).append(path)
         return path
