@@ -72,17 +72,24 @@ def describe(path):
     return f"noVNC {version + ' ' if version else ''}({kind}) at {path}"
 
 
-class ViewerTree(web.ConfinedFile):
+class UnlistedFile(web.ConfinedFile):
+    """A confined tree whose directories are not listed (404): only named files are served."""
+
+    def directoryListing(self):
+        return web.NOT_FOUND
+
+
+class ViewerTree(UnlistedFile):
     """Our pages over a noVNC tree; each confined to its own root."""
 
     def __init__(self, novnc):
         super().__init__(PAGES)
-        self.novnc = web.ConfinedFile(novnc)
+        self.novnc = UnlistedFile(novnc)
         self.own_vnc_html = not os.path.isfile(os.path.join(novnc, "vnc.html"))
 
     def createSimilarFile(self, path):
-        # Our files below the top are plain confined files.
-        return web.ConfinedFile(path, root=self.root, defaultType=self.defaultType)
+        # Our files below the top are plain (unlisted) confined files.
+        return UnlistedFile(path, root=self.root, defaultType=self.defaultType)
 
     def getChild(self, path, request):
         if path == b"vnc.html" and self.own_vnc_html:

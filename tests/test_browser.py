@@ -9,6 +9,7 @@ tests/.artifacts/.
 
 import json
 import os
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +46,9 @@ def novnc(request):
     """A noVNC tree of each version: Debian's package (1.3) and npm's (1.7)."""
     if request.param == "1.3":
         require(os.path.isfile(os.path.join(DEBIAN_NOVNC, "vnc.html")), "noVNC 1.3 (apt-get install novnc)")
+        version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "novnc"],
+                                 capture_output=True, text=True).stdout
+        require(version.startswith("1:1.3."), f"Debian 12's novnc 1.3 (this is {version or 'not dpkg'})")
         return DEBIAN_NOVNC
     return str(request.getfixturevalue("node_modules") / "@novnc" / "novnc")
 
@@ -161,7 +165,7 @@ def status(gw):
         return json.loads(answer.read())
 
 
-def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, tmp_path, artifacts, node_modules):
+def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, novnc, tmp_path, artifacts, request):
     """The token flow: reserve over /v1, open the page with the token, close it: the desktop is gone."""
     base = free_display(count=1)
     config = tmp_path / "desktops.json"
@@ -170,7 +174,7 @@ def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, tmp_path, 
         "options": {"sizes": ["800x600"], "display_base": base, "background": COLOUR}}}))
     gw = gateway(["--remote_session_config", str(config), "--state_file", str(tmp_path / "state.json"),
                   "--http_directory", www(tmp_path), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK,
-                  "--novnc_dir", str(node_modules / "@novnc" / "novnc")], http=True)
+                  "--novnc_dir", novnc], http=True)
     token = reserve(gw, "Local Software Session", password="veronica")["token"]
     # The reference's page URL for a launched service: path, token, session_name.
     page = chromium(viewer_url(gw, "vnc_envision.html", path="websockify", token=token,
@@ -180,7 +184,7 @@ def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, tmp_path, 
     assert page.title() == "Local Software Session"
     assert page.evaluate("document.querySelector('canvas').width") == 800
     assert len(processes_with(f":{base}")) >= 2, "Xvfb and x11vnc run for the session"
-    screenshot(page, artifacts, "viewer-session")
+    screenshot(page, artifacts, f"viewer-session-{request.node.callspec.id}")
 
     page.close()  # the WebSocket closes with the page
     deadline = time.monotonic() + 20

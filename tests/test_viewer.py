@@ -69,6 +69,13 @@ def test_nothing_outside_either_root_is_served(tmp_path):
         assert resolve(root, url) is web.NOT_FOUND, url
 
 
+def test_directories_are_not_listed(tmp_path):
+    novnc = fake_novnc(tmp_path / "novnc")
+    root = tree(tmp_path, str(novnc))
+    for url in ("/ansys/nexus/novnc/", "/ansys/nexus/novnc/core/"):
+        assert resolve(root, url) is web.NOT_FOUND, url
+
+
 def test_without_novnc_the_viewer_says_what_to_install(tmp_path):
     root = tree(tmp_path, None)
     for url in ("/ansys/nexus/novnc/vnc.html", "/ansys/nexus/novnc/core/rfb.js"):

@@ -4,43 +4,18 @@
 // Query (or #fragment) parameters, as the Nexus vnc_envision.html takes them
 // and as noVNC's vnc.html does:
 //   host, port    the WebSocket listener (default: this page's host and port)
-//   path          WebSocket path (default: none; nexusws ignores it, a front
-//                 proxy may route on it)
+//   path          WebSocket path (default: websockify; nexusws ignores it, a
+//                 front proxy routes on it)
 //   token         session token from /v1/reserve, sent as ?token=...
-//   password      VNC password (asked for when needed and not given)
+//   password      VNC password (asked for when needed and not given); best
+//                 in the #fragment, which never reaches a server or a log
 //   encrypt       wss instead of ws (default: when this page came over https)
 //   autoconnect   connect at once (default: true); otherwise a Connect button
 //   resize        scale (default), remote (resize the desktop) or off
 //   view_only, shared (default true), quality (0-9), compression (0-9)
 //   session_name  shown in the title and the status bar
 import RFB from './core/rfb.js';
-
-const TRUE = ['1', 'true', 'yes', 'on'];
-
-export function readParams(location) {
-    const params = new URLSearchParams(location.search);
-    for (const [k, v] of new URLSearchParams(location.hash.slice(1))) {
-        if (!params.has(k)) params.set(k, v);
-    }
-    return params;
-}
-
-function flag(params, name, fallback) {
-    const value = params.get(name);
-    return value === null ? fallback : TRUE.includes(value.toLowerCase());
-}
-
-// The WebSocket URL for these parameters, seen from a page at `location`.
-export function websocketUrl(params, location) {
-    const secure = flag(params, 'encrypt', location.protocol === 'https:');
-    let host = params.get('host') || location.hostname;
-    if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;  // IPv6
-    const port = params.get('port') || location.port;
-    let path = (params.get('path') || '').replace(/^\/+/, '');
-    const token = params.get('token');
-    if (token) path += (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
-    return `${secure ? 'wss' : 'ws'}://${host}${port ? ':' + port : ''}/${path}`;
-}
+import { flag, readParams, websocketUrl } from './viewer_url.js';
 
 function main() {
     const params = readParams(window.location);
@@ -48,6 +23,8 @@ function main() {
     const status = document.getElementById('status');
     const login = document.getElementById('login');
     const passwordInput = document.getElementById('password');
+    const usernameInput = document.getElementById('username');
+    const verify = document.getElementById('verify');
     const connectButton = document.getElementById('connect');
     const disconnectButton = document.getElementById('disconnect');
     const name = params.get('session_name');
@@ -58,8 +35,9 @@ function main() {
         root.dataset.state = state;
         status.textContent = text;
         connectButton.hidden = !['idle', 'disconnected', 'failed'].includes(state);
-        disconnectButton.hidden = !['connecting', 'password', 'connected'].includes(state);
+        disconnectButton.hidden = !['connecting', 'password', 'verify', 'connected'].includes(state);
         login.hidden = state !== 'password';
+        verify.hidden = state !== 'verify';
     }
 
     if (name) document.title = name;
@@ -93,9 +71,18 @@ function main() {
         rfb.addEventListener('desktopname', (e) => {
             if (!name) document.title = e.detail.name;
         });
-        rfb.addEventListener('credentialsrequired', () => {
-            show('password', 'The server asks for a password');
-            passwordInput.focus();
+        rfb.addEventListener('credentialsrequired', (e) => {
+            const types = e.detail.types || ['password'];
+            usernameInput.hidden = !types.includes('username');
+            usernameInput.previousElementSibling.hidden = usernameInput.hidden;
+            show('password', `The server asks for ${types.includes('username') ? 'a user name and ' : ''}a password`);
+            (usernameInput.hidden ? passwordInput : usernameInput).focus();
+        });
+        // noVNC 1.4 and later: a server with an RSA key (RA2 security) must be approved.
+        rfb.addEventListener('serververification', (e) => {
+            const key = e.detail.publickey || new Uint8Array();
+            const shown = Array.from(key.slice(0, 16), (b) => b.toString(16).padStart(2, '0')).join(':');
+            show('verify', `Trust the server's ${e.detail.type} key ${shown}\u2026?`);
         });
         rfb.addEventListener('securityfailure', (e) => {
             failure = `Authentication failed${e.detail.reason ? ': ' + e.detail.reason : ''}`;
@@ -112,10 +99,17 @@ function main() {
 
     login.addEventListener('submit', (e) => {
         e.preventDefault();
-        if (rfb) rfb.sendCredentials({ password: passwordInput.value });
+        if (!rfb) return;
+        const credentials = { password: passwordInput.value };
+        if (!usernameInput.hidden) credentials.username = usernameInput.value;
+        rfb.sendCredentials(credentials);
         passwordInput.value = '';
         show('connecting', 'Checking the password\u2026');
     });
+    document.getElementById('approve').addEventListener('click', () => {
+        if (rfb) { rfb.approveServer(); show('connecting', 'Connecting\u2026'); }
+    });
+    document.getElementById('reject').addEventListener('click', () => { if (rfb) rfb.disconnect(); });
     connectButton.addEventListener('click', connect);
     disconnectButton.addEventListener('click', () => { if (rfb) rfb.disconnect(); });
 
