@@ -435,9 +435,10 @@ def test_the_per_address_tunnel_cap_counts_each_client_behind_nginx(make_front):
 # --- the complete example site --------------------------------------------------------------
 
 
-def adapt_site(text, gw, http_port, https_port, cert, key):
-    """config/nginx/nexusws.conf with the test's ports and certificate, nothing else changed."""
+def adapt_site(text, gw, http_port, https_port, cert, key, logs):
+    """config/nginx/nexusws.conf with the test's ports, certificate and log directory, nothing else changed."""
     replacements = [
+        (r"access_log +/var/log/nginx/", f"access_log {logs}/"),
         (r"server 127\.0\.0\.1:9000;", f"server 127.0.0.1:{gw.http_port};"),
         (r"server 127\.0\.0\.1:9090;", f"server 127.0.0.1:{gw.ws_port};"),
         (r"listen +80;", f"listen 127.0.0.1:{http_port};"),
@@ -464,7 +465,8 @@ def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listene
         front = make_front(["--allow_remote_api", "--allowed_origin", origin])
         site.users(PASSWORDS)
         (site.conf_dir / "site.conf").write_text(
-            adapt_site((CONFIG_DIR / "nexusws.conf").read_text(), front.gw, http_port, https_port, cert, key))
+            adapt_site((CONFIG_DIR / "nexusws.conf").read_text(), front.gw, http_port, https_port, cert, key,
+                       site.logs))
         site.start("include site.conf;\n")
         base = f"https://127.0.0.1:{https_port}"
 
@@ -497,5 +499,13 @@ def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listene
         assert front.greeting(f"/websockify?token={token}", "alice", scheme="wss", port=https_port,
                               ssl=context, origin=origin) == "render 0"
         front.gw.wait_for(r"tunnel open: 127\.0\.0\.1:\d+ /websockify\?token=\*\*\* -> ")
+        # The site's access log has every request, and no secret.
+        status, _ = curl("-u", f"alice:{PASSWORDS['alice']}", "-e", f"{base}/v.html?password=hunter2",
+                         f"{base}/v1/status?security_token=s3cret")
+        site.stop()
+        log = (site.logs / "nexusws.access.log").read_text()
+        assert '"GET /websockify HTTP/1.1" 101' in log and '"GET /v1/status HTTP/1.1"' in log, log
+        for secret in (token, "hunter2", "s3cret", PASSWORDS["alice"]):
+            assert secret not in log
     finally:
         site.stop()
