@@ -4,7 +4,7 @@ Nothing here does I/O or logs: the options were checked by L{nexusws.tap.Options
 and everything that happens at start-up happens in L{nexusws.service}.
 """
 
-from nexusws import tls
+from nexusws import procs, tls
 from nexusws.api import ApiRoot
 from nexusws.auth import access_notes
 from nexusws.bridge import BridgeFactory
@@ -50,6 +50,11 @@ def make_bridge(options, reactor, registry, notes):
         max_tunnels_per_address=options["max_tunnels_per_address"],
         allowed_origins=options.get("allowed_origin", ()),
     )
+    hard = procs.open_files_hard_limit()
+    if options["max_tunnels"] and hard is not None and 2 * options["max_tunnels"] + 64 > hard:
+        notes.append(f"--max_tunnels {options['max_tunnels']} needs about {2 * options['max_tunnels'] + 64} "
+                     f"open files and the limit is {hard}: raise it (ulimit -Hn, LimitNOFILE= under "
+                     "systemd) or lower --max_tunnels")
     if options.get("access") is not None:  # tunnels per address: the client behind nginx
         factory.client_address = options["access"].client
     return factory

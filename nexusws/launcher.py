@@ -28,10 +28,14 @@ from nexusws.logs import logger, printable, redact
 _log = logger("nexusws.launcher")
 
 #: Puts the program in a new session, whose id (and group id) is its pid, which
-#: exec keeps. A program that cannot be executed exits with 127, as in a shell.
+#: exec keeps, with the open-files limit the gateway started with. A program
+#: that cannot be executed exits with 127, as in a shell.
 SETSID_WRAPPER = (
     "import os,sys\n"
     "os.setsid()\n"
+    "n=os.environ.pop('NEXUSWS_CHILD_NOFILE',None)\n"  # procs.raise_open_files_limit
+    "if n:\n"
+    "    import resource as r;h=r.getrlimit(r.RLIMIT_NOFILE)[1];r.setrlimit(r.RLIMIT_NOFILE,(int(n),h))\n"
     "try:\n"
     "    os.execvp(sys.argv[1], sys.argv[1:])\n"
     "except OSError as e:\n"
@@ -272,6 +276,8 @@ class Launcher:
         if not argv:
             raise ValueError("spawn: empty argv")
         env = _procs.child_environment(os.environ if env is None else env)
+        if _procs.child_nofile is not None:
+            env[_procs.CHILD_NOFILE_ENV] = str(_procs.child_nofile)
         _check_executable(argv[0], env, cwd)
         child = Child(self, label or os.path.basename(argv[0]))
         args = [sys.executable, "-c", SETSID_WRAPPER, *argv]

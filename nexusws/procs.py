@@ -16,6 +16,7 @@ import collections
 import ctypes
 import gc
 import os
+import resource
 import subprocess
 import sys
 
@@ -266,3 +267,29 @@ GATEWAY_ONLY_ENV = ("WEBSOCKETSERVER_SECURITY_TOKEN", "LISTEN_FDS", "LISTEN_PID"
 def child_environment(env):
     """A copy of C{env} without L{GATEWAY_ONLY_ENV}."""
     return {k: v for k, v in env.items() if k not in GATEWAY_ONLY_ENV}
+
+
+#: The soft open-files limit the gateway started with, once it raised its own
+#: (L{raise_open_files_limit}): what the programs it starts get back.
+CHILD_NOFILE_ENV = "NEXUSWS_CHILD_NOFILE"
+child_nofile = None
+
+
+def open_files_hard_limit():
+    """The hard RLIMIT_NOFILE, or None if unlimited."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def raise_open_files_limit(getrlimit=resource.getrlimit, setrlimit=resource.setrlimit):
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each tunnel holds two
+    descriptors); return C{(old, new)} soft limits. Programs started later get
+    the old limit back (see L{nexusws.launcher.SETSID_WRAPPER}): some select()
+    or loop over every possible descriptor."""
+    global child_nofile
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        child_nofile = soft
+        return soft, hard
+    return soft, soft

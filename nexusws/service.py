@@ -125,6 +125,9 @@ class GatewayService(service.MultiService):
             self._open_log_file()
             _log.info("nexusws {version} starting", version=__version__)
             check_nvx()
+            old, new = procs.raise_open_files_limit()
+            if new != old:
+                _log.info("open files limit raised from {old} to {new}", old=old, new=new)
             for note in self.notes:
                 _log.warn(note)
             super().privilegedStartService()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from nexusws import procs
 from nexusws.procs import ProcInfo
 
@@ -212,3 +213,57 @@ def test_environ_has_finds_an_exact_entry_of_a_live_process():
         child.kill()
         child.wait()
     assert not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123"), "a gone process has none"
+
+
+# --- the open-files limit ----------------------------------------------------------
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one(monkeypatch):
+    monkeypatch.setattr(procs, "child_nofile", None)
+    limits = {}
+    assert procs.raise_open_files_limit(lambda r: (1024, 524288), lambda r, v: limits.update(set=v)) == (
+        1024, 524288)
+    assert limits == {"set": (524288, 524288)} and procs.child_nofile == 1024
+    monkeypatch.setattr(procs, "child_nofile", None)
+    assert procs.raise_open_files_limit(lambda r: (4096, 4096), lambda r, v: limits.update(again=v)) == (
+        4096, 4096)
+    assert "again" not in limits and procs.child_nofile is None
+
+
+def test_started_programs_get_the_original_limit_back_and_never_see_the_variable():
+    from nexusws.launcher import SETSID_WRAPPER
+
+    env = {**os.environ, procs.CHILD_NOFILE_ENV: "100"}
+    out = subprocess.run([sys.executable, "-c", SETSID_WRAPPER, "sh", "-c", "ulimit -n; env"],
+                         env=env, capture_output=True, text=True, timeout=20).stdout.splitlines()
+    assert out[0] == "100"
+    assert not any(line.startswith(procs.CHILD_NOFILE_ENV + "=") for line in out)
+
+
+def test_a_running_gateway_raises_its_open_files_limit(gateway):
+    import resource
+
+    from conftest import BIN
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    require(hard > 512, "a hard open-files limit above 512")
+    # Started, as systemd starts services, with a low soft limit (512).
+    low = ["sh", "-c", 'ulimit -S -n 512 && exec "$0" "$@"', str(BIN / "nexus-websocketserver")]
+    gw = gateway(["--ws_listen", "tcp:0:interface=127.0.0.1", "--client_port", "1"], via=low)
+    with open(f"/proc/{gw.proc.pid}/limits") as f:
+        line = next(line for line in f if line.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)]
+    gw.wait_for(rf"open files limit raised from 512 to {hard}")
+
+
+def test_start_up_warns_when_max_tunnels_exceeds_the_open_files_limit(monkeypatch):
+    from nexusws import assemble, tap
+
+    monkeypatch.setattr(procs, "open_files_hard_limit", lambda: 1024)
+    notes = []
+    for count, warned in (("480", False), ("481", True), ("0", False)):
+        options = tap.Options()
+        options.parseOptions(["--client_port", "1", "--max_tunnels", count, "9090"])
+        del notes[:]
+        assemble.make_bridge(options, None, None, notes)
+        assert any("open files and the limit is 1024" in n for n in notes) is warned, count
