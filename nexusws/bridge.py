@@ -34,11 +34,10 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint
 
 from nexusws import limits, pipes
 from nexusws.logs import logger, printable
-from nexusws.pipes import Backend, OneShot, ReactorTimer, Valve, describe, request_target
+from nexusws.pipes import Backend, OneShot, QuietIO, ReactorTimer, Valve, describe, request_target
 from nexusws.routing import Launch
 
 CLOSE_NORMAL = 1000
@@ -49,7 +48,7 @@ CLOSE_INTERNAL_ERROR = 1011
 GATEWAY_MARGIN = 5.0
 
 
-class BridgeProtocol(WebSocketServerProtocol):
+class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     """One tunnel: a WebSocket client bridged to one TCP backend."""
 
     _log = logger("nexusws.bridge")
@@ -389,7 +388,7 @@ class BridgeFactory(WebSocketServerFactory):
         return getattr(peer, "host", None) or str(peer)
 
     def backend_endpoint(self, target):
-        return HostnameEndpoint(self.reactor, target.host, target.port, timeout=self.connect_timeout)
+        return pipes.backend_endpoint(self.reactor, target.host, target.port, self.connect_timeout)
 
     def close_all(self):
         """Close every open tunnel with 1001; fires when all are gone."""

@@ -111,6 +111,11 @@ def _stats():
             yield stat
 
 
+def stat_table():
+    """A dict pid -> L{ProcInfo} without cmdlines: half the reads of L{all_processes}."""
+    return {stat.pid: stat for stat in _stats()}
+
+
 def all_processes():
     """Return a dict pid -> L{ProcInfo} of every process visible in C{/proc}."""
     table = {}
@@ -124,10 +129,11 @@ def all_processes():
 def descendants(pid, table=None):
     """Return the pids of all descendants of C{pid} (children, their children...).
 
-    @param table: a dict from L{all_processes}, to reuse one snapshot; read afresh if None.
+    @param table: a dict pid -> L{ProcInfo} (L{all_processes}, L{stat_table}), to
+        reuse one snapshot; read afresh (stat only) if None.
     """
     if table is None:
-        table = all_processes()
+        table = stat_table()
     children = collections.defaultdict(list)
     for entry in table.values():
         children[entry.ppid].append(entry.pid)

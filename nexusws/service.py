@@ -390,8 +390,8 @@ class SessionsService(service.Service):
     @staticmethod
     def _descendants():
         """(pid, start time) of every live descendant of this process."""
-        found = ((pid, procs.start_time(pid)) for pid in procs.descendants(os.getpid()))
-        return {(pid, started) for pid, started in found if started is not None}
+        table = procs.stat_table()  # one pass over /proc: start times from the same snapshot
+        return {(pid, table[pid].start_time) for pid in procs.descendants(os.getpid(), table)}
 
     def _sweep(self):
         """End every process still descending from the gateway: nothing outlives it."""

@@ -426,3 +426,14 @@ def test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_
     h.reactor.advance(1)
     h.flush()
     assert h.server_transport.disconnecting or h.server_transport.disconnected
+
+
+def test_address_literals_are_connected_to_without_the_resolver():
+    from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+
+    from nexusws.pipes import backend_endpoint
+
+    reactor = MemoryReactorClock()
+    assert isinstance(backend_endpoint(reactor, "127.0.0.1", 5900, 10), TCP4ClientEndpoint)
+    assert isinstance(backend_endpoint(reactor, "::1", 5900, 10), TCP6ClientEndpoint)
+    assert isinstance(backend_endpoint(reactor, "localhost", 5900, 10), HostnameEndpoint)
