@@ -22,6 +22,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import LogLevel
 
+from nexusws import pipes as _pipes
 from nexusws import procs as _procs
 from nexusws.logs import logger, printable, redact
 
@@ -370,6 +371,7 @@ def wait_for_port(reactor, host, port, timeout, interval=0.1):
         failing with L{StartTimeout} after C{timeout} seconds (reactor clock).
     """
     pending = {}  # what is under way: "attempt" (a Deferred), "retry", "deadline" (calls)
+    wait = [0.0025]  # doubles after each refusal, up to interval
 
     def stop(_=None):
         calls = list(pending.values())
@@ -381,9 +383,12 @@ def wait_for_port(reactor, host, port, timeout, interval=0.1):
     result = defer.Deferred(stop)
 
     def attempt():
-        # attemptDelay: the endpoint reports a refusal only after this pause.
-        delay = min(max(interval, 0.01), 0.3)
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout, attemptDelay=delay)
+        # An address literal's refusal is reported at once; a name's only after
+        # HostnameEndpoint's attemptDelay.
+        endpoint = _pipes.backend_endpoint(reactor, host, port, timeout)
+        if isinstance(endpoint, HostnameEndpoint):
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout,
+                                        attemptDelay=min(max(interval, 0.01), 0.3))
         pending["attempt"] = endpoint.connect(_PROBES)
         pending["attempt"].addCallbacks(connected, failed)
 
@@ -395,7 +400,9 @@ def wait_for_port(reactor, host, port, timeout, interval=0.1):
     def failed(failure):
         if "stopped" not in pending:
             _log.debug("{host}:{port} not open yet: {e}", host=host, port=port, e=failure.value)
-            pending["retry"] = reactor.callLater(interval, attempt)
+            # Quick at first (a session's port usually opens within milliseconds), then every interval.
+            wait[0] = min(interval, wait[0] * 2)
+            pending["retry"] = reactor.callLater(wait[0], attempt)
 
     def expired():
         stop()

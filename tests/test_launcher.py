@@ -393,11 +393,15 @@ def test_terminate_before_the_wrapper_made_its_group_signals_the_leader_itself(f
 def test_wait_for_port_retries_refused_connects_and_closes_the_one_that_succeeds():
     reactor = MemoryReactorClock()
     done = fired(wait_for_port(reactor, "127.0.0.1", 5901, timeout=10, interval=0.5))
-    reactor.tcpClients[0][2].clientConnectionFailed(reactor.connectors[0], Failure(error.ConnectionRefusedError()))
-    reactor.advance(0.3)  # the endpoint reports the refusal
-    assert len(reactor.tcpClients) == 1
-    reactor.advance(0.5)
-    host, port, factory, _, _ = reactor.tcpClients[1]
+    # An address literal's refusal counts at once; the next try follows soon, later ones less often.
+    for attempt, wait in enumerate((0.005, 0.01)):
+        reactor.tcpClients[attempt][2].clientConnectionFailed(
+            reactor.connectors[attempt], Failure(error.ConnectionRefusedError()))
+        reactor.advance(wait * 0.9)
+        assert len(reactor.tcpClients) == attempt + 1
+        reactor.advance(wait * 0.1)
+        assert len(reactor.tcpClients) == attempt + 2
+    host, port, factory, _, _ = reactor.tcpClients[2]
     assert (host, port) == ("127.0.0.1", 5901)
     transport = StringTransport()
     factory.buildProtocol(None).makeConnection(transport)
