@@ -354,6 +354,10 @@ class Registry:
         if changed:
             self._changed()
 
+    def running(self):
+        """Whether any instance is starting, active or stopping (may have processes)."""
+        return any(r.state != RESERVED for r in self._live.values())
+
     def snapshot(self):
         """What the state file records: live reservations and a previous run's leftovers."""
         live = sorted(self._live.values(), key=lambda r: (r.service.name, r.index))

@@ -339,7 +339,10 @@ class SessionsService(service.Service):
         SIGKILL ends even processes no instance could be sure were its own.
         """
         data = self.registry.snapshot()
-        self._recorded = self._descendants()
+        # With no instance running and nothing recorded there is nothing new to
+        # find (a reserve or release): skip the pass over /proc; _watch looks anyway.
+        if self._recorded or self.registry.running():
+            self._recorded = self._descendants()
         data["orphans"] = [list(p) for p in dict.fromkeys(
             [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded))]
         try:

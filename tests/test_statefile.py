@@ -229,3 +229,30 @@ def test_recover_keeps_young_reserved_records_and_collects_processes_to_end(warn
 def test_saved_records_rejects_pids_that_would_signal_a_group_or_everyone(warnings):
     _, orphans = saved_records({"orphans": [[0, 1], [1, 1], [-1, 1], [True, 1], [2, None]]})
     assert orphans == [(2, None)] and len(warnings) == 4
+
+
+def test_a_state_save_scans_proc_only_when_an_instance_may_have_processes(tmp_path, monkeypatch):
+    """A reserve or a release with nothing running writes the file without a pass over /proc."""
+    from twisted.internet.task import Clock
+
+    from nexusws import procs
+    from nexusws.service import SessionsService
+
+    class Registry:
+        busy = False
+
+        def snapshot(self):
+            return {"reservations": [], "orphans": []}
+
+        def running(self):
+            return self.busy
+
+    scans = []
+    monkeypatch.setattr(procs, "stat_table", lambda: scans.append(1) or {})
+    registry = Registry()
+    sessions = SessionsService(registry, StateFile(str(tmp_path / "state.json")), Clock())
+    sessions.save()
+    assert scans == [] and (tmp_path / "state.json").exists()
+    registry.busy = True
+    sessions.save()
+    assert scans == [1]
