@@ -1,0 +1,484 @@
+"""nexusws against websockify 0.13 (and plain TCP): the benchmark of issue 6.
+
+    bench/run [--rounds N] [--quick] [--only 1,2,...] [--json PATH] [--profile]
+
+Starts a TCP backend (source/sink/echo, bench/backend.py), both gateways in
+front of it, the bench's own minimal WebSocket server (bench/wsmini.py: the
+client's ceiling) and drives them all with one client (bench/wsproto.py),
+measuring each figure on each target in turn (A B A B ..., --rounds times).
+Prints one table and writes every sample as JSON. Everything runs on
+127.0.0.1; every process started is stopped on exit, Ctrl-C included.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import figures
+import procs
+import report
+from figures import Target
+from procs import BENCH, Proc
+from report import (
+    QUICK_IDLE_MAX,
+    format_profile,
+    machine,
+    machine_line,
+    summarize_profile,
+)
+
+MiB = 1 << 20
+GiB = 1 << 30
+KiB = 1024
+
+FULL = {
+    "down": GiB, "up": GiB, "par_each": 256 * MiB, "lat_samples": 5000, "setup_seconds": 3.0,
+    "idle_levels": (0, 500, 1000), "idle_hold": 60.0, "websockify_idle": 1000, "slow_bytes": GiB,
+    "slow_rate": 64 * MiB, "launches": 10, "rest_seconds": 3.0, "status_repeats": 20,
+    "status_levels": (10, 100, 1000), "profile_seconds": 8.0,
+}
+QUICK = {
+    "down": 64 * MiB, "up": 64 * MiB, "par_each": 16 * MiB, "lat_samples": 500, "setup_seconds": 1.0,
+    "idle_levels": (0, 200, 500), "idle_hold": 5.0, "websockify_idle": 600, "slow_bytes": 64 * MiB,
+    "slow_rate": 32 * MiB, "launches": 3, "rest_seconds": 1.0, "status_repeats": 5,
+    "status_levels": (10, 100, 1000), "profile_seconds": 3.0,
+}
+PROFILE_PATHS = ("down", "up", "setup", "latency", "rest")
+WEBSOCKIFY_SAFE = 500  # websockify 0.13 select()s: no descriptor above 1023, about 508 tunnels
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.size = QUICK if args.quick else FULL
+        self.rounds = args.rounds
+        self.results = {}  # figure -> {metric -> {target -> stats}}
+        self.notes = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="nexusws-bench-"))
+        # The processes' logs, kept after the run (next to the JSON).
+        self.logdir = Path(args.json).resolve().parent / "logs"
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        self.logdir.mkdir(parents=True)
+
+    def say(self, text):
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def record(self, fig, metric, target, value):
+        self.results.setdefault(fig, {}).setdefault(metric, {}).setdefault(target, []).append(value)
+
+    def alternate(self, fig, metric, targets, measure):
+        """A B A B ...: C{measure(target)} per round, per target, in this order."""
+        for r in range(self.rounds):
+            for t in targets:
+                try:
+                    value = measure(t)
+                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                    self.note(f"figure {fig} {metric} on {t.name}, round {r + 1}: {e!r}")
+                    value = None
+                self.record(fig, metric, t.name, value)
+                shown = value if not isinstance(value, float) else f"{value:.1f}"
+                self.say(f"  {fig} {metric} {t.name} round {r + 1}: {shown}")
+
+    def note(self, text):
+        self.notes.append(text)
+        self.say(f"NOTE {text}")
+
+    # --- the shared set-up of figures 1-5 -------------------------------------------
+
+    def start_main(self):
+        self.backend = procs.start_backend(self.logdir)
+        self.wsmini = procs.start_wsmini(self.logdir)
+        self.nexusws = procs.start_nexusws(self.backend.port, self.logdir)
+        self.websockify = procs.start_websockify(self.backend.port, self.logdir)
+        self.t_nexusws = Target("nexusws", self.nexusws.port, proc=self.nexusws)
+        self.t_websockify = Target("websockify", self.websockify.port, proc=self.websockify)
+        self.t_plain = Target("plain TCP", self.backend.port, ws=False)
+        self.t_ceiling = Target("client ceiling", self.wsmini.port)
+        self.all_targets = [self.t_nexusws, self.t_websockify, self.t_plain, self.t_ceiling]
+
+    def fig1(self):
+        self.say("figure 1: backend -> client, one tunnel")
+        n = self.size["down"]
+        self.alternate(1, "MB/s", self.all_targets, lambda t: figures.down(t, n))
+
+    def fig2(self):
+        self.say("figure 2: client -> backend, one tunnel")
+        n = self.size["up"]
+        self.alternate(2, "MB/s", self.all_targets, lambda t: figures.up(t, n))
+
+    def fig3(self):
+        self.say("figure 3: 4 tunnels at once")
+        n = self.size["par_each"]
+        self.alternate("3a", "MB/s", self.all_targets, lambda t: figures.parallel(t, n, 4, "down"))
+        self.alternate("3b", "MB/s", self.all_targets, lambda t: figures.parallel(t, n, 4, "up"))
+
+    def fig4(self):
+        self.say("figure 4: round trip of a 64-byte message")
+        samples = self.size["lat_samples"]
+        for r in range(self.rounds):
+            for t in self.all_targets:
+                try:
+                    p50, p99 = figures.latency(t, samples)
+                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                    self.note(f"figure 4 on {t.name}: {e!r}")
+                    p50 = p99 = None
+                self.record(4, "p50 µs", t.name, p50)
+                self.record(4, "p99 µs", t.name, p99)
+                self.say(f"  4 {t.name} round {r + 1}: p50 {p50} p99 {p99}")
+
+    def fig5(self):
+        self.say("figure 5: tunnel set-ups per second")
+        sec = self.size["setup_seconds"]
+        for fig, par in (("5a", 1), ("5b", 16)):
+            def measure(t, fig=fig, par=par):
+                rate, cpu_us = figures.setups(t, sec, par)
+                self.record(fig, "client CPU µs/set-up", t.name, cpu_us)
+                return rate
+            self.alternate(fig, "set-ups/s", self.all_targets, measure)
+
+    # --- 6: idle tunnels -------------------------------------------------------------
+
+    def idle_max(self):
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        most = (limit - 200) // 2  # the gateway holds two descriptors per tunnel
+        return min(most, QUICK_IDLE_MAX) if self.args.quick else most
+
+    def fig6(self):
+        """Idle tunnels: memory at each level; in the last round, as many as can be held.
+
+        websockify 0.13 waits with select(), so it cannot serve a descriptor
+        above 1023: it holds about 500 tunnels, which its last round shows
+        (up to C{websockify_idle}, stopping at the first failure).
+        """
+        self.say("figure 6: memory of idle tunnels")
+        levels = list(self.size["idle_levels"])
+        for r in range(self.rounds):
+            last = r == self.rounds - 1
+            for kind in ("nexusws", "websockify"):
+                if kind == "nexusws":
+                    most, lv = (self.idle_max() if last else None), levels
+                else:
+                    most = self.size["websockify_idle"] if last else None
+                    lv = [x for x in levels if x <= WEBSOCKIFY_SAFE]
+                self._idle_round(kind, lv, most, hold=last and kind == "nexusws", r=r)
+
+    def _idle_round(self, kind, levels, most, hold, r):
+        name = f"{kind}-idle{r + 1}"
+        if kind == "nexusws":
+            gw = procs.start_nexusws(self.backend.port, self.logdir, name=name)
+        else:
+            gw = procs.start_websockify(self.backend.port, self.logdir, name=name)
+        target = Target(kind, gw.port)
+        tunnels = figures.IdleTunnels(target)
+        try:
+            time.sleep(0.5)
+            want = [(str(lv), lv) for lv in levels] + ([("max", most)] if most else [])
+            base = None
+            for label, level in want:
+                got = tunnels.grow(level) if level else 0
+                if tunnels.error is not None:
+                    self.say(f"  6 {kind}: stopped at {got} tunnels: {tunnels.error!r}")
+                    if label != "max":
+                        self.note(f"figure 6 {kind}: stopped at {got} tunnels (level {level}):"
+                                  f" {tunnels.error!r}")
+                        break
+                time.sleep(1.0)
+                rss, pss, nproc = procs.tree_memory(gw.gateway_pid)
+                if base is None:
+                    base = (rss, pss)
+                self.say(f"  6 {kind} {got} tunnels: RSS {rss / MiB:.1f} MiB PSS {pss / MiB:.1f} MiB"
+                         f" ({nproc} processes)")
+                if label == "max":
+                    self.record(6, "most tunnels held", kind, got)
+                    if tunnels.error is not None:
+                        self.record(6, "the next one failed with", kind, repr(tunnels.error)[:80])
+                self.record(6, f"RSS MiB at {label}", kind, rss / MiB)
+                self.record(6, f"PSS MiB at {label}", kind, pss / MiB)
+                if got:
+                    self.record(6, f"RSS KiB/tunnel at {label}", kind, (rss - base[0]) / got / KiB)
+                    self.record(6, f"PSS KiB/tunnel at {label}", kind, (pss - base[1]) / got / KiB)
+            if hold:
+                seconds = self.size["idle_hold"]
+                self.say(f"  6 holding {len(tunnels.conns)} idle tunnels for {seconds:g} s")
+                time.sleep(seconds)
+                ok = tunnels.check()
+                rss, pss, _ = procs.tree_memory(gw.gateway_pid)
+                self.say(f"  6 {kind}: {ok}/{len(tunnels.conns)} still echo after {seconds:g} s;"
+                         f" RSS {rss / MiB:.1f} MiB")
+                self.record(6, f"echoing after {seconds:g} s hold", kind, ok)
+        finally:
+            tunnels.close()
+            gw.stop()
+
+    # --- 7: slow reader --------------------------------------------------------------
+
+    def fig7(self):
+        self.say("figure 7: a slow reader")
+        n, rate = self.size["slow_bytes"], self.size["slow_rate"]
+        figures.expected_crc(n)
+        for r in range(self.rounds):
+            for kind in ("nexusws", "websockify"):
+                name = f"{kind}-slow{r + 1}"
+                if kind == "nexusws":
+                    gw = procs.start_nexusws(self.backend.port, self.logdir, name=name)
+                else:
+                    gw = procs.start_websockify(self.backend.port, self.logdir, name=name)
+                try:
+                    time.sleep(0.5)
+                    res = figures.slow_reader(
+                        Target(kind, gw.port), n, rate,
+                        lambda pid=gw.gateway_pid: procs.tree_memory(pid)[:2])
+                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                    self.note(f"figure 7 {kind}: {e!r}")
+                    res = None
+                finally:
+                    gw.stop()
+                if res is None:
+                    continue
+                self.say(f"  7 {kind} round {r + 1}: {res}")
+                self.record(7, "RSS growth MiB", kind, res["rss_growth"] / MiB)
+                self.record(7, "PSS growth MiB", kind, res["pss_growth"] / MiB)
+                self.record(7, "bytes lost", kind, n - res["bytes"] if res["crc_ok"] else n)
+                self.record(7, "checksum ok", kind, 1 if res["crc_ok"] else 0)
+                self.record(7, "read MB/s", kind, res["read_rate_MBps"])
+
+    # --- 8, 9: sessions --------------------------------------------------------------
+
+    def start_sessions(self, name="nexusws-sessions", wrap=()):
+        """nexusws with the bench's session services (figures 8, 9), HTTP on a free port."""
+        d = self.tmp / name
+        (d / "www").mkdir(parents=True, exist_ok=True)
+        self.records = d / "records.txt"
+        self.records.touch()
+        script = str(BENCH / "service" / "bench_session.py")
+        config = {
+            "Bench": {"script": script, "count": 8, "options": {"record": str(self.records)}},
+            "Many": {"script": script, "count": 1100, "options": {"record": str(self.records)}},
+        }
+        (d / "services.json").write_text(json.dumps(config))
+        # The state file on the same disk as a default one (~/.local/state).
+        argv = [procs.BIN / "nexus-websocketserver", "--ws_listen", "tcp:0:interface=127.0.0.1",
+                "--http_listen", "tcp:0:interface=127.0.0.1", "--http_directory", d / "www",
+                "--remote_session_config", d / "services.json", "--state_file", d / "state.json",
+                "--max_reservations_per_user", "0", "--max_tunnels", "0",
+                "--max_tunnels_per_address", "0", "--timeout", "3600"]
+        if wrap:
+            argv = [*wrap, sys.executable, *argv]
+        gw = Proc(name, argv, self.logdir / f"{name}.log",
+                  ready=r"--http_listen listening on http://127\.0\.0\.1:(\d+)/")
+        gw.http_port = int(gw.match.group(1))
+        gw.port = int(gw.wait_log(r"--ws_listen listening on ws://127\.0\.0\.1:(\d+)/").group(1))
+        gw.gateway_pid = procs.find_gateway(gw) if wrap else gw.pid
+        return gw
+
+    def fig8(self):
+        self.say("figure 8: session launch")
+        interp = figures.interpreter_start(sys.executable)
+        self.say(f"  8 the service's interpreter takes {interp * 1e3:.1f} ms to its first line")
+        self.record(8, "interpreter start ms", "nexusws", interp * 1e3)
+        gw = self.start_sessions()
+        rest = figures.Rest(gw.http_port)
+        try:
+            k = 0
+            for r in range(self.rounds):
+                for _ in range(self.size["launches"]):
+                    k += 1
+                    try:
+                        res = figures.launch(gw.port, rest, k, self.records, interp)
+                    except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                        self.note(f"figure 8 launch {k}: {e!r}")
+                        rest.close()
+                        rest = figures.Rest(gw.http_port)
+                        continue
+                    self.record(8, "launch ms", "nexusws", res["launch"] * 1e3)
+                    self.record(8, "service's own start ms", "nexusws", res["own"] * 1e3)
+                    self.record(8, "overhead ms", "nexusws", res["overhead"] * 1e3)
+                    self.record(8, "connect→spawn ms", "nexusws", res["before"] * 1e3)
+                    self.record(8, "spawning ms", "nexusws", res["spawn"] * 1e3)
+                    self.record(8, "listening→first byte ms", "nexusws", res["after"] * 1e3)
+                    self.say(f"  8 launch {k}: " + ", ".join(
+                        f"{name} {v * 1e3:.1f} ms" for name, v in res.items()))
+        finally:
+            rest.close()
+            gw.stop()
+
+    def fig9(self):
+        self.say("figure 9: REST")
+        gw = self.start_sessions()
+        rest = figures.Rest(gw.http_port)
+        try:
+            for r in range(self.rounds):
+                v = figures.rest_cycles(rest, self.size["rest_seconds"])
+                self.record(9, "reserve+release/s", "nexusws", v)
+                self.say(f"  9 cycles round {r + 1}: {v:.0f}/s")
+            held = before = 0
+            reps = self.size["status_repeats"]
+            for level in self.size["status_levels"]:
+                t0 = time.perf_counter()
+                while held < level:
+                    rest.get("/v1/reserve/Many")
+                    held += 1
+                took = time.perf_counter() - t0
+                if took and level > before:
+                    self.record(9, f"reserve ms, {before}→{level} held", "nexusws",
+                                took / (level - before) * 1e3)
+                before = level
+                t = figures.status_time(rest, reps)
+                self.record(9, f"/v1/status ms at {level}", "nexusws", t * 1e3)
+                self.say(f"  9 /v1/status with {level} reservations: {t * 1e3:.2f} ms")
+        finally:
+            rest.close()
+            gw.stop()
+
+    # --- profile ---------------------------------------------------------------------
+
+    def profile(self):
+        """nexusws under py-spy on its hot paths; top functions by own time.
+
+        down, up, setup, latency: the basic-mode gateway under load (CPU samples only);
+        rest: reserve+release cycles on a sessions gateway, idle samples
+        included, since that path waits on the disk (fsync) rather than the CPU.
+        """
+        outdir = Path(self.args.json).resolve().parent
+        outdir.mkdir(parents=True, exist_ok=True)
+        seconds = self.size["profile_seconds"]
+        paths = {
+            "down": (lambda t: figures.down(t, 256 * MiB), False),
+            "up": (lambda t: figures.up(t, 256 * MiB), False),
+            "setup": (lambda t: figures.setups(t, 1.0, 4), False),
+            "latency": (lambda t: figures.latency(t, 5000, warmup=0), False),
+            "rest": (None, True),
+        }
+        report = {}
+        wanted = [p.strip() for p in self.args.profile.split(",") if p.strip()]
+        for name in wanted:
+            if name not in paths:
+                self.note(f"no profile path {name!r} (known: {', '.join(paths)})")
+        for name, (work, idle) in paths.items():
+            if name not in wanted:
+                continue
+            raw = outdir / f"profile-{name}.txt"
+            raw.unlink(missing_ok=True)
+            wrap = [procs.BIN / "py-spy", "record", "--rate", "500", "--format", "raw",
+                    "--nonblocking", *(["--idle"] if idle else []), "-o", raw, "--"]
+            if name == "rest":
+                gw = self.start_sessions(name=f"nexusws-pyspy-{name}", wrap=wrap)
+            else:
+                gw = procs.start_nexusws(self.backend.port, self.logdir,
+                                         name=f"nexusws-pyspy-{name}", wrap=wrap)
+            self.say(f"profile {name}: {seconds:g} s of load")
+            t_end = time.monotonic() + seconds
+            if name == "rest":
+                rest = figures.Rest(gw.http_port)
+                figures.rest_cycles(rest, seconds)
+                rest.close()
+            else:
+                target = Target("nexusws", gw.port)
+                while time.monotonic() < t_end:
+                    work(target)
+            # Stop the gateway itself (not py-spy), so that py-spy writes its file.
+            os.kill(gw.gateway_pid, signal.SIGTERM)
+            try:
+                gw.p.wait(60)
+            except Exception:  # noqa: BLE001,S110 - moot in cleanup
+                pass
+            gw.stop()
+            if not raw.exists():
+                self.note(f"profile {name}: py-spy wrote nothing (see {gw.log_path})")
+                continue
+            top = summarize_profile(raw)
+            report[name] = top
+            text = format_profile(name, top, idle)
+            (outdir / f"profile-{name}-top.txt").write_text(text)
+            print(text, flush=True)
+        self.profile_report = report
+
+    # --- the table -------------------------------------------------------------------
+
+    def table(self, m):
+        return report.table(self, m)
+
+    def write_json(self, m, text):
+        out = Path(self.args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "machine": m, "machine_line": machine_line(m), "rounds": self.rounds,
+            "quick": self.args.quick, "sizes": self.size, "figures": {
+                str(f): ms for f, ms in getattr(self, "stats", {}).items()},
+            "raw": {str(f): ms for f, ms in self.results.items()},
+            "table": {"header": self.header, "rows": self.rows}, "notes": self.notes,
+            "profile": getattr(self, "profile_report", None), "text": text,
+        }
+        out.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+        return out
+
+
+# --- profile summaries ------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
+                    help="figures to run, comma-separated (default: all)")
+    ap.add_argument("--json", default=str(BENCH / "results" / "latest.json"))
+    ap.add_argument("--profile", nargs="?", const=",".join(PROFILE_PATHS), default="",
+                    metavar="PATHS",
+                    help="also profile nexusws under py-spy on these paths (default: "
+                         f"{','.join(PROFILE_PATHS)}); --only 0 profiles alone")
+    args = ap.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def on_signal(sig, frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    bench = Bench(args)
+    m = machine()
+    print(machine_line(m), flush=True)
+    started = time.monotonic()
+    try:
+        bench.start_main()
+        for fig in ("1", "2", "3", "4", "5", "6", "7", "8", "9"):
+            if fig in only:
+                try:
+                    getattr(bench, f"fig{fig}")()
+                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                    bench.note(f"figure {fig} failed: {e!r}")
+                    traceback.print_exc()
+        if args.profile:
+            bench.profile()
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping every process", file=sys.stderr)
+        Proc.stop_all()
+        return 130
+    finally:
+        Proc.stop_all()
+    text = bench.table(m)
+    text += f"\ntotal bench time {time.monotonic() - started:.0f} s"
+    print()
+    print(text)
+    out = bench.write_json(m, text)
+    print(f"\nJSON: {out}")
+    if args.profile:
+        print(f"profiles: {out.parent}/profile-*.txt (py-spy raw stacks) and profile-*-top.txt")
+    shutil.rmtree(bench.tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
