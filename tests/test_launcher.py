@@ -10,6 +10,7 @@ Three levels:
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from conftest import require
 from nexusws import launcher as launcher_module
 from nexusws import procs
 from nexusws.launcher import (
@@ -153,11 +155,14 @@ def fired(d):
 # --- spawn ------------------------------------------------------------------------
 
 
-def test_spawn_runs_argv_through_the_setsid_wrapper_with_the_given_env_and_cwd(fake, tmp_path):
+def test_spawn_runs_argv_through_setsid_with_the_given_env_and_cwd(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(procs, "child_nofile", None)
     child = fake.launcher.spawn(["sleep", "5"], env={"PATH": os.environ["PATH"], "A": "1"}, cwd=str(tmp_path))
     (p,) = fake.reactor.processes
-    assert p.executable == sys.executable
-    assert p.args == [sys.executable, "-c", SETSID_WRAPPER, "sleep", "5"]
+    if launcher_module.SETSID:  # util-linux's
+        assert p.executable == launcher_module.SETSID and p.args == [launcher_module.SETSID, "--", "sleep", "5"]
+    else:
+        assert p.executable == sys.executable and p.args == [sys.executable, "-c", SETSID_WRAPPER, "sleep", "5"]
     assert p.env == {"PATH": os.environ["PATH"], "A": "1"}
     assert p.path == str(tmp_path)
     assert child.pid == p.pid and child.running and child.exit_code is None
@@ -393,14 +398,19 @@ def test_terminate_before_the_wrapper_made_its_group_signals_the_leader_itself(f
 def test_wait_for_port_retries_refused_connects_and_closes_the_one_that_succeeds():
     reactor = MemoryReactorClock()
     done = fired(wait_for_port(reactor, "127.0.0.1", 5901, timeout=10, interval=0.5))
-    # An address literal's refusal counts at once; the next try follows soon, later ones less often.
-    for attempt, wait in enumerate((0.005, 0.01)):
+    # An address literal's refusal counts at once; tries follow every 3 ms for a second, then every interval.
+    def refuse_and_wait(wait):
+        attempt = len(reactor.tcpClients) - 1
         reactor.tcpClients[attempt][2].clientConnectionFailed(
             reactor.connectors[attempt], Failure(error.ConnectionRefusedError()))
         reactor.advance(wait * 0.9)
         assert len(reactor.tcpClients) == attempt + 1
         reactor.advance(wait * 0.1)
         assert len(reactor.tcpClients) == attempt + 2
+
+    refuse_and_wait(0.003)
+    reactor.advance(1.0)  # past the quick period (nothing is tried while no answer is due)
+    refuse_and_wait(0.5)
     host, port, factory, _, _ = reactor.tcpClients[2]
     assert (host, port) == ("127.0.0.1", 5901)
     transport = StringTransport()
@@ -607,6 +617,21 @@ def test_the_setsid_wrapper_starts_a_new_session_and_keeps_the_pid():
                        capture_output=True, text=True, timeout=30, check=False)
     pid, pgid, sid = map(int, p.stdout.split())
     assert pid == pgid == sid != os.getsid(0)
+
+
+@pytest.mark.parametrize("tools", ["util-linux", "python"])
+def test_programs_get_the_original_open_files_limit_back(monkeypatch, tools):
+    monkeypatch.setattr(procs, "child_nofile", 100)
+    if tools == "python":
+        monkeypatch.setattr(launcher_module, "SETSID", None)
+    else:
+        require(launcher_module.SETSID and launcher_module.PRLIMIT, "setsid and prlimit (util-linux)")
+    env = dict(os.environ)
+    args = launcher_module.wrap(["sh", "-c", "ulimit -n; ulimit -Hn; env"], env)
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=20).stdout.splitlines()
+    hard = str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    assert out[:2] == ["100", hard]
+    assert not any(line.startswith(procs.CHILD_NOFILE_ENV + "=") for line in out)
 
 
 def test_the_setsid_wrapper_exits_127_with_one_line_when_exec_fails():
