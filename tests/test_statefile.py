@@ -65,10 +65,10 @@ def test_a_crash_before_the_rename_leaves_the_old_file_whole(state, monkeypatch)
     state.write(DATA)
     before = Path(state.path).read_bytes()
 
-    def crash(fd):
+    def crash(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         state.write({"reservations": [], "orphans": [[1234, 5]]})
     assert Path(state.path).read_bytes() == before
@@ -90,22 +90,11 @@ def test_the_new_content_arrives_by_renaming_a_temp_file_of_the_same_directory(s
     assert content == DATA, "the temp file is complete before it is renamed"
 
 
-def test_write_fsyncs_the_file_before_the_rename_and_the_directory_after(state, monkeypatch):
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
-        return real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", None))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+def test_write_does_not_fsync(state, monkeypatch):
+    """The file guards against the gateway's crash (the page cache survives it), not the machine's."""
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("fsync called"))
     state.write(DATA)
-    assert events == [("fsync", False), ("replace", None), ("fsync", True)]
+    assert json.loads(Path(state.path).read_text())["data"] == DATA
 
 
 def test_the_file_is_private_0600_whatever_the_umask_or_an_older_file(state):
