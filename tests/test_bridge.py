@@ -437,3 +437,15 @@ def test_address_literals_are_connected_to_without_the_resolver():
     assert isinstance(backend_endpoint(reactor, "127.0.0.1", 5900, 10), TCP4ClientEndpoint)
     assert isinstance(backend_endpoint(reactor, "::1", 5900, 10), TCP6ClientEndpoint)
     assert isinstance(backend_endpoint(reactor, "localhost", 5900, 10), HostnameEndpoint)
+
+
+def test_autobahns_settings_dump_is_formatted_only_when_logged():
+    import pprint
+
+    import autobahn.websocket.protocol as protocol
+    from twisted.logger import formatEvent
+
+    settings = [("openHandshakeTimeout", 5, "BridgeFactory"), ("autoPingInterval", 0, "BridgeFactory")]
+    lazy = protocol.pformat(settings)
+    assert not isinstance(lazy, str), "nothing is formatted at the call"
+    assert formatEvent({"log_format": "\n{attrs}", "attrs": lazy}) == "\n" + pprint.pformat(settings)
