@@ -290,7 +290,7 @@ class Bench:
         rest = figures.Rest(gw.http_port)
         try:
             k = 0
-            for r in range(self.rounds):
+            for _round in range(self.rounds):
                 for _ in range(self.size["launches"]):
                     k += 1
                     try:

@@ -160,7 +160,7 @@ def start_nexusws(backend_port, logdir, name="nexusws", extra=(), wrap=()):
 
 def start_websockify(backend_port, logdir, name="websockify", tries=10):
     """websockify 0.13 (it cannot report a port-0 bind: pick one, retry if taken)."""
-    for attempt in range(tries):
+    for _attempt in range(tries):
         port = free_port()
         proc = Proc(name, [BIN / "websockify", f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"],
                     logdir / f"{name}.log")

@@ -128,7 +128,7 @@ def table(bench, m):
         plain = self.results[4]["p50 µs"].get("plain TCP", [])
         for t in ("nexusws", "websockify"):
             vals = self.results[4]["p50 µs"].get(t, [])
-            added = [a - b for a, b in zip(vals, plain) if a is not None and b is not None]
+            added = [a - b for a, b in zip(vals, plain, strict=False) if a is not None and b is not None]
             self.results[4].setdefault("added p50 µs", {})[t] = added
         R[4]["added p50 µs"] = {t: stats(v) for t, v in self.results[4]["added p50 µs"].items()}
         ra = ratio(4, "added p50 µs")
@@ -219,10 +219,10 @@ def table(bench, m):
     header = ["figure", *cols, "nexusws/websockify", "target", "verdict"]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = [machine_line(m), ""]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     lines.append("")
     lines.append(f"median [min–max] over {self.rounds} rounds, measured alternately; MB = 10^6 bytes;"
                  f" {'--quick sizes' if self.args.quick else 'full sizes'}.")
