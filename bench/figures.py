@@ -140,15 +140,14 @@ def one_setup(target):
         c.close(wait=True)
 
 
-def setups(target, seconds, parallel=1, limit=10000):
-    """Tunnel set-ups per second, C{parallel} clients in a loop for C{seconds}.
+def _setup_loops(target, deadline, parallel, limit):
+    """C{parallel} threads doing set-ups until C{deadline} (perf_counter) or C{limit} in all.
 
-    @return: (set-ups per second, the client's CPU microseconds per set-up).
+    @return: (set-ups completed, the errors).
     """
     count = [0]
     errors = []
     lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
 
     def loop():
         while time.perf_counter() < deadline:
@@ -163,18 +162,117 @@ def setups(target, seconds, parallel=1, limit=10000):
             with lock:
                 count[0] += 1
 
-    t0 = time.perf_counter()
-    c0 = time.process_time()
     threads = [threading.Thread(target=loop) for _ in range(parallel)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return count[0], errors
+
+
+def setups(target, seconds, parallel=1, limit=10000):
+    """Tunnel set-ups per second, C{parallel} clients in a loop for C{seconds}.
+
+    @return: (set-ups per second, the client's CPU microseconds per set-up).
+    """
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    count, errors = _setup_loops(target, t0 + seconds, parallel, limit)
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     if errors:
         raise RuntimeError(f"{len(errors)} set-ups failed, first: {errors[0]!r}")
-    return count[0] / elapsed, cpu / max(count[0], 1) * 1e6
+    return count / elapsed, cpu / max(count, 1) * 1e6
+
+
+def _setup_worker(conn):
+    """A client process: runs its share of the set-up loops for each job the parent sends.
+
+    A job is (port, ws, start, seconds, parallel, limit); C{start} is a
+    perf_counter() time (CLOCK_MONOTONIC: the same clock in every process).
+    The answer is (count, errors, first error, CPU seconds, end time).
+    """
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        port, ws, start, seconds, parallel, limit = job
+        try:
+            target = Target("worker", port, ws=ws)
+            delay = start - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            c0 = time.process_time()
+            count, errors = _setup_loops(target, start + seconds, parallel, limit)
+            answer = (count, len(errors), repr(errors[0]) if errors else None,
+                      time.process_time() - c0, time.perf_counter())
+        except Exception as e:  # noqa: BLE001 - sent to the parent
+            answer = (0, 1, repr(e), 0.0, time.perf_counter())
+        conn.send(answer)
+
+
+class ClientProcesses:
+    """C{n} client processes (spawned once, reused) that run set-up loops together.
+
+    With one client process the client itself, not the server, limits the
+    parallel set-up rate (about 2,000/s against bench/wsmini.py): the loops
+    are shared among the processes and their set-ups summed over wall time.
+    """
+
+    def __init__(self, n):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # the bench has threads: no fork
+        self.n = n
+        self.conns, self.procs = [], []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_setup_worker, args=(child,), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+
+    def setups(self, target, seconds, parallel=16, limit=10000, lead=0.2):
+        """As L{setups}, the C{parallel} loops spread over the processes.
+
+        @return: (set-ups per second, the clients' CPU microseconds per set-up).
+        """
+        shares = [parallel // self.n + (i < parallel % self.n) for i in range(self.n)]
+        start = time.perf_counter() + lead  # every process starts at the same moment
+        sent = []
+        for conn, share in zip(self.conns, shares, strict=True):
+            if share:
+                conn.send((target.port, target.ws, start, seconds, share,
+                           max(1, limit * share // parallel)))
+                sent.append(conn)
+        answers = []
+        for conn in sent:
+            if not conn.poll(seconds + 120):
+                raise RuntimeError("a client process did not answer")
+            answers.append(conn.recv())
+        count = sum(a[0] for a in answers)
+        failed = sum(a[1] for a in answers)
+        cpu = sum(a[3] for a in answers)
+        elapsed = max(a[4] for a in answers) - start
+        if failed:
+            first = next(a[2] for a in answers if a[2])
+            raise RuntimeError(f"{failed} set-ups failed, first: {first}")
+        return count / elapsed, cpu / max(count, 1) * 1e6
+
+    def close(self):
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        for conn in self.conns:
+            conn.close()
 
 
 # --- 6: idle tunnels -----------------------------------------------------------------

@@ -234,6 +234,16 @@ def table(bench, m):
                  " Client CPU per set-up:")
     lines.append("the bench process's CPU time over the set-ups it made; 10^6 / that is the client's own"
                  " CPU-bound ceiling in set-ups/s.")
+    if "5b" in self.results:
+        k = getattr(self, "client_procs", None)
+        lo, hi = 16 // k, -(-16 // k)
+        each = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        each += " loops" if k == 1 else " loops each"
+        lines.append(f"note: figure 5b runs its 16 set-up loops in {k} client"
+                     f" process{'es' if k != 1 else ''}"
+                     f" ({each}), set-ups summed over wall time;"
+                     " 5a runs one loop in the bench process. 5b's client CPU per set-up is"
+                     " summed over those processes.")
     for n in self.notes:
         lines.append(f"note: {n}")
     self.rows = rows
