@@ -18,7 +18,6 @@ import signal
 import sys
 
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import LogLevel
 
@@ -400,12 +399,8 @@ def wait_for_port(reactor, host, port, timeout, interval=0.1):
     result = defer.Deferred(stop)
 
     def attempt():
-        # An address literal's refusal is reported at once; a name's only after
-        # HostnameEndpoint's attemptDelay.
-        endpoint = _pipes.backend_endpoint(reactor, host, port, timeout)
-        if isinstance(endpoint, HostnameEndpoint):
-            endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout,
-                                        attemptDelay=min(max(interval, 0.01), 0.3))
+        endpoint = _pipes.backend_endpoint(reactor, host, port, timeout,
+                                           attempt_delay=min(max(interval, 0.01), 0.3))
         pending["attempt"] = endpoint.connect(_PROBES)
         pending["attempt"].addCallbacks(connected, failed)
 

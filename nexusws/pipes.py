@@ -62,12 +62,13 @@ def lazy_pformat(value, *args, **kwargs):
 _autobahn_protocol.pformat = lazy_pformat
 
 
-def backend_endpoint(reactor, host, port, timeout):
-    """A client endpoint for the backend: an address literal needs no resolver thread."""
+def backend_endpoint(reactor, host, port, timeout, attempt_delay=0.3):
+    """A client endpoint for the backend: an address literal needs no resolver
+    thread, and its refusal is reported at once (a name's after C{attempt_delay})."""
     try:
         family = ipaddress.ip_address(host).version
     except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return HostnameEndpoint(reactor, host, port, timeout=timeout, attemptDelay=attempt_delay)
     endpoint = TCP4ClientEndpoint if family == 4 else TCP6ClientEndpoint
     return endpoint(reactor, host, port, timeout=timeout)
 
