@@ -60,10 +60,12 @@ PROFILE_PATHS = ("down", "up", "setup", "latency", "rest")
 # rise (wsmini, one Python process, is then what limits it, at ~0.9 core) and
 # the gateway's rate falls, since the clients take its CPU.
 CLIENT_PROCS = max(1, min(4, (os.cpu_count() or 2) - 2))
+REST_CLIENTS = 4  # figure 9's parallel keep-alive clients, one thread each
 WEBSOCKIFY_SAFE = 500  # websockify 0.13 select()s: no descriptor above 1023, about 508 tunnels
 
 
 class Bench:
+    rest_clients = REST_CLIENTS
     def __init__(self, args):
         self.args = args
         self.size = QUICK if args.quick else FULL
@@ -336,9 +338,18 @@ class Bench:
         rest = figures.Rest(gw.http_port)
         try:
             for r in range(self.rounds):
-                v = figures.rest_cycles(rest, self.size["rest_seconds"])
+                cpu, gw_cpu = {}, procs.cpu_seconds(gw.pid)
+                v = figures.rest_cycles(rest, self.size["rest_seconds"], cpu=cpu)
+                gw_us = (procs.cpu_seconds(gw.pid) - gw_cpu) / (v * self.size["rest_seconds"]) * 1e6
                 self.record(9, "reserve+release/s", "nexusws", v)
-                self.say(f"  9 cycles round {r + 1}: {v:.0f}/s")
+                self.record(9, "client CPU µs per cycle", "nexusws", cpu["client_us"])
+                self.record(9, "gateway CPU µs per cycle", "nexusws", gw_us)
+                p = figures.rest_cycles_parallel(gw.http_port, self.size["rest_seconds"],
+                                                 REST_CLIENTS)
+                self.record(9, "reserve+release/s parallel", "nexusws", p)
+                self.say(f"  9 cycles round {r + 1}: {v:.0f}/s (client CPU {cpu['client_us']:.0f}"
+                         f" µs, gateway CPU {gw_us:.0f} µs per cycle); {REST_CLIENTS} clients in "
+                         f"parallel: {p:.0f}/s")
             held = before = 0
             reps = self.size["status_repeats"]
             for level in self.size["status_levels"]:

@@ -16,6 +16,12 @@ ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds process C{pid} has used so far."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 class Proc:
     """A child process in its own process group, its output in a log file."""
 

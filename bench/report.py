@@ -196,6 +196,10 @@ def table(bench, m):
         c = med(9, "reserve+release/s")
         row("9 reserve+release cycles/s", 9, "reserve+release/s", rat=False, target="≥1000",
             verdict=ok(None if c is None else c >= 1000))
+        row("9  gateway CPU per cycle, µs (info)", 9, "gateway CPU µs per cycle", rat=False)
+        row("9  client CPU per cycle, µs (info)", 9, "client CPU µs per cycle", rat=False)
+        row(f"9 reserve+release cycles/s, {bench.rest_clients} clients in parallel (info)", 9,
+            "reserve+release/s parallel", rat=False)
         for metric in R[9]:
             if metric.startswith("reserve ms"):
                 row(f"9 {metric.replace('ms', 'time, ms', 1)} (info)", 9, metric, 2, rat=False)

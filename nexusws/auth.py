@@ -13,6 +13,7 @@ options carry C{"group"} is for that group's members; C{--require_group}
 makes every session need one more group.
 """
 
+import functools
 import ipaddress
 import os
 import socket
@@ -40,7 +41,12 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 
 def parse_address(text):
     """C{text} as an C{ipaddress} address (IPv4-mapped IPv6 as IPv4), or None."""
-    text = str(text).strip()
+    return _parse_address(str(text))
+
+
+@functools.lru_cache(maxsize=4096)  # a request asks twice, and clients come back
+def _parse_address(text):
+    text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:

@@ -17,10 +17,13 @@ from urllib.parse import quote, unquote_plus
 
 import txaio
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
+    formatEventAsClassicLogText,
+    formatTime,
     globalLogPublisher,
 )
 
@@ -72,7 +75,9 @@ def redact(uri):
 
 def printable(text, limit=200):
     """Quote control characters and cut C{text} so one log line stays one line."""
-    text = quote(str(text), safe=" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    text = str(text)
+    if not (text.isascii() and text.isprintable()):  # printable ASCII is kept as it is
+        text = quote(text, safe=" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -105,3 +110,43 @@ def short(token):
 def iso_utc(epoch):
     """ISO-8601 UTC, to the second, of C{epoch} seconds."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def classic_text(event, _stamps={}):  # noqa: B006 - the per-second cache of time stamps
+    """C{formatEventAsClassicLogText(event)}, Twisted's log line, made cheaply.
+
+    Twisted formats C{log_format} with a pure-Python C{string.Formatter} and
+    the time stamp with C{strftime}, some 40 µs a line: a third of an HTTP
+    request's CPU when each request logs two lines. For the usual event (a
+    C{str} format whose fields C{str.format_map} understands, no failure, not a
+    legacy flattened one) this gives the same text with the C{str} method and
+    one time stamp a second; any other event, or any error, goes to Twisted's.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is not str or "log_failure" in event or "log_flattened" in event:
+        return formatEventAsClassicLogText(event)
+    try:
+        text = fmt.format_map(event)
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+        else:
+            system = str(system)
+        when = event.get("log_time")
+        if when is None:
+            stamp = "-"
+        elif (stamp := _stamps.get(second := int(when))) is None or when < 0:
+            if len(_stamps) > 4:
+                _stamps.clear()
+            stamp = _stamps[second] = formatTime(when)
+    except Exception:  # noqa: BLE001 - Twisted's own formatting says what is wrong
+        return formatEventAsClassicLogText(event)
+    if not text:
+        return None
+    return f"{stamp} [{system}] {text}".replace("\n", "\n\t") + "\n"
+
+
+def text_file_observer(stream):
+    """Twisted's C{textFileLogObserver(stream)}, formatting with L{classic_text}."""
+    return FileLogObserver(stream, classic_text)

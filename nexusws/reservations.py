@@ -80,6 +80,7 @@ class Reservation:
         self.state, self.pids, self.address = RESERVED, [], None
         # The start in flight, why it was cut short, Deferreds to fire when it ends:
         self._pending, self._why, self._waiters = None, None, []
+        self._record = None
 
     @property
     def timestamp(self):
@@ -95,9 +96,16 @@ class Reservation:
                 "state": self.state, "options": dict(self.options), "user": self.user}
 
     def record(self):
-        """Its entry in the state file (read back by L{nexusws.statefile.saved_records})."""
-        return dict(self.as_status(), service=self.service.name, created=self.created_wall,
-                    pids=[list(p) for p in self.pids])
+        """Its entry in the state file (read back by L{nexusws.statefile.saved_records}).
+
+        The same object until its state or processes change: the state file
+        tells what changed by identity, at no cost per unchanged reservation."""
+        key = (self.state, tuple(self.pids))
+        if self._record is None or self._record[0] != key:
+            self._record = key, dict(
+                self.as_status(), service=self.service.name, created=self.created_wall,
+                pids=[list(p) for p in self.pids])
+        return self._record[1]
 
 
 class Registry:

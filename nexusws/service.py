@@ -21,13 +21,12 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
-    textFileLogObserver,
 )
 from twisted.python.failure import Failure
 
 from nexusws import __version__, launcher, procs
 from nexusws.errors import StartupError, install_excepthook
-from nexusws.logs import logger, set_verbosity
+from nexusws.logs import logger, set_verbosity, text_file_observer
 
 _log = logger("nexusws")
 
@@ -76,7 +75,7 @@ def log_observer(stream, verbose):
     )
     if verbose >= 1:
         predicate.setLogLevelForNamespace("nexusws", LogLevel.debug)
-    return FilteringLogObserver(textFileLogObserver(stream), [predicate])
+    return FilteringLogObserver(text_file_observer(stream), [predicate])
 
 
 def check_nvx():
@@ -383,6 +382,7 @@ class SessionsService(service.Service):
         d.addErrback(lambda f: _log.failure("stopping the sessions failed", f))
         d.addCallback(lambda _: self._sweep())
         d.addCallback(lambda _: self.save())
+        d.addBoth(lambda result: self.statefile.close() or result)
         return d
 
     def _watch(self):

@@ -6,7 +6,6 @@ per-test marker in their argv, so /proc tells whether they run.
 """
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -14,6 +13,7 @@ import socket
 import stat
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -37,6 +37,8 @@ from sessions.harness import (
     state_path,
     wait_until,
 )
+
+from nexusws.statefile import StateFile
 
 #: A log line of the launcher saying it started a process.
 STARTED = r"nexusws\.launcher#info\].*(started pid|\) started)"
@@ -216,8 +218,9 @@ def test_reservation_used_in_time_is_not_reclaimed_while_active(gateway, tmp_pat
 
 
 def saved_reservations(tmp_path):
-    with open(state_path(tmp_path)) as f:
-        return {r["token"]: r for r in json.load(f)["data"]["reservations"]}
+    path = state_path(tmp_path)
+    data = StateFile(path).parse(Path(path).read_bytes())
+    return {r["token"]: r for r in data["reservations"]}
 
 
 def test_state_file_is_private_and_follows_every_change(gateway, tmp_path, marker):

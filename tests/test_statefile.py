@@ -1,11 +1,15 @@
 """Tests of the session state file: atomic writes, permissions, corrupt files, start-up checks."""
 
+import itertools
 import json
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nexusws.errors import StartupError
@@ -64,6 +68,7 @@ def test_a_write_failing_midway_leaves_the_old_file_whole_and_no_temp_file(state
 def test_a_crash_before_the_rename_leaves_the_old_file_whole(state, monkeypatch):
     state.write(DATA)
     before = Path(state.path).read_bytes()
+    state = StateFile(state.path)  # a new run: its first write is whole
 
     def crash(src, dst):
         raise OSError(5, "Input/output error")
@@ -116,7 +121,14 @@ def test_the_file_is_private_0600_whatever_the_umask_or_an_older_file(state):
         (b"\xff\xfe garbage", "is not UTF-8 text"),
         (b"[" * 100000, "is not valid JSON"),
         (b"[1, 2]", "has no format version"),
-        (b'{"version": 99, "data": {}}', "has format version 99, not 1"),
+        (b'{"version": 99, "data": {}}', "has format version 99, not 2"),
+        (b'{"version": 1, "data": {}}\n{"put": []}\n', "extra data after the record"),
+        (b'{"version": 2, "data": {"reservations": 5}}\n{"drop": ["t"]}\n',
+         "has changes but no list of reservations"),
+        (b'{"version": 2, "data": {"reservations": []}}\n[1]\n{"drop": ["t"]}\n',
+         "has an unusable change at line 2"),
+        (b'{"version": 2, "data": {"reservations": []}}\n{"put": [{"tok\n{"drop": []}\n',
+         "has an unusable change at line 2"),
         (b'{"version": 1, "data": [1]}', "has no data object"),
     ],
 )
@@ -245,3 +257,136 @@ def test_a_state_save_scans_proc_only_when_an_instance_may_have_processes(tmp_pa
     registry.busy = True
     sessions.save()
     assert scans == [1]
+
+
+# --- the journal: a full record, then one appended line per change ----------------
+
+
+def reservation(token, state="reserved", pids=()):
+    return {"token": token, "service": "demo", "index": 0, "options": {}, "user": None,
+            "state": state, "created": 1000.0, "pids": [list(p) for p in pids]}
+
+
+def as_read(data):
+    """C{data} as L{StateFile.read} gives it back: reservations in no particular order."""
+    return {**data, "reservations": sorted(data["reservations"], key=lambda r: r["token"])}
+
+
+def test_a_change_is_one_appended_line_written_by_one_write(state, monkeypatch):
+    first = {"reservations": [reservation("a"), reservation("b")], "orphans": []}
+    state.write(first)
+    whole = Path(state.path).read_bytes()
+    writes = []
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, b: writes.append(bytes(b)) or real(fd, b))
+    monkeypatch.setattr(os, "replace", lambda *a: pytest.fail("a change rewrote the file"))
+    second = {"reservations": [reservation("a", "active", [(42, 7)]), reservation("c")],
+              "orphans": [[42, 7]]}
+    state.write(second)
+    (line,) = writes
+    assert Path(state.path).read_bytes() == whole + line and line.endswith(b"\n")
+    assert json.loads(line) == {"put": [reservation("a", "active", [(42, 7)]), reservation("c")],
+                                "drop": ["b"], "set": {"orphans": [[42, 7]]}}
+    state.write(second)
+    assert len(writes) == 1, "no change, nothing written"
+    assert as_read(StateFile(state.path).read()) == as_read(second)
+
+
+def test_the_journal_is_rewritten_whole_once_its_changes_outweigh_the_record(tmp_path):
+    state = StateFile(tmp_path / "s", compact_min=4096)
+    base = [reservation(f"held-{i}") for i in range(20)]
+    sizes = []
+    for i in range(500):
+        data = {"reservations": base + [reservation(f"t{i}")], "orphans": []}
+        state.write(data)
+        sizes.append(os.path.getsize(state.path))
+        assert as_read(StateFile(state.path).read()) == as_read(data)
+    whole = len(json.dumps({"version": VERSION, "data": data}, separators=(",", ":")))
+    assert max(sizes) <= 2 * max(4096, whole) + 1000
+    assert sum(b < a for a, b in itertools.pairwise(sizes)) >= 10, "rewritten whole now and then"
+    assert leftovers(Path(state.path)) == []
+
+
+def test_a_change_cut_short_by_a_full_disk_is_undone_and_the_next_write_is_whole(
+    state, monkeypatch
+):
+    first = {"reservations": [reservation("a")], "orphans": []}
+    state.write(first)
+    before = Path(state.path).read_bytes()
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, b: real(fd, bytes(b)[:10]))
+    with pytest.raises(OSError, match="short write"):
+        state.write({"reservations": [reservation("a"), reservation("b")], "orphans": []})
+    assert Path(state.path).read_bytes() == before, "the part written is cut off again"
+    assert StateFile(state.path).read() == first
+    monkeypatch.setattr(os, "write", real)
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real_replace(a, b))
+    second = {"reservations": [reservation("a"), reservation("c")], "orphans": []}
+    state.write(second)
+    assert replaced == [state.path]
+    assert as_read(StateFile(state.path).read()) == as_read(second)
+
+
+def test_a_last_change_cut_short_is_dropped_with_a_warning_and_the_rest_used(state, warnings):
+    first = {"reservations": [reservation("a")], "orphans": []}
+    state.write(first)
+    state.write({"reservations": [reservation("a"), reservation("b")], "orphans": []})
+    state.close()
+    whole = Path(state.path).read_bytes()
+    Path(state.path).write_bytes(whole + b'{"put": [{"token": "c", "ser')
+    got = state.read()
+    assert as_read(got) == as_read({"reservations": [reservation("a"), reservation("b")],
+                                    "orphans": []})
+    assert len(warnings) == 1 and "cut short (line 3)" in warnings[0]
+    assert leftovers(Path(state.path)) == [], "not moved aside"
+
+
+def test_a_format_version_1_file_is_read(state):
+    Path(state.path).write_text(json.dumps({"version": 1, "data": DATA}, indent=2))
+    assert state.read() == DATA
+
+
+def test_only_the_file_written_whole_holds_a_descriptor_and_close_lets_go(state):
+    def open_files():
+        return {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}
+
+    state.write(DATA)
+    assert state.path in open_files()
+    assert os.get_inheritable(state._fd) is False, "session processes never inherit it"
+    state.close()
+    assert state.path not in open_files()
+    state.write({"a": 1})  # not reservations by token: every write is whole, nothing kept open
+    assert state.path not in open_files() and state.read() == {"a": 1}
+
+
+_tokens = st.sampled_from("abcdefgh")
+_states = st.lists(
+    st.tuples(_tokens, st.sampled_from(["reserved", "starting", "active"]),
+              st.lists(st.tuples(st.integers(2, 99), st.integers(0, 9)), max_size=2)),
+    max_size=6, unique_by=lambda t: t[0],
+).map(lambda rs: {"reservations": [reservation(t, s, p) for t, s, p in rs],
+                  "orphans": sorted({p for _, _, ps in rs for p in ps})})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=st.lists(_states, min_size=1, max_size=25))
+def test_a_crash_at_any_byte_leaves_a_file_that_reads_as_a_state_once_written(tmp_path, history):
+    """Whatever was written, and wherever the gateway was killed while writing a
+    change, the file reads back as the last state or one written before it."""
+    path = tmp_path / f"s-{uuid.uuid4().hex}"
+    state, seen = StateFile(path, compact_min=300), []
+    for data in history:
+        state.write(data)
+        data = json.loads(json.dumps(data))  # orphans' tuples as the file has them: lists
+        seen.append(as_read(data))
+        raw = path.read_bytes()
+        assert as_read(StateFile(path).read()) == seen[-1]
+        header = raw.index(b"\n") + 1
+        for cut in {header, *range(header, len(raw), 7), len(raw) - 1}:
+            torn = tmp_path / "torn"
+            torn.write_bytes(raw[:cut])
+            assert as_read(StateFile(torn).read()) in seen
+    state.close()
