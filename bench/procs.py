@@ -124,8 +124,11 @@ def start_backend(logdir):
     return proc
 
 
-def start_wsmini(logdir):
-    proc = Proc("wsmini", [sys.executable, BENCH / "wsmini.py"], logdir / "wsmini.log",
+def start_wsmini(logdir, relay_to=None):
+    """bench/wsmini.py: the client's ceiling, or (C{relay_to} a backend port) the minimal relay."""
+    name = "wsmini" if relay_to is None else "wsmini-relay"
+    extra = [] if relay_to is None else ["--relay", str(relay_to)]
+    proc = Proc(name, [sys.executable, BENCH / "wsmini.py", *extra], logdir / f"{name}.log",
                 ready=r"listening on 127\.0\.0\.1:(\d+)", cwd=BENCH)
     proc.port = int(proc.match.group(1))
     return proc

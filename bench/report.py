@@ -83,7 +83,7 @@ def table(bench, m):
          for f, ms in self.results.items()}
     self.stats = R
     rows = []
-    cols = ["nexusws", "websockify", "plain TCP", "client ceiling"]
+    cols = ["nexusws", "websockify", "plain TCP", "client ceiling", "minimal relay"]
 
     def get(fig, metric, t):
         return R.get(fig, {}).get(metric, {}).get(t)

@@ -221,7 +221,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         if self.failedByMe or self.backend is None or self._backend_done is not None:
             return
         self.bytes_up += len(payload)
-        self.backend.transport.write(payload)
+        pipes.write_now(self.backend.transport, payload)
 
     def onMessageFrameEnd(self):
         pass
@@ -234,8 +234,28 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
             return
         self.bytes_down += len(data)
         # Autobahn applies the message size limit to what it sends too.
-        for piece in pipes.chunks(data, self.maxMessagePayloadSize):
+        pieces = pipes.chunks(data, self.maxMessagePayloadSize)
+        if self._frames_plain():
+            # What sendMessage would write, without its copy and bookkeeping.
+            for piece in pieces:
+                pipes.write_now(self.transport, piece, pipes.frame_header(len(piece)))
+            return
+        for piece in pieces:
             self.sendMessage(piece, isBinary=True)
+
+    def _frames_plain(self):
+        """Whether a message is sent as one plain frame: open, no compression, no
+        fragmenting, nothing of Autobahn's own in the way (a frame being sent,
+        a queue of synchronous writes, frame logging)."""
+        return (
+            self.state == self.STATE_OPEN
+            and self._perMessageCompress is None
+            and not self.autoFragmentSize
+            and self.send_state == self.SEND_STATE_GROUND
+            and not self.send_queue
+            and not self.logFrames
+            and not self.trackedTimings
+        )
 
     # --- close ----------------------------------------------------------------
 

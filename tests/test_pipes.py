@@ -1,0 +1,215 @@
+"""The tunnel's data path: writes sent at once when nothing is queued, the backend's read size.
+
+Real loopback TCP sockets under Twisted's own TCP transports, on a memory
+reactor: the tests call C{doWrite} where the reactor would.
+"""
+
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
+
+from nexusws import pipes
+
+
+class Recorder(Protocol):
+    lost = None
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+@pytest.fixture
+def pair():
+    """A Twisted TCP server transport over a loopback socket, and the raw socket at its other end."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    ours = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    ours.setblocking(False)
+    reactor, protocol = MemoryReactor(), Recorder()
+    transport = tcp.Server(ours, protocol, ours.getpeername(), None, 1, reactor)
+    protocol.makeConnection(transport)
+    yield transport, peer, reactor
+    peer.close()
+    ours.close()
+
+
+def receive(sock, n, timeout=5.0):
+    sock.settimeout(timeout)
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def test_with_nothing_queued_head_and_data_are_sent_at_once_and_nothing_is_queued(pair):
+    transport, peer, reactor = pair
+    pipes.write_now(transport, b"payload" * 1000, b"\x82\x7e\x1b\x58")
+    assert receive(peer, 7004) == b"\x82\x7e\x1b\x58" + b"payload" * 1000
+    assert transport._tempDataLen == 0 and transport not in reactor.getWriters()
+
+
+def test_behind_queued_data_a_write_is_queued_so_the_order_is_kept(pair):
+    transport, peer, reactor = pair
+    transport.write(b"first ")
+    pipes.write_now(transport, b"second", b"H")
+    assert transport in reactor.getWriters(), "left to the reactor, after what is queued"
+    transport.doWrite()
+    assert receive(peer, 13) == b"first Hsecond"
+
+
+def test_what_the_kernel_does_not_take_is_queued_and_flow_control_pauses_the_producer(pair):
+    transport, peer, reactor = pair
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+
+    class Producer:
+        paused = False
+
+        def pauseProducing(self):
+            self.paused = True
+
+        def resumeProducing(self):
+            self.paused = False
+
+        def stopProducing(self):
+            pass
+
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    data = bytes(range(256)) * 8192  # 2 MiB: far more than the two socket buffers hold
+    pipes.write_now(transport, data, b"HEAD")
+    queued = transport._tempDataLen
+    assert 0 < queued < len(data), "part sent now, the rest queued"
+    assert producer.paused and transport in reactor.getWriters()
+    got = bytearray()
+    peer.setblocking(False)
+    while len(got) < len(data) + 4:
+        transport.doWrite()
+        try:
+            got += peer.recv(65536)
+        except BlockingIOError:
+            pass
+    assert bytes(got) == b"HEAD" + data, "every byte, in order"
+    assert not producer.paused, "resumed once the queue drained"
+
+
+@settings(max_examples=40, deadline=None)
+@given(head_len=st.integers(0, 14), cut=st.integers(0, 100))
+def test_a_partial_send_anywhere_in_head_or_data_queues_exactly_the_rest(head_len, cut):
+    """Whatever the kernel takes (simulated), the queue holds exactly what it did not."""
+    original = pipes._PLAIN_TCP
+
+    class Sock:
+        def sendmsg(self, buffers):
+            return min(cut, sum(len(b) for b in buffers))
+
+        def send(self, data):
+            return min(cut, len(data))
+
+    class Transport(tcp.Server):
+        def __init__(self):  # just the attributes write_now reads
+            self.socket, self.connected, self.disconnecting = Sock(), True, False
+            self._writeDisconnected, self.dataBuffer, self.offset = False, b"", 0
+            self._tempDataLen, self.queued = 0, []
+
+        def write(self, data):
+            self.queued.append(data)
+
+    head, data = bytes(range(100, 100 + head_len)), bytes(range(50))
+    t = Transport()
+    pipes._PLAIN_TCP = (Transport,)
+    try:
+        pipes.write_now(t, data, head)
+    finally:
+        pipes._PLAIN_TCP = original
+    sent = min(cut, len(head) + len(data))
+    assert b"".join(t.queued) == (head + data)[sent:]
+    assert len(t.queued) <= 1
+
+
+def test_a_connection_reset_is_left_to_twisted_to_report(pair):
+    transport, peer, reactor = pair
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()  # RST
+    for _ in range(5):
+        pipes.write_now(transport, b"x" * 65536, b"H")  # never raises
+    assert transport in reactor.getWriters()
+    assert transport.doWrite() is not None, "Twisted's own write meets the error and says so"
+
+
+@pytest.mark.parametrize("closing", ["disconnecting", "_writeDisconnected"])
+def test_a_closing_transport_is_written_to_as_twisted_would(pair, closing):
+    transport, peer, reactor = pair
+    setattr(transport, closing, True)
+    pipes.write_now(transport, b"data", b"H")
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(10)  # nothing sent behind Twisted's back
+
+
+def test_other_transports_get_one_ordinary_write():
+    transport = StringTransport()
+    pipes.write_now(transport, b"data", b"HEAD")
+    pipes.write_now(transport, b"more")
+    assert transport.value() == b"HEADdatamore"
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 65535, 65536, 1 << 20])
+def test_frame_header_is_that_of_a_final_unmasked_binary_frame(n):
+    """Checked with the websockets library's own frame parser."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(pipes.frame_header(n) + bytes(n))
+    frame = next_value(Frame.parse(reader.read_exact, mask=False))
+    assert (frame.fin, frame.opcode, len(frame.data)) == (True, Opcode.BINARY, n)
+    assert len(pipes.frame_header(n)) == (2 if n < 126 else 4 if n < 65536 else 10)
+
+
+def next_value(generator):
+    try:
+        while True:
+            next(generator)
+    except StopIteration as stop:
+        return stop.value
+
+
+class FakeTransport:
+    bufferSize = 0
+
+    def pauseProducing(self):
+        pass
+
+
+def test_the_backend_read_size_grows_while_reads_come_back_full_and_shrinks_when_they_do_not():
+    class Tunnel:
+        def backendData(self, data):
+            pass
+
+    backend = pipes.Backend(Tunnel())
+    backend.makeConnection(FakeTransport())
+    t = backend.transport
+    assert t.bufferSize == pipes.READ_MIN
+    sizes = []
+    for _ in range(8):
+        backend.dataReceived(b"x" * t.bufferSize)
+        sizes.append(t.bufferSize)
+    assert sizes[:4] == [2 * pipes.READ_MIN, 4 * pipes.READ_MIN, 8 * pipes.READ_MIN, pipes.READ_MAX]
+    assert set(sizes[4:]) == {pipes.READ_MAX}, "never beyond READ_MAX"
+    backend.dataReceived(b"x" * (pipes.READ_MAX // 2))
+    assert t.bufferSize == pipes.READ_MAX, "half full: kept"
+    for _ in range(10):
+        backend.dataReceived(b"keystroke")
+    assert t.bufferSize == pipes.READ_MIN, "small reads bring it back down, not below READ_MIN"
