@@ -62,7 +62,7 @@ class System:
         from nexusws import launcher, procs
 
         self.getpid = os.getpid
-        self.all_processes = procs.all_processes
+        self.process_table = procs.stat_table  # ppid and start time: no cmdline needed
         self.descendants = procs.descendants
         self.is_alive = procs.is_alive
         self.kill_processes = launcher.kill_processes
@@ -311,7 +311,7 @@ class Service:
 
     def _table(self):
         try:
-            return self.system.all_processes()
+            return self.system.process_table()
         except OSError:  # no /proc here: only helper children can be ended
             return {}
 

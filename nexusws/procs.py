@@ -70,12 +70,21 @@ def parse_stat(text):
 
 
 def _read(pid, name):
+    # os.open and os.read: half the cost of open() (a pass over /proc reads a file a process).
     try:
-        with open(f"{PROC}/{pid}/{name}", "rb") as f:
-            return f.read()
+        fd = os.open(f"{PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     # Gone, or never was, or hidden from us: all mean "no such process" here.
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except ProcessLookupError:  # it exited between the open and the read
+        return None
+    finally:
+        os.close(fd)
 
 
 def _stat(pid):

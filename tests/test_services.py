@@ -65,7 +65,7 @@ class FakeSystem:
     def getpid(self):
         return self.ME
 
-    def all_processes(self):
+    def process_table(self):
         return dict(self.table)
 
     descendants = staticmethod(procs.descendants)
