@@ -116,23 +116,23 @@ class Bench:
         self.t_relay = Target("minimal relay", self.relay.port, proc=self.relay)
         self.all_targets = [self.t_nexusws, self.t_websockify, self.t_plain, self.t_ceiling]
         # The minimal relay where it tells what a gateway can reach here: throughput.
-        self.throughput_targets = [*self.all_targets, self.t_relay]
+        self.all_targets = [*self.all_targets, self.t_relay]
 
     def fig1(self):
         self.say("figure 1: backend -> client, one tunnel")
         n = self.size["down"]
-        self.alternate(1, "MB/s", self.throughput_targets, lambda t: figures.down(t, n))
+        self.alternate(1, "MB/s", self.all_targets, lambda t: figures.down(t, n))
 
     def fig2(self):
         self.say("figure 2: client -> backend, one tunnel")
         n = self.size["up"]
-        self.alternate(2, "MB/s", self.throughput_targets, lambda t: figures.up(t, n))
+        self.alternate(2, "MB/s", self.all_targets, lambda t: figures.up(t, n))
 
     def fig3(self):
         self.say("figure 3: 4 tunnels at once")
         n = self.size["par_each"]
-        self.alternate("3a", "MB/s", self.throughput_targets, lambda t: figures.parallel(t, n, 4, "down"))
-        self.alternate("3b", "MB/s", self.throughput_targets, lambda t: figures.parallel(t, n, 4, "up"))
+        self.alternate("3a", "MB/s", self.all_targets, lambda t: figures.parallel(t, n, 4, "down"))
+        self.alternate("3b", "MB/s", self.all_targets, lambda t: figures.parallel(t, n, 4, "up"))
 
     def fig4(self):
         self.say("figure 4: round trip of a 64-byte message")

@@ -172,6 +172,12 @@ class Backend(Protocol):
         # until the WebSocket is open and flow control is in place.
         self.transport.bufferSize = READ_MIN
         self.transport.pauseProducing()
+        # Interactive traffic (a VNC pointer's small messages) must not wait on
+        # Nagle's algorithm for the previous segment's delayed ACK; Autobahn
+        # does the same on the WebSocket side (its tcpNoDelay option).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
 
     def dataReceived(self, data):
         transport, n = self.transport, len(data)

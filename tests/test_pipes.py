@@ -213,3 +213,11 @@ def test_the_backend_read_size_grows_while_reads_come_back_full_and_shrinks_when
     for _ in range(10):
         backend.dataReceived(b"keystroke")
     assert t.bufferSize == pipes.READ_MIN, "small reads bring it back down, not below READ_MIN"
+
+
+def test_the_backend_socket_sends_small_messages_at_once_no_nagle(pair):
+    transport, peer, reactor = pair
+    transport.pauseProducing = lambda: None
+    assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    pipes.Backend(None).makeConnection(transport)
+    assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
