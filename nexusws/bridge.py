@@ -243,6 +243,10 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         for piece in pieces:
             self.sendMessage(piece, isBinary=True)
 
+    def client_keeps_up(self):
+        """Whether everything sent to the client so far has left (nothing queued)."""
+        return pipes.queued(self.transport) == 0
+
     def _frames_plain(self):
         """Whether a message is sent as one plain frame: open, no compression, no
         fragmenting, nothing of Autobahn's own in the way (a frame being sent,

@@ -36,6 +36,20 @@ class QuietIO:
         self.transport.write(data)
 
 
+def queued(transport):
+    """Bytes Twisted holds for C{transport} (a TLS transport: also its TCP transport's)."""
+    total = 0
+    for _ in range(3):  # the transport, a TLS layer's TCP transport
+        buffer = getattr(transport, "dataBuffer", None)
+        if buffer is not None:
+            total += len(buffer) - transport.offset + transport._tempDataLen
+        total += sum(len(b) for b in getattr(transport, "_appSendBuffer", None) or ())
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return total
+
+
 def write_now(transport, data, head=b""):
     """C{transport.write(head + data)}, sent at once when nothing is queued.
 
@@ -160,8 +174,9 @@ class Backend(Protocol):
     then moves in a few large WebSocket messages, with a fraction of the system
     calls and reactor rounds per byte (backend to client 1.7 times as fast as
     with 64 KiB reads, in C{bench/run}); an interactive tunnel's small reads
-    keep it at C{READ_MIN}. What a tunnel holds is bounded all the same: one
-    read, plus what the client's transport queues before it pauses the backend.
+    keep it at C{READ_MIN}, and so does a client that does not keep up (its
+    transport has data queued): what a slow tunnel holds stays one small read
+    plus what the client's transport queues before it pauses the backend.
     """
 
     def __init__(self, tunnel):
@@ -183,11 +198,13 @@ class Backend(Protocol):
         transport, n = self.transport, len(data)
         size = transport.bufferSize
         if n >= size:
-            if size < READ_MAX:
+            if size < READ_MAX and self.tunnel.client_keeps_up():
                 transport.bufferSize = size * 2
         elif n < size // 4 and size > READ_MIN:
             transport.bufferSize = size // 2
         self.tunnel.backendData(data)
+        if transport.bufferSize > READ_MIN and not self.tunnel.client_keeps_up():
+            transport.bufferSize = READ_MIN  # a slow client: small reads, little held
 
     def connectionLost(self, reason):
         self.tunnel.backendLost(reason)

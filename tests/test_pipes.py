@@ -195,10 +195,16 @@ class FakeTransport:
 
 def test_the_backend_read_size_grows_while_reads_come_back_full_and_shrinks_when_they_do_not():
     class Tunnel:
+        keeps_up = True
+
         def backendData(self, data):
             pass
 
-    backend = pipes.Backend(Tunnel())
+        def client_keeps_up(self):
+            return self.keeps_up
+
+    tunnel = Tunnel()
+    backend = pipes.Backend(tunnel)
     backend.makeConnection(FakeTransport())
     t = backend.transport
     assert t.bufferSize == pipes.READ_MIN
@@ -213,6 +219,32 @@ def test_the_backend_read_size_grows_while_reads_come_back_full_and_shrinks_when
     for _ in range(10):
         backend.dataReceived(b"keystroke")
     assert t.bufferSize == pipes.READ_MIN, "small reads bring it back down, not below READ_MIN"
+    for _ in range(3):
+        backend.dataReceived(b"x" * t.bufferSize)
+    assert t.bufferSize == 8 * pipes.READ_MIN
+    tunnel.keeps_up = False
+    backend.dataReceived(b"x" * t.bufferSize)
+    assert t.bufferSize == pipes.READ_MIN, "a client that does not keep up: back to small reads"
+    backend.dataReceived(b"x" * t.bufferSize)
+    assert t.bufferSize == pipes.READ_MIN, "and no growth while it does not"
+
+
+def test_queued_counts_what_twisted_holds_for_a_transport_and_under_tls(pair):
+    transport, peer, reactor = pair
+    assert pipes.queued(transport) == 0
+    transport.write(b"abc")
+    transport.write(b"defg")
+    assert pipes.queued(transport) == 7
+    transport.doWrite()
+    assert pipes.queued(transport) == 0
+
+    class TLSLayer:  # as TLSMemoryBIOProtocol: cleartext waiting, and its TCP transport
+        _appSendBuffer = [b"12345"]
+
+    tls = TLSLayer()
+    tls.transport = transport
+    transport.write(b"xy")
+    assert pipes.queued(tls) == 7
 
 
 def test_the_backend_socket_sends_small_messages_at_once_no_nagle(pair):
