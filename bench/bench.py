@@ -139,11 +139,19 @@ class Bench:
         samples = self.size["lat_samples"]
         for r in range(self.rounds):
             for t in self.all_targets:
+                # A one-process server's CPU per round trip: the latency path's own
+                # cost, which the machine's scheduling noise does not blur.
+                one_process = t.proc is not None and t.name != "websockify"
+                cpu0 = procs.cpu_seconds(t.proc.pid) if one_process else None
                 try:
                     p50, p99 = figures.latency(t, samples)
                 except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
                     self.note(f"figure 4 on {t.name}: {e!r}")
                     p50 = p99 = None
+                if one_process and p50 is not None:
+                    used = procs.cpu_seconds(t.proc.pid) - cpu0
+                    self.record(4, "server CPU µs/round trip", t.name,
+                                used / (samples + figures.LATENCY_WARMUP) * 1e6)
                 self.record(4, "p50 µs", t.name, p50)
                 self.record(4, "p99 µs", t.name, p99)
                 self.say(f"  4 {t.name} round {r + 1}: p50 {p50} p99 {p99}")

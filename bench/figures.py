@@ -108,7 +108,10 @@ def parallel(target, nbytes_each, n, direction):
 # --- 4: latency ----------------------------------------------------------------------
 
 
-def latency(target, samples, warmup=200):
+LATENCY_WARMUP = 200
+
+
+def latency(target, samples, warmup=LATENCY_WARMUP):
     """Round trips of a 64-byte message: (p50, p99) in microseconds."""
     c = target.open()
     try:

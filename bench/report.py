@@ -123,6 +123,7 @@ def table(bench, m):
         verdict=ok(None if r3b is None else r3b >= 1))
     row("4 RTT 64 B p50, µs", 4, "p50 µs")
     row("4 RTT 64 B p99, µs", 4, "p99 µs")
+    row("4 server CPU per round trip, µs (info)", 4, "server CPU µs/round trip", 1, rat=False)
     # Added latency: gateway p50 minus plain TCP p50, per round.
     if 4 in self.results:
         plain = self.results[4]["p50 µs"].get("plain TCP", [])
