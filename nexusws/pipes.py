@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
+from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer, error, tcp
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
@@ -16,6 +17,51 @@ from zope.interface import implementer
 from nexusws.logs import printable, redact
 
 SUBPROTOCOL = "binary"
+
+
+def simple_frames(data, max_payload=0):
+    """The whole, final, masked, binary frames at the start of C{data}.
+
+    A client sends a tunnel's bytes as such frames; each is forwarded as it is,
+    without Autobahn's general frame machinery (a fifth of a round trip's CPU).
+    Parsing stops at the first frame that is anything else: a control frame,
+    a fragment, text, reserved bits, a length not in its shortest form or over
+    C{max_payload} (0: none), or one not yet complete. What follows is
+    Autobahn's to parse, from that frame boundary on.
+
+    @return: C{([(mask, start, end)], consumed)}: each frame's mask and where
+        its (masked) payload lies in C{data}, and where the last one ends.
+    """
+    frames, pos, size = [], 0, len(data)
+    while size - pos >= 6:
+        if data[pos] != 0x82 or not data[pos + 1] & 0x80:
+            break
+        length, head = data[pos + 1] & 0x7F, 6
+        if length == 126:
+            if size - pos < 8:
+                break
+            length, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 8
+            if length < 126:
+                break
+        elif length == 127:
+            if size - pos < 14:
+                break
+            length, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 14
+            if length < 65536 or length >> 63:
+                break
+        end = pos + head + length
+        if (max_payload and length > max_payload) or end > size:
+            break
+        frames.append((data[pos + head - 4:pos + head], pos + head, end))
+        pos = end
+    return frames, pos
+
+
+def unmask(data, mask, start, end):
+    """The payload C{data[start:end]} unmasked with C{mask} (Autobahn's NVX code when it has it)."""
+    if start == end:
+        return b""
+    return create_xor_masker(mask, end - start).process(data[start:end])
 
 
 class QuietIO:

@@ -4,10 +4,13 @@ Real loopback TCP sockets under Twisted's own TCP transports, on a memory
 reactor: the tests call C{doWrite} where the reactor would.
 """
 
+import itertools
+import os
 import socket
+import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
@@ -253,3 +256,102 @@ def test_the_backend_socket_sends_small_messages_at_once_no_nagle(pair):
     assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
     pipes.Backend(None).makeConnection(transport)
     assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+# --- whole binary frames from the client, forwarded without Autobahn's frame machinery ---
+
+
+
+def client_frame(payload, opcode=2, fin=True, masked=True, rsv=0, length_form=None, mask=None):
+    """A client frame as on the wire (C{length_form}: force 126 or 127 encoding)."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    bit = 0x80 if masked else 0
+    form = length_form or (0 if n < 126 else 126 if n < 65536 else 127)
+    if form == 0:
+        head += bytes([bit | n])
+    elif form == 126:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4) if mask is None else mask
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_simple_frames_finds_whole_binary_frames_and_stops_at_anything_else():
+    a, b = client_frame(b"abc"), client_frame(bytes(300))
+    frames, end = pipes.simple_frames(a + b + client_frame(b"x", opcode=9) + client_frame(b"z"))
+    assert end == len(a + b) and len(frames) == 2, "a ping: Autobahn's, from there on"
+    assert [(s, e) for _, s, e in frames] == [(6, 9), (len(a) + 8, len(a + b))]
+    assert pipes.unmask(a + b, *frames[0]) == b"abc"
+    assert pipes.simple_frames(a[:-1]) == ([], 0), "incomplete"
+    assert pipes.simple_frames(client_frame(b"t", opcode=1))[1] == 0, "text: UTF-8 to check"
+    assert pipes.simple_frames(client_frame(b"f", fin=False))[1] == 0, "a fragment"
+    assert pipes.simple_frames(client_frame(b"u", masked=False))[1] == 0, "unmasked"
+    assert pipes.simple_frames(client_frame(b"r", rsv=4))[1] == 0, "reserved bits"
+    assert pipes.simple_frames(client_frame(b"n", length_form=126))[1] == 0, "not shortest"
+    assert pipes.simple_frames(client_frame(bytes(200), length_form=127))[1] == 0
+    assert pipes.simple_frames(client_frame(bytes(70000)))[1] > 0
+    assert pipes.simple_frames(client_frame(bytes(70000)), max_payload=65536)[1] == 0
+
+
+def _frames():
+    payload = st.sampled_from([0, 1, 125, 126, 300, 65535, 65536, 70000]).map(bytes) | st.binary(
+        max_size=200)
+    simple = payload.map(client_frame)
+    fragmented = st.tuples(payload, payload).map(
+        lambda p: client_frame(p[0], fin=False) + client_frame(p[1], opcode=0))
+    text = st.text(max_size=50).map(lambda t: client_frame(t.encode(), opcode=1))
+    odd = st.sampled_from([
+        client_frame(b"ping", opcode=9), client_frame(b"pong", opcode=10),
+        client_frame(b"n", length_form=126), client_frame(b"u", masked=False),
+        client_frame(b"r", rsv=4), client_frame(b"c", opcode=0), client_frame(b"\xff", opcode=1),
+        client_frame(bytes(80000)), client_frame(b"\x03\xe8", opcode=8),
+    ])
+    return st.lists(st.one_of(simple, simple, simple, fragmented, text, odd), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=_frames(), data=st.data())
+@example(frames=[client_frame(bytes(80000))], data=None)  # over the size limit
+@example(frames=[client_frame(b"a", fin=False), client_frame(b"b")], data=None)  # not a continuation
+@example(frames=[client_frame(b"a" * 200, length_form=127), client_frame(b"b")], data=None)
+# A frame cut after its header, whose payload reads like a frame: Autobahn is inside a frame.
+@example(frames=[client_frame(client_frame(b"hi"), mask=bytes(4))], data=[6])
+@example(frames=[client_frame(client_frame(b"hi"), opcode=9, mask=bytes(4))], data=[6])  # a ping
+# Cut after a header's first byte, the rest of which reads like a frame: Autobahn holds a part.
+@example(frames=[client_frame(b"\x00\x00", mask=b"\x81\x00\x00\x00")], data=[1])
+def test_the_fast_path_forwards_and_fails_exactly_as_autobahn_alone_does(frames, data):
+    """Any client byte stream, cut anywhere (at frame boundaries, mostly): the backend
+    gets the same bytes and the tunnel ends the same way with the fast path as with
+    Autobahn's parser alone."""
+    from test_bridge import open_tunnel
+
+    stream = b"".join(frames)
+    bounds = list(itertools.accumulate(len(f) for f in frames))
+    if data is None:  # an explicit example: cut at every frame boundary
+        cuts = bounds
+    elif isinstance(data, list):  # an explicit example's cuts
+        cuts = data
+    else:
+        cuts = data.draw(st.lists(st.sampled_from(bounds) | st.integers(0, len(stream)), max_size=6)
+                         if stream else st.just([]))
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+    def outcome(fast):
+        h = open_tunnel(greeting=b"", max_message_size=75000)
+        original = pipes.simple_frames
+        if not fast:
+            pipes.simple_frames = lambda data, limit=0: ([], 0)
+        try:
+            for chunk in chunks:
+                h.server.dataReceived(chunk)
+            h.flush()
+        finally:
+            pipes.simple_frames = original
+        return bytes(h.backend.received), h.server.state, h.server.failedByMe, h.server.bytes_up
+
+    assert outcome(fast=True) == outcome(fast=False)
