@@ -19,12 +19,11 @@ gateway can on this machine.
 
 import argparse
 import socket
-import struct
 import sys
 import threading
 
 from backend import _BLOCK, CHUNK, pattern
-from wsproto import Closed, FrameReader, close_frame, frame, server_handshake
+from wsproto import Closed, FrameReader, close_frame, frame, header, server_handshake
 
 _SRC_FRAME = frame(_BLOCK, mask=False)
 READ = 1 << 20  # the relay's read size: nexusws's largest (nexusws.pipes.READ_MAX)
@@ -63,15 +62,6 @@ def serve(sock):
         pass
     finally:
         sock.close()
-
-
-def header(n):
-    """The header of an unmasked binary frame of C{n} bytes."""
-    if n < 126:
-        return bytes((0x82, n))
-    if n < 65536:
-        return struct.pack("!BBH", 0x82, 126, n)
-    return struct.pack("!BBQ", 0x82, 127, n)
 
 
 def relay(sock, backend_port):

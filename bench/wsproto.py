@@ -36,17 +36,20 @@ def apply_mask(data, mask):
     return out[:n]
 
 
-def frame(payload, opcode=OP_BINARY, mask=True, fin=True):
-    """One WebSocket frame; masked (client to server) unless C{mask} is False."""
-    n = len(payload)
+def header(n, opcode=OP_BINARY, mask=False, fin=True):
+    """The header of a frame of C{n} payload bytes, without the mask key."""
     b0 = (0x80 if fin else 0) | opcode
     mbit = 0x80 if mask else 0
     if n < 126:
-        head = struct.pack("!BB", b0, mbit | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
+        return struct.pack("!BB", b0, mbit | n)
+    if n < 65536:
+        return struct.pack("!BBH", b0, mbit | 126, n)
+    return struct.pack("!BBQ", b0, mbit | 127, n)
+
+
+def frame(payload, opcode=OP_BINARY, mask=True, fin=True):
+    """One WebSocket frame; masked (client to server) unless C{mask} is False."""
+    head = header(len(payload), opcode, mask, fin)
     if not mask:
         return head + bytes(payload)
     key = os.urandom(4)
