@@ -7,8 +7,9 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
   /v1/status                    200 [{"name", "count", "common_options", "instances": [...]}]
   /v1/status_view               200 the same as an HTML table
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
+  /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
 
-HEAD is answered for status and status_view only; the calls that change
+HEAD is answered for status, status_view and metrics only; the calls that change
 something answer it 405. Other methods get 405 everywhere.
 
 With a security token configured, a call must carry it as
@@ -36,11 +37,13 @@ from nexusws.auth import Access
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import SECRET_PARAMS, logger, printable
+from nexusws.metrics import CONTENT_TYPE
 from nexusws.reservations import NoFreeInstance, UnknownService, UnknownToken
 from nexusws.web import READ_METHODS, respond
 
 JSON = b"application/json; charset=utf-8"
 HTML = b"text/html; charset=utf-8"
+METRICS = CONTENT_TYPE
 
 #: Query parameters that are not options of a reservation: the API's own, and
 #: the names nexusws itself sets in the options a script receives (a client
@@ -100,14 +103,18 @@ class ApiRoot(resource.Resource):
     @param stop: called (once, after the answer is written) by /v1/stop.
     @param reactor: schedules that call.
     @param access: the L{nexusws.auth.Access} that identifies and authorizes callers.
+    @param metrics: the gateway's L{nexusws.metrics.Metrics} (served at /v1/metrics, and
+        counting every answer), or None.
     """
 
     isLeaf = True
     #: Outstanding reservations per user, or anonymous address (0: no limit); set by assemble.
     max_reservations_per_user = 0
 
-    def __init__(self, security_token=None, registry=None, stop=None, reactor=None, access=None):
+    def __init__(self, security_token=None, registry=None, stop=None, reactor=None, access=None,
+                 metrics=None):
         super().__init__()
+        self.metrics = metrics
         self.access = access if access is not None else Access()
         # Comparing fixed-length digests keeps the comparison's time
         # independent of the token's length as well as of its content.
@@ -125,6 +132,9 @@ class ApiRoot(resource.Resource):
         return offered is not None and hmac.compare_digest(_digest(offered), self._token_digest)
 
     def render(self, request):
+        if self.metrics is not None:
+            request.notifyFinish().addBoth(
+                lambda _: self.metrics.api_answered(request.postpath, request.code))
         if not self.authorized(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return json_response(request, 401, {"error": "missing or wrong security_token"})
@@ -139,6 +149,7 @@ class ApiRoot(resource.Resource):
             "status": self._status,
             "status_view": self._status_view,
             "stop": self._stop_server,
+            "metrics": self._metrics,
         }.get(call)
         if handler is None or (call in ("reserve", "release")) != (len(args) == 1) or (
             call not in ("reserve", "release") and args not in ([], [""])
@@ -267,6 +278,12 @@ class ApiRoot(resource.Resource):
     def _status_view(self, request, caller):
         request.setHeader(b"cache-control", b"no-store")
         return respond(request, 200, HTML, status_page(self._status_list()).encode("utf-8"))
+
+    def _metrics(self, request, caller):
+        if self.metrics is None:
+            return json_response(request, 404, {"error": "no metrics here"})
+        request.setHeader(b"cache-control", b"no-store")
+        return respond(request, 200, METRICS, self.metrics.exposition())
 
     def _stop_server(self, request, caller):
         if self._stop is not None and not self._stopping:

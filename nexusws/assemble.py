@@ -8,6 +8,7 @@ from nexusws import procs, tls
 from nexusws.api import ApiRoot
 from nexusws.auth import access_notes
 from nexusws.bridge import BridgeFactory
+from nexusws.metrics import Metrics
 from nexusws.reservations import Registry
 from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
 from nexusws.statefile import StateFile
@@ -60,7 +61,7 @@ def make_bridge(options, reactor, registry, notes):
     return factory
 
 
-def make_sessions(options, reactor, notes):
+def make_sessions(options, reactor, notes, metrics=None):
     """The registry and its service, or (None, None) when no service is configured."""
     if not options["services"]:
         return None, None
@@ -71,6 +72,7 @@ def make_sessions(options, reactor, notes):
     registry = Registry(
         options["services"], reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], on_change=lambda: sessions[0].save(),
+        metrics=metrics,
     )
     sessions.append(SessionsService(registry, StateFile(options["state_file"]), reactor))
     return registry, sessions[0]
@@ -91,12 +93,14 @@ def build_service(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     notes = []
-    registry, sessions = make_sessions(options, reactor, notes)
+    metrics = Metrics()
+    registry, sessions = make_sessions(options, reactor, notes, metrics)
     bridge = make_bridge(options, reactor, registry, notes)
+    metrics.watch_tunnels(bridge)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
     if options["http_directory"] is not None:
         api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
-                      access=options.get("access"))
+                      access=options.get("access"), metrics=metrics)
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
                          viewer=viewer_resource(options["novnc_dir"]),

@@ -162,6 +162,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     def onOpen(self):
         self.opened = True
         self.factory.tunnels.add(self)
+        self.factory.opened_total += 1
         if self.launch is not None:
             # Hold the client's bytes in the kernel until there is a backend.
             self._hold_client(True)
@@ -353,6 +354,8 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                                client=self.client, what=what, seconds=seconds)
             return
         self.factory.tunnels.discard(self)
+        self.factory.closed_bytes_up += self.bytes_up
+        self.factory.closed_bytes_down += self.bytes_down
         duration = self.factory.reactor.seconds() - self.started
         if self.closedByMe and self.localCloseCode is not None:  # ours (1009...), not the echo
             code, reason = self.localCloseCode, self.localCloseReason or b""
@@ -413,6 +416,8 @@ class BridgeFactory(WebSocketServerFactory):
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self.tunnels = set()
+        # For /v1/metrics (nexusws.metrics): what closed tunnels carried, tunnels opened.
+        self.opened_total = self.closed_bytes_up = self.closed_bytes_down = 0
         self.origins = limits.OriginPolicy(allowed_origins)
         self.counter = limits.TunnelCounter(max_tunnels, max_tunnels_per_address)
         # One call only: every call resets allowNullOrigin. Autobahn's own origin

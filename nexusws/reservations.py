@@ -72,6 +72,7 @@ class Reservation:
     @ivar client: the address that reserved it, for L{nexusws.limits}' quota (not saved)."""
 
     client = None
+    activated = None  # when its token's WebSocket came (reactor clock)
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (
@@ -123,11 +124,12 @@ class Registry:
         with the pids it killed; terminates a previous run's processes.
     @param stop_timeout: seconds a service's stop may take before its index is freed anyway.
     @param kill_grace: seconds from SIGTERM to SIGKILL for a previous run's processes.
+    @param metrics: a L{nexusws.metrics.Metrics} that counts reservations and launches, or None.
     @raise StartupError: two services share a name or alias."""
 
     def __init__(self, services, reactor, timeout=300.0, start_timeout=30.0, on_change=None,
                  wallclock=time.time, wait_for_port=wait_for_port, kill_processes=kill_processes,
-                 stop_timeout=60.0, kill_grace=5.0):
+                 stop_timeout=60.0, kill_grace=5.0, metrics=None):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             for name in (service.name, *getattr(service, "aliases", ())):
@@ -136,6 +138,7 @@ class Registry:
         self._reactor, self._wallclock, self.on_change = reactor, wallclock, on_change
         self.timeout, self.start_timeout, self.stop_timeout = timeout, start_timeout, stop_timeout
         self.kill_grace, self._kill_processes = kill_grace, kill_processes
+        self.metrics = metrics
         self._wait_for_port = wait_for_port
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
@@ -166,12 +169,14 @@ class Registry:
         taken = {r.index for r in self._instances(service)}
         index = next((i for i in range(service.count) if i not in taken), None)
         if index is None:
+            self._count(service, "no_free_instance")
             raise NoFreeInstance(f"all {service.count} instance(s) of service "
                                  f"{printable(service.name)!r} are in use")
         r = Reservation(str(uuid.uuid4()), service, index, dict(options or {}), user,
                         self._reactor.seconds(), self._wallclock())
         r.client, self._live[r.token] = client, r
         self._logged(r, "new", RESERVED, None if user is None else f"user {printable(user)}")
+        self._count(service, "reserved")
         self._changed()
         return r
 
@@ -189,6 +194,7 @@ class Registry:
         if r.state != RESERVED:
             raise TokenInUse(f"token {short(token)} is already in use ({r.state})")
         self._set_state(r, STARTING)
+        r.activated = self._reactor.seconds()
         options = dict(r.options, token=token)
         if r.user is not None:
             options["user"] = r.user
@@ -306,10 +312,21 @@ class Registry:
         ended = new in (RELEASED, EXPIRED)
         if ended:
             del self._live[r.token]
+            self._count(r.service, new)
+        if old == STARTING and self.metrics is not None:
+            outcome = "started" if new == ACTIVE else "failed"
+            self.metrics.launches.labels(r.service.name, outcome).inc()
+            if new == ACTIVE:
+                self.metrics.launch_seconds.labels(r.service.name).observe(
+                    self._reactor.seconds() - r.activated)
         self._logged(r, old, new, why)
         while ended and r._waiters:
             r._waiters.pop(0).callback(None)
         self._changed()
+
+    def _count(self, service, outcome):
+        if self.metrics is not None:
+            self.metrics.reservations.labels(service.name, outcome).inc()
 
     def _logged(self, r, old, new, why):
         _log.info("reservation {label}: {old} -> {new}{why}", label=r.label, old=old, new=new,

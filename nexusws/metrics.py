@@ -1,0 +1,87 @@
+"""Prometheus metrics of one gateway, answered at C{/v1/metrics}.
+
+Counters the gateway increments as things happen (reservations, launches,
+REST answers) live in a registry of this gateway's own, not
+C{prometheus_client}'s global one, so that several gateways (tests) in one
+process keep their figures apart. Tunnel figures (open tunnels, bytes each
+way) are read from the bridge when scraped: the data path never touches a
+metric.
+
+  nexusws_tunnels_active                          open tunnels (gauge)
+  nexusws_tunnels_opened_total                    tunnels opened since start
+  nexusws_tunnel_bytes_total{direction}           client_to_backend, backend_to_client
+  nexusws_reservations_total{service,outcome}     reserved, released, expired, no_free_instance
+  nexusws_launches_total{service,outcome}         started, failed
+  nexusws_launch_seconds{service}                 token presented -> instance accepting (histogram)
+  nexusws_http_requests_total{call,code}          /v1 answers by call and status
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+#: The Content-Type of the text exposition format C{generate_latest} writes.
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: The /v1 calls counted by name; any other path is counted as "other".
+API_CALLS = frozenset({"reserve", "release", "status", "status_view", "stop", "load", "metrics"})
+
+LAUNCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The metrics of one gateway; C{bridge} (a L{nexusws.bridge.BridgeFactory}) may be
+    attached later with L{watch_tunnels}."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reservations = Counter(
+            "nexusws_reservations", "Reservations by service and what became of them",
+            ["service", "outcome"], registry=self.registry)
+        self.launches = Counter(
+            "nexusws_launches", "Instance launches by service and outcome",
+            ["service", "outcome"], registry=self.registry)
+        self.launch_seconds = Histogram(
+            "nexusws_launch_seconds", "From the token's WebSocket to the instance accepting",
+            ["service"], buckets=LAUNCH_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "nexusws_http_requests", "Answers of the /v1 API by call and HTTP status",
+            ["call", "code"], registry=self.registry)
+
+    def watch_tunnels(self, bridge):
+        """Report C{bridge}'s tunnels (read at each scrape)."""
+        self.registry.register(_Tunnels(bridge))
+
+    def api_answered(self, postpath, code):
+        """Count one /v1 answer; C{postpath}: the request's path below /v1 (bytes segments)."""
+        call = postpath[0].decode("utf-8", "replace") if postpath else ""
+        self.requests.labels(call if call in API_CALLS else "other", str(code)).inc()
+
+    def exposition(self):
+        """The text exposition of every metric (bytes)."""
+        return generate_latest(self.registry)
+
+
+class _Tunnels:
+    """A collector over the bridge's live tunnels and the totals of closed ones."""
+
+    def __init__(self, bridge):
+        self.bridge = bridge
+
+    def describe(self):
+        return []  # collected afresh each time: nothing to check at registration
+
+    def collect(self):
+        bridge = self.bridge
+        live = list(bridge.tunnels)
+        active = GaugeMetricFamily("nexusws_tunnels_active", "Open tunnels")
+        active.add_metric([], len(live))
+        yield active
+        opened = CounterMetricFamily("nexusws_tunnels_opened", "Tunnels opened since start")
+        opened.add_metric([], bridge.opened_total)
+        yield opened
+        moved = CounterMetricFamily("nexusws_tunnel_bytes", "Bytes carried by tunnels",
+                                    labels=["direction"])
+        moved.add_metric(["client_to_backend"], bridge.closed_bytes_up + sum(t.bytes_up for t in live))
+        moved.add_metric(["backend_to_client"],
+                         bridge.closed_bytes_down + sum(t.bytes_down for t in live))
+        yield moved
