@@ -8,8 +8,9 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
   /v1/status_view               200 the same as an HTML table
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
   /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
+  /v1/load                      200 the node's load, 0-100, as text; ?format=json: its parts (nexusws.load)
 
-HEAD is answered for status, status_view and metrics only; the calls that change
+HEAD is answered for status, status_view, metrics and load only; the calls that change
 something answer it 405. Other methods get 405 everywhere.
 
 With a security token configured, a call must carry it as
@@ -44,6 +45,7 @@ from nexusws.web import READ_METHODS, respond
 JSON = b"application/json; charset=utf-8"
 HTML = b"text/html; charset=utf-8"
 METRICS = CONTENT_TYPE
+TEXT = b"text/plain; charset=utf-8"
 
 #: Query parameters that are not options of a reservation: the API's own, and
 #: the names nexusws itself sets in the options a script receives (a client
@@ -105,6 +107,7 @@ class ApiRoot(resource.Resource):
     @param access: the L{nexusws.auth.Access} that identifies and authorizes callers.
     @param metrics: the gateway's L{nexusws.metrics.Metrics} (served at /v1/metrics, and
         counting every answer), or None.
+    @param load: the gateway's L{nexusws.load.NodeLoad} (served at /v1/load), or None.
     """
 
     isLeaf = True
@@ -112,9 +115,9 @@ class ApiRoot(resource.Resource):
     max_reservations_per_user = 0
 
     def __init__(self, security_token=None, registry=None, stop=None, reactor=None, access=None,
-                 metrics=None):
+                 metrics=None, load=None):
         super().__init__()
-        self.metrics = metrics
+        self.metrics, self.load = metrics, load
         self.access = access if access is not None else Access()
         # Comparing fixed-length digests keeps the comparison's time
         # independent of the token's length as well as of its content.
@@ -150,6 +153,7 @@ class ApiRoot(resource.Resource):
             "status_view": self._status_view,
             "stop": self._stop_server,
             "metrics": self._metrics,
+            "load": self._load,
         }.get(call)
         if handler is None or (call in ("reserve", "release")) != (len(args) == 1) or (
             call not in ("reserve", "release") and args not in ([], [""])
@@ -284,6 +288,16 @@ class ApiRoot(resource.Resource):
             return json_response(request, 404, {"error": "no metrics here"})
         request.setHeader(b"cache-control", b"no-store")
         return respond(request, 200, METRICS, self.metrics.exposition())
+
+    def _load(self, request, caller):
+        if self.load is None:
+            return json_response(request, 404, {"error": "no load here"})
+        report = self.load.report()
+        if request.args.get(b"format") == [b"json"]:
+            return json_response(request, 200, report)
+        request.setHeader(b"cache-control", b"no-store")
+        # As a Webots simulation server answers: the number alone.
+        return respond(request, 200, TEXT, f"{report['load']:g}".encode("ascii"))
 
     def _stop_server(self, request, caller):
         if self._stop is not None and not self._stopping:

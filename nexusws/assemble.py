@@ -8,6 +8,7 @@ from nexusws import procs, tls
 from nexusws.api import ApiRoot
 from nexusws.auth import access_notes
 from nexusws.bridge import BridgeFactory
+from nexusws.load import NodeLoad, listener_url
 from nexusws.metrics import Metrics
 from nexusws.reservations import Registry
 from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
@@ -98,9 +99,16 @@ def build_service(options, reactor=None):
     bridge = make_bridge(options, reactor, registry, notes)
     metrics.watch_tunnels(bridge)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
+
+    def advertised(ws=listeners[0]):
+        if options.get("advertise_url"):
+            return options["advertise_url"]
+        return None if ws.port is None else listener_url(ws.port, ws.scheme)
+
+    node_load = NodeLoad(registry, bridge, options["max_tunnels"], ws_url=advertised)
     if options["http_directory"] is not None:
         api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
-                      access=options.get("access"), metrics=metrics)
+                      access=options.get("access"), metrics=metrics, load=node_load)
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
                          viewer=viewer_resource(options["novnc_dir"]),

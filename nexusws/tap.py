@@ -10,7 +10,7 @@ import sys
 
 from twisted.python import usage
 
-from nexusws import __version__, limits, tls, viewer, web
+from nexusws import __version__, limits, load, tls, viewer, web
 from nexusws.auth import AccessOptions
 from nexusws.errors import TWISTD_PROG, StartupError, say
 from nexusws.convert import _coerced, _level, _local_session, _port, _seconds
@@ -116,6 +116,14 @@ class Options(AccessOptions, usage.Options):
         ["max_reservations_per_user", None, limits.MAX_RESERVATIONS_PER_USER,
          "Most outstanding reservations of one user (anonymous: one address) (0: no limit); "
          "beyond, /v1/reserve answers 429.", _coerced(limits.parse_count, "max_reservations_per_user")],
+    ]
+
+    # Several nodes (nexusws.load): what a balancer is told.
+    optParameters += [
+        ["advertise_url", None, None,
+         "The ws:// or wss:// URL clients reach this node's WebSocket port at, as /v1/load "
+         "tells a balancer (default: from --ws_listen: its address, or this host's name).",
+         _coerced(load.check_ws_url, "advertise_url")],
     ]
 
     # TLS (nexusws.tls; the files are loaded in _check_tls) and HTTP limits (nexusws.web).

@@ -231,6 +231,10 @@ def test_session_options_with_bad_values_say_what_is_wrong(args, expected):
         (["--verbose"], "--verbose needs a value"),
         (["--help=yes"], "--help takes no value"),
         (["1", "2"], "Wrong number of arguments"),
+        (["--advertise_url", "http://node1:8080/", "0"],
+         "--advertise_url: 'http://node1:8080/' is not a ws:// or wss:// URL with a host"),
+        (["--advertise_url", "ws://", "0"], "--advertise_url: 'ws://' is not a ws:// or wss://"),
+        (["--advertise_url", "ws://node1:99999/", "0"], "--advertise_url: 'ws://node1:99999/' is not a URL"),
     ],
 )
 def test_bad_values_are_usage_errors_naming_the_option(args, expected):
