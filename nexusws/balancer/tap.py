@@ -1,0 +1,90 @@
+"""C{twistd nexusws-balancer --config session.json}: the session balancer (see L{nexusws.balancer})."""
+
+import os
+import time
+
+from twisted.application import service
+from twisted.python import usage
+from twisted.web import server
+
+from nexusws.balancer import config as _config
+from nexusws.balancer.nodes import Cluster
+from nexusws.balancer.web import Root
+from nexusws.errors import StartupError
+from nexusws.logs import logger
+from nexusws.service import GatewayService, ListenerService, parse_endpoint
+
+_log = logger("nexusws.balancer")
+
+
+class Options(usage.Options):
+    synopsis = "--config session.json [--listen ENDPOINT]"
+    longdesc = ("Session balancer in front of several nexusws nodes, configured like Webots' "
+                "session server (session.json).")
+    optParameters = [
+        ["config", "c", None, "The configuration file (Webots' session.json keys)."],
+        ["listen", None, None, "Endpoint to listen on (default: tcp:PORT, PORT from the "
+                               "configuration), e.g. tcp:1999:interface=127.0.0.1."],
+        ["verbose", "v", 0, "1: also debug lines.", int],
+    ]
+
+    def postOptions(self):
+        if not self["config"]:
+            raise usage.UsageError("--config is missing: give the session.json file")
+        try:
+            self["parsed"] = _config.load(self["config"])
+        except _config.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["listen"] is None:
+            self["listen"] = f"tcp:{self['parsed'].port}"
+        from twisted.internet import reactor
+
+        try:
+            parse_endpoint(reactor, "--listen", self["listen"])
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ClusterService(service.Service):
+    """Polls the nodes while the balancer runs."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def startService(self):
+        super().startService()
+        self.cluster.started = time.time()
+        self.cluster.start()
+
+    def stopService(self):
+        super().stopService()
+        self.cluster.stop()
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    cfg = options["parsed"]
+    log_file = None
+    if not cfg.debug:
+        log_file = os.path.join(cfg.log_dir, "session", "output.log")
+        try:
+            os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"{cfg.path}: 'logDir': cannot create "
+                                   f"{os.path.dirname(log_file)}: {e.strerror}") from None
+    notes = list(cfg.notes)
+    if cfg.mail is not None:
+        notes.append(f"{cfg.path}: e-mail to the administrator is not implemented in this "
+                     "version yet: node events are logged only")
+    top = GatewayService(verbose=options["verbose"], log_file=log_file, notes=notes, reactor=reactor)
+    sockets = []  # the WebSocket factory, once the resource tree is made
+    cluster = Cluster(cfg, reactor, on_availability=lambda available: sockets[0].broadcast(available))
+    root = Root(cluster, reactor)
+    sockets.append(root.sockets)
+    ClusterService(cluster).setServiceParent(top)
+    site = server.Site(root)
+    site.noisy = False
+    endpoint = parse_endpoint(reactor, "--listen", options["listen"])
+    ListenerService("--listen", options["listen"], endpoint, site, "http").setServiceParent(top)
+    return top

@@ -1,0 +1,147 @@
+"""Three nexusws nodes and the balancer, all real processes on loopback.
+
+Sessions spread by load; /session and /v1/reserve follow the loads the nodes
+report; a node killed mid-run is out within one poll; a returning node is used
+again; the WebSocket on / pushes availability.
+"""
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+from conftest import BIN
+
+HERE = Path(__file__).parent
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+POLL, TIMEOUT = 1.0, 0.5
+
+
+def get(url, parse=True):
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        raw = answer.read()
+    return json.loads(raw) if parse else raw.decode()
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+class Node:
+    def __init__(self, gateway, tmp_path, name, http_listen=LOOPBACK):
+        www = tmp_path / name
+        www.mkdir(exist_ok=True)
+        services = tmp_path / "services.json"  # one service of two instances: 2 in use is load 100
+        services.write_text(json.dumps({"echo": {"script": str(HERE / "sessions" / "helper_echo.py"),
+                                                 "count": 2, "options": {"kind": "helpers"}}}))
+        self.args = ["--ws_listen", LOOPBACK, "--http_listen", http_listen, "--http_directory", str(www),
+                     "--remote_session_config", str(services),
+                     "--state_file", str(tmp_path / f"{name}.state")]
+        self.gw = gateway(self.args, http=True)
+        self.http = f"127.0.0.1:{self.gw.http_port}"
+
+
+@pytest.fixture
+def balancer(tmp_path):
+    procs = []
+
+    def start(nodes):
+        cfg = tmp_path / "session.json"
+        cfg.write_text(json.dumps({"port": 0, "ssl": False, "debug": True, "server": "balancer.test",
+                                   "pollInterval": POLL, "pollTimeout": TIMEOUT,
+                                   "simulationServers": [n.http for n in nodes]}))
+        log = open(tmp_path / "balancer.log", "w+")
+        p = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "nexusws-balancer", "--config",
+                              str(cfg), "--listen", LOOPBACK], stdout=log, stderr=subprocess.STDOUT)
+        procs.append(p)
+        m = wait_until(lambda: re.search(r"--listen listening on http://127\.0\.0\.1:(\d+)/",
+                                         (tmp_path / "balancer.log").read_text()), 15, "the balancer listens")
+        url = f"http://127.0.0.1:{m.group(1)}"
+        wait_until(lambda: get(url + "/", parse=False) == "1", 10, "sessions available")
+        return url
+
+    yield start
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        assert p.returncode == 0, (tmp_path / "balancer.log").read_text()[-3000:]
+
+
+def test_sessions_spread_by_load_a_dead_node_is_out_within_a_poll_and_a_returning_one_is_used(
+        gateway, tmp_path, balancer):
+    nodes = [Node(gateway, tmp_path, f"n{i}") for i in range(3)]
+    url = balancer(nodes)
+    by_address = {n.http: n for n in nodes}
+
+    # Three reservations of a service with two instances a node: one on each node.
+    placed = [get(f"{url}/v1/reserve/echo?marker=m{i}") for i in range(3)]
+    assert sorted(p["node"] for p in placed) == sorted(by_address), placed
+    for p in placed:
+        assert p["ws_url"] == f"ws://127.0.0.1:{by_address[p['node']].gw.ws_port}/"
+        status = get(f"http://{p['node']}/v1/status")
+        assert p["token"] in {i["token"] for s in status for i in s["instances"]}
+
+    # /session follows the loads the nodes report: after a poll, the least loaded.
+    first = nodes[0]
+    extra = get(f"http://{first.http}/v1/reserve/echo")  # node 0 now at 2 of 2: load 100
+    time.sleep(POLL + TIMEOUT + 0.2)
+    loads = {n.http: get(f"http://{n.http}/v1/load?format=json")["load"] for n in nodes}
+    assert loads[first.http] == 100
+    lowest = {a for a, load in loads.items() if load == min(loads.values())}
+    for _ in range(4):
+        assert get(f"{url}/session", parse=False) in {
+            f"ws://127.0.0.1:{by_address[a].gw.ws_port}/" for a in lowest}
+    monitor = get(f"{url}/monitor", parse=False)
+    assert f'{first.http}</a></td><td><span style="color:red">100%</span>' in monitor
+
+    # A node killed mid-run is out within one poll (interval + timeout).
+    dead = nodes[1]
+    dead.gw.kill()
+    killed = time.monotonic()
+    wait_until(lambda: f"{dead.http}</a> (" in get(f"{url}/monitor", parse=False),
+               POLL + TIMEOUT + 1.0, "the dead node marked")
+    assert time.monotonic() - killed <= POLL + TIMEOUT + 1.0
+    placed = get(f"{url}/v1/reserve/echo")
+    assert placed["node"] == nodes[2].http, "neither the dead node nor the full one"
+    get(f"http://{nodes[2].http}/v1/release/{placed['token']}")
+
+    # It comes back on the same address: used again.
+    back = Node(gateway, tmp_path, "n1", http_listen=f"tcp:{dead.gw.http_port}:interface=127.0.0.1")
+    assert back.http == dead.http
+    wait_until(lambda: f"{dead.http}</a> (" not in get(f"{url}/monitor", parse=False),
+               POLL + TIMEOUT + 2.0, "the returning node answers")
+    nodes_used = {get(f"{url}/v1/reserve/echo")["node"] for _ in range(2)}
+    assert back.http in nodes_used
+    get(f"http://{first.http}/v1/release/{extra['token']}")
+
+
+def test_the_websocket_on_root_pushes_availability(gateway, tmp_path, balancer):
+    node = Node(gateway, tmp_path, "only")
+    url = balancer([node])
+
+    async def watch():
+        async with websockets.connect(url.replace("http", "ws") + "/") as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "1"
+            node.gw.kill()
+            assert await asyncio.wait_for(ws.recv(), POLL + TIMEOUT + 2) == "0"
+
+    asyncio.run(watch())
+    assert get(f"{url}/", parse=False) == "0"
+    assert get(f"{url}/session", parse=False).startswith("Error: no simulation server")
+    assert sys.platform.startswith("linux")
