@@ -79,14 +79,18 @@ def installed(tmp_path_factory):
     return installed
 
 
-def test_wheel_ships_the_plugin_without_twisted_init_or_dropin_cache(installed):
-    """The wheel has twisted/plugins/nexusws_plugin.py but no twisted/__init__.py,
+PLUGINS = {"twisted/plugins/nexusws_plugin.py", "twisted/plugins/nexusws_balancer_plugin.py"}
+
+
+def test_wheel_ships_the_plugins_without_twisted_init_or_dropin_cache(installed):
+    """The wheel has the two plugin files (gateway, balancer) but no twisted/__init__.py,
     no twisted/plugins/__init__.py (they would shadow Twisted) and no dropin.cache."""
-    assert "twisted/plugins/nexusws_plugin.py" in installed.names
+    assert PLUGINS <= installed.names
     assert "twisted/__init__.py" not in installed.names
     assert "twisted/plugins/__init__.py" not in installed.names
     assert not [n for n in installed.names if n.endswith("dropin.cache")]
-    assert not [n for n in installed.names if n.startswith("twisted/") and n != "twisted/plugins/nexusws_plugin.py"]
+    assert not [n for n in installed.names if n.startswith("twisted/") and n not in PLUGINS]
+    assert any(n.startswith("nexusws/balancer/") for n in installed.names)
 
 
 def test_wheel_ships_every_ansys_asset(installed):
@@ -107,8 +111,15 @@ def test_plugin_cache_is_regenerated_in_the_venv_and_names_nexusws(installed):
 
 
 def test_twistd_help_lists_nexusws(installed):
-    """In the fresh venv, `twistd --help` lists the nexusws plugin."""
-    assert re.search(r"^\s+nexusws\s+\S", installed.run("twistd", "--help"), re.MULTILINE)
+    """In the fresh venv, `twistd --help` lists the nexusws plugin and the balancer's."""
+    out = installed.run("twistd", "--help")
+    assert re.search(r"^\s+nexusws\s+\S", out, re.MULTILINE)
+    assert re.search(r"^\s+nexusws-balancer\s+\S", out, re.MULTILINE)
+
+
+def test_twistd_nexusws_balancer_help_works(installed):
+    out = installed.run("twistd", "nexusws-balancer", "--help")
+    assert "--config=" in out and "--listen=" in out
 
 
 def test_twistd_nexusws_help_shows_the_reference_options(installed):

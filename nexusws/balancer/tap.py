@@ -10,7 +10,7 @@ from twisted.web import server
 from nexusws.balancer import config as _config
 from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
-from nexusws.errors import StartupError
+from nexusws.errors import TWISTD_PROG, StartupError, say
 from nexusws.logs import logger
 from nexusws.service import GatewayService, ListenerService, parse_endpoint
 
@@ -27,6 +27,17 @@ class Options(usage.Options):
                                "configuration), e.g. tcp:1999:interface=127.0.0.1."],
         ["verbose", "v", 0, "1: also debug lines.", int],
     ]
+
+    def parseOptions(self, options=None):
+        """As the gateway's: under twistd a mistake is one line and exit status 2
+        (twistd itself would print its whole usage text and exit 0)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            say(TWISTD_PROG, e)
+            raise SystemExit(2) from None
 
     def postOptions(self):
         if not self["config"]:
