@@ -136,8 +136,8 @@ class ApiRoot(resource.Resource):
 
     def render(self, request):
         if self.metrics is not None:
-            request.notifyFinish().addBoth(
-                lambda _: self.metrics.api_answered(request.postpath, request.code))
+            request.notifyFinish().addCallbacks(  # a client gone before its answer: not counted
+                lambda _: self.metrics.api_answered(request.postpath, request.code), lambda _: None)
         if not self.authorized(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return json_response(request, 401, {"error": "missing or wrong security_token"})

@@ -100,10 +100,15 @@ def build_service(options, reactor=None):
     metrics.watch_tunnels(bridge)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
 
+    known = []
+
     def advertised(ws=listeners[0]):
+        """--advertise_url, else the ws listener's URL (worked out once: a name lookup)."""
         if options.get("advertise_url"):
             return options["advertise_url"]
-        return None if ws.port is None else listener_url(ws.port, ws.scheme)
+        if not known and ws.port is not None:
+            known.append(listener_url(ws.port, ws.scheme))
+        return known[0] if known else None
 
     node_load = NodeLoad(registry, bridge, options["max_tunnels"], ws_url=advertised)
     if options["http_directory"] is not None:

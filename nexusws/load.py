@@ -70,6 +70,8 @@ def check_ws_url(text):
 def listener_url(port, scheme):
     """The ws(s):// URL of a listening C{port}: its address, or this host's name for a wildcard."""
     host = port.getHost()
+    if getattr(host, "port", None) is None:  # a UNIX socket: only --advertise_url can say
+        return None
     address = getattr(host, "host", None)
     if not address or address in ("0.0.0.0", "::"):
         address = socket.getfqdn()

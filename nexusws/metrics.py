@@ -11,7 +11,7 @@ metric.
   nexusws_tunnels_opened_total                    tunnels opened since start
   nexusws_tunnel_bytes_total{direction}           client_to_backend, backend_to_client
   nexusws_reservations_total{service,outcome}     reserved, released, expired, no_free_instance
-  nexusws_launches_total{service,outcome}         started, failed
+  nexusws_launches_total{service,outcome}         started, failed, cancelled
   nexusws_launch_seconds{service}                 token presented -> instance accepting (histogram)
   nexusws_http_requests_total{call,code}          /v1 answers by call and status
 """

@@ -82,6 +82,7 @@ class Reservation:
         # The start in flight, why it was cut short, Deferreds to fire when it ends:
         self._pending, self._why, self._waiters = None, None, []
         self._record = None
+        self._cancelled = False  # its start was cut short by a release, a close or a shutdown
 
     @property
     def timestamp(self):
@@ -280,7 +281,7 @@ class Registry:
         done = defer.Deferred()
         r._waiters.append(done)
         if r.state == STARTING:
-            r._why = why
+            r._why, r._cancelled = why, True
             self._set_state(r, STOPPING, f"{why} while starting")
             if r._pending is not None:
                 r._pending.cancel()  # _start_settled then stops it
@@ -314,7 +315,8 @@ class Registry:
             del self._live[r.token]
             self._count(r.service, new)
         if old == STARTING and self.metrics is not None:
-            outcome = "started" if new == ACTIVE else "failed"
+            # A start cut short by a release, the WebSocket closing or a shutdown: cancelled.
+            outcome = "started" if new == ACTIVE else "cancelled" if r._cancelled else "failed"
             self.metrics.launches.labels(r.service.name, outcome).inc()
             if new == ACTIVE:
                 self.metrics.launch_seconds.labels(r.service.name).observe(

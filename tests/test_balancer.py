@@ -7,6 +7,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
 from twisted.web.client import ResponseDone
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
@@ -284,18 +285,92 @@ def test_a_reservation_is_forwarded_to_the_least_loaded_node_and_falls_to_the_ne
     assert request.responseCode == 503 and "no free instance of service 'none'" in answer["error"]
 
 
-def test_v1_status_merges_the_nodes_services_and_marks_each_instance_with_its_node():
+def test_v1_status_merges_the_nodes_services_and_never_shows_tokens_options_or_users():
     w = World(nodes=("a:1", "b:1"))
     root = Root(w.cluster, w.clock)
     w.poll({"a:1": report(0), "b:1": report(0)})
     request = get(root, b"/v1/status")
-    w.agent.answer("//a:1/v1/status", value=[{"name": "demo", "count": 2, "common_options": {},
-                                             "instances": [{"index": 0, "token": "x"}]}])
-    w.agent.answer("//b:1/v1/status", value=[{"name": "demo", "count": 2, "common_options": {},
-                                             "instances": [{"index": 0, "token": "y"}]}])
-    assert json.loads(body(request)) == [{"name": "demo", "count": 4, "common_options": {},
-                                          "instances": [{"index": 0, "token": "x", "node": "a:1"},
-                                                        {"index": 0, "token": "y", "node": "b:1"}]}]
+    instance = {"index": 0, "token": "x", "timestamp": "T", "state": "active",
+                "options": {"password": "p"}, "user": "alice"}
+    w.agent.answer("//a:1/v1/status", value=[{"name": "demo", "count": 2, "common_options": {"k": 1},
+                                             "instances": [instance]}])
+    w.agent.answer("//b:1/v1/status", value=[{"name": "demo", "count": 2, "instances": []}])
+    assert json.loads(body(request)) == [{"name": "demo", "count": 4, "instances": [
+        {"index": 0, "timestamp": "T", "state": "active", "node": "a:1"}]}]
+
+
+def test_a_client_cannot_name_a_user_or_a_token_through_the_balancer():
+    w = World(nodes=("a:1",), securityToken="op")
+    root = Root(w.cluster, w.clock)
+    w.poll({"a:1": report(0, ws="ws://a/")})
+    get(root, b"/v1/reserve/demo", args={b"user": [b"root"], b"security_token": [b"x"], b"k": [b"v"]})
+    ((url, headers, _),) = w.agent.pending
+    assert url == "http://a:1/v1/reserve/demo?k=v"
+
+
+def test_a_node_refusing_the_caller_is_answered_as_it_is_not_tried_elsewhere():
+    w = World(nodes=("a:1", "b:1"))
+    root = Root(w.cluster, w.clock)
+    w.poll({"a:1": report(0), "b:1": report(10)})
+    request = get(root, b"/v1/reserve/demo")
+    w.agent.answer("//a:1/v1/reserve", code=429, value={"error": "too many reservations"})
+    assert request.responseCode == 429 and w.agent.pending == []
+    assert json.loads(body(request)) == {"error": "a:1: too many reservations"}
+
+
+def test_a_node_that_stalls_after_its_headers_is_cut_off_and_polling_goes_on():
+    w = World(nodes=("a:1", "b:1"))
+
+    class Stalling(Response):
+        def deliverBody(self, protocol):
+            self.protocol = protocol  # headers came; the body never does
+
+            class Transport:
+                def stopProducing(self):
+                    protocol.connectionLost(Failure(ConnectionDone()))
+
+                abortConnection = stopProducing
+
+            protocol.makeConnection(Transport())
+
+    d = w.cluster.poll_all()
+    w.agent.answer("//b:1/", value=report(10))
+    (url, _, pending) = w.agent.pending[0]
+    pending.callback(Stalling(200, b""))
+    w.clock.advance(2.01)
+    assert d.called, "the round ends at the timeout"
+    assert w.cluster.nodes[0].error == "no answer within 2 s"
+
+
+def test_unusable_service_figures_exclude_the_node():
+    w = World(nodes=("a:1",))
+    w.poll({"a:1": {"load": 1, "ws_url": "ws://a/", "services": {"demo": {"free": "1"}}}})
+    assert w.cluster.candidates("demo") == [] and "services" in w.cluster.nodes[0].error
+    w.poll({"a:1": {"load": 1e400, "ws_url": "ws://a/"}})
+    assert w.cluster.candidates() == []
+
+
+def test_a_closing_websocket_client_does_not_stop_the_announcements():
+    w = World(nodes=("a:1",))
+    root = Root(w.cluster, w.clock)
+    told = []
+
+    class Client:
+        STATE_OPEN, state = 3, 3
+
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def sendMessage(self, payload, isBinary):
+            if self.fail:
+                raise RuntimeError("Disconnected")
+            told.append(payload)
+
+    closing = Client()
+    closing.state = 2
+    root.sockets.clients |= {closing, Client(fail=True), Client()}
+    root.sockets.broadcast(True)
+    assert told == [b"1"]
 
 
 def test_unknown_paths_are_404():

@@ -152,13 +152,18 @@ def test_the_websocket_on_root_pushes_availability(gateway, tmp_path, balancer):
     (["--config", "/nonexistent/session.json"], "/nonexistent/session.json: cannot read"),
     (["--config", "{cfg}", "--listen", "tcp:notaport"], "--listen"),
     (["--config", "{bad}"], "'simulationServers' is missing"),
+    (["--config", "{nolog}"], "'logDir': cannot create /proc/nexusws-test/session"),
 ])
 def test_a_balancer_mistake_is_one_line_and_exit_2_under_twistd(tmp_path, args, message):
     (tmp_path / "ok.json").write_text(json.dumps({"simulationServers": ["n:1"], "debug": True}))
     (tmp_path / "bad.json").write_text(json.dumps({"port": 1}))
-    args = [a.format(cfg=tmp_path / "ok.json", bad=tmp_path / "bad.json") for a in args]
+    (tmp_path / "nolog.json").write_text(json.dumps({"simulationServers": ["n:1"],
+                                                     "logDir": "/proc/nexusws-test"}))
+    args = [a.format(cfg=tmp_path / "ok.json", bad=tmp_path / "bad.json", nolog=tmp_path / "nolog.json")
+            for a in args]
     done = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "nexusws-balancer", *args],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stdout, done
+    assert lines[0].startswith("twistd nexusws-balancer: error: ")

@@ -67,6 +67,12 @@ def test_launches_are_counted_and_timed_from_the_token_to_the_instance_accepting
     assert abs(value(metrics, "nexusws_launch_seconds_sum", service="demo") - 0.3) < 1e-9
     assert value(metrics, "nexusws_launch_seconds_bucket", service="demo", le="0.25") == 0
     assert value(metrics, "nexusws_launch_seconds_bucket", service="demo", le="0.5") == 1
+    third = world.registry.reserve("demo")
+    service.start_result = lambda index: defer.Deferred()  # never starts
+    world.registry.activate(third.token).addErrback(lambda f: None)
+    world.registry.release(third.token)
+    assert value(metrics, "nexusws_launches_total", service="demo", outcome="cancelled") == 1
+    assert value(metrics, "nexusws_launches_total", service="demo", outcome="failed") == 1
 
 
 def test_tunnels_open_and_the_bytes_each_way_are_read_from_the_bridge_when_scraped():

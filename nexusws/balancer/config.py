@@ -21,6 +21,8 @@ nexusws's own keys::
   loadThreshold       a node at this load (0-100) or more takes no new session (95)
   securityToken       the nodes' security token, sent with every call to them
   mailInterval        least seconds between two e-mails about one node (600)
+  mailServerCA        PEM file of the CA that signed the mail server's certificate
+                      (default: the system's CAs)
 
 Every mistake is one line naming the file and the key (L{ConfigError}).
 """
@@ -37,7 +39,8 @@ DEFAULTS = {"port": 1999, "ssl": True, "portRewrite": True, "debug": False, "log
 WEBOTS_KEYS = {"port", "server", "ssl", "portRewrite", "simulationServers", "administrator",
                "mailServer", "mailServerPort", "mailSender", "mailSenderUser", "mailSenderPassword",
                "logDir", "debug"}
-OWN_KEYS = {"pollInterval", "pollTimeout", "loadThreshold", "securityToken", "mailInterval"}
+OWN_KEYS = {"pollInterval", "pollTimeout", "loadThreshold", "securityToken", "mailInterval",
+            "mailServerCA"}
 
 
 class ConfigError(Exception):
@@ -55,6 +58,7 @@ class Mail:
     user: str | None
     password: str | None
     interval: float
+    ca: str | None = None
 
 
 @dataclass
@@ -157,8 +161,13 @@ def parse(raw, path="session.json"):
             mail_port = values.get("mailServerPort", 0)
             if isinstance(mail_port, bool) or not isinstance(mail_port, int) or not 0 <= mail_port <= 65535:
                 fail("mailServerPort", f"must be a port number, not {mail_port!r}")
+            ca = text("mailServerCA")
+            if ca is not None:
+                ca = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(ca))
+                if not os.path.isfile(ca):
+                    fail("mailServerCA", f"names no file: {ca}")
             mail = Mail(administrator, mail_server, mail_port or 25, sender, text("mailSenderUser"),
-                        text("mailSenderPassword"), number("mailInterval", 0))
+                        text("mailSenderPassword"), number("mailInterval", 0), ca)
     log_dir = values["logDir"]
     if not isinstance(log_dir, str) or not log_dir:
         fail("logDir", "must be a directory path")

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
 from twisted.web import client
+from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.http_headers import Headers
 
 from nexusws.logs import logger, one_line, printable
@@ -39,8 +41,24 @@ class QuietPool(HTTPConnectionPool):
     _factory = _QuietFactory
 
 
+#: The largest answer a node may give (a /v1/status of thousands of sessions fits).
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data):
+        self.transport.stopProducing()
+
+
 class NodeError(Exception):
-    """A node answered something unusable (the message says what)."""
+    """A node answered something unusable (the message says what).
+
+    @ivar code: the HTTP status of an answer that was not 200 (else None).
+    @ivar detail: the node's own error text, or the message."""
+
+    def __init__(self, message, code=None, detail=None):
+        super().__init__(message)
+        self.code, self.detail = code, detail or message
 
 
 class Node:
@@ -53,6 +71,7 @@ class Node:
         self.report = None  # the last /v1/load?format=json, while it answers
         self.error = None  # why it is excluded (None: it answers)
         self.seen = False  # it answered once at least
+        self.polled = None  # the load it last reported itself (events compare with it)
 
     @property
     def load(self):
@@ -128,12 +147,19 @@ class Cluster:
                 raise ValueError(f"load {load} out of 0-100")
             if not isinstance(report.get("ws_url"), str) or not report["ws_url"]:
                 raise ValueError("no ws_url")
-        except (TypeError, KeyError, ValueError) as e:
+            services = report.get("services", {})
+            if not isinstance(services, dict) or not all(
+                    isinstance(e, dict) and all(isinstance(e.get(k, 0), int) and not isinstance(
+                        e.get(k, 0), bool) for k in ("used", "capacity", "free"))
+                    for e in services.values()):
+                raise ValueError("services is not {name: {used, capacity, free}} of whole numbers")
+            report["services"] = services
+        except (TypeError, KeyError, ValueError, OverflowError) as e:
             return self._failed(NodeError(f"unusable /v1/load answer: {one_line(e)}"), node)
         report["load"] = load
         threshold = self.config.load_threshold
-        before, was_error, seen = node.load, node.error, node.seen
-        node.report, node.error, node.seen = report, None, True
+        before, was_error, seen = node.polled, node.error, node.seen
+        node.report, node.error, node.seen, node.polled = report, None, True, load
         if was_error is not None and seen:
             self._event(node, BACK, f"{node.name} simulation server is up and running again "
                                     f"(load = {load:g}%)")
@@ -156,7 +182,7 @@ class Cluster:
                                     f"responding to the requests of the session server ({why})")
         elif node.error is None:
             _log.warn("node {node} does not answer: {why}", node=node.name, why=printable(why))
-        node.report, node.error = None, why
+        node.report, node.error, node.polled = None, why, None
         return None
 
     def _event(self, node, event, message):
@@ -172,7 +198,10 @@ class Cluster:
             self.available = available
             _log.info("sessions {state}", state="available" if available else "unavailable: "
                       "no node answers under the load threshold")
-            self.on_availability(available)
+            try:
+                self.on_availability(available)
+            except Exception:  # noqa: BLE001 - logged; polling goes on
+                _log.failure("announcing the availability failed")
 
     # --- calls to a node ----------------------------------------------------------
 
@@ -185,9 +214,11 @@ class Cluster:
         if self.config.security_token:
             headers.addRawHeader(b"authorization", b"Bearer " + self.config.security_token.encode())
         d = self.agent.request(b"GET", (node.url + path).encode("utf-8"), headers)
-        d.addTimeout(timeout, self.reactor)
 
         def read(response):
+            if response.length is not UNKNOWN_LENGTH and response.length > MAX_ANSWER:
+                response.deliverBody(_Discard())
+                raise NodeError(f"an answer of {response.length} bytes (at most {MAX_ANSWER})")
             body = readBody(response)
             body.addCallback(lambda raw: (response.code, raw))
             return body
@@ -200,12 +231,20 @@ class Cluster:
                 value = None
             if code != 200:
                 error = value.get("error") if isinstance(value, dict) else None
-                raise NodeError(f"HTTP {code}" + (f": {one_line(error)}" if error else ""))
+                error = one_line(error) if isinstance(error, str) else None
+                raise NodeError(f"HTTP {code}" + (f": {error}" if error else ""), code, error)
             if value is None:
                 raise NodeError("the answer is not JSON")
             return value
 
-        return d.addCallback(read).addCallback(decode)
+        # The timeout covers the whole answer: a node that sends its headers and then
+        # stalls is cut off too (cancelling aborts the body's reading).
+        def timed_out(result, seconds):
+            # Whatever the cut-off connection reported, it was the timeout.
+            raise defer.TimeoutError(f"no answer within {seconds:g} s")
+
+        return d.addCallback(read).addCallback(decode).addTimeout(
+            timeout, self.reactor, onTimeoutCancel=timed_out)
 
     # --- choosing -------------------------------------------------------------------
 

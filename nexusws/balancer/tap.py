@@ -8,9 +8,10 @@ from twisted.python import usage
 from twisted.web import server
 
 from nexusws.balancer import config as _config
+from nexusws.balancer.mail import Mailer
 from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
-from nexusws.errors import TWISTD_PROG, StartupError, say
+from nexusws.errors import StartupError, say
 from nexusws.logs import logger
 from nexusws.service import GatewayService, ListenerService, parse_endpoint
 
@@ -36,7 +37,7 @@ class Options(usage.Options):
         except usage.UsageError as e:
             if self.parent is None:
                 raise
-            say(TWISTD_PROG, e)
+            say("twistd nexusws-balancer", e)
             raise SystemExit(2) from None
 
     def postOptions(self):
@@ -46,8 +47,17 @@ class Options(usage.Options):
             self["parsed"] = _config.load(self["config"])
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        cfg = self["parsed"]
+        self["log_file"] = None
+        if not cfg.debug:
+            self["log_file"] = os.path.join(cfg.log_dir, "session", "output.log")
+            try:
+                os.makedirs(os.path.dirname(self["log_file"]), exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(f"{cfg.path}: 'logDir': cannot create "
+                                       f"{os.path.dirname(self['log_file'])}: {e.strerror}") from None
         if self["listen"] is None:
-            self["listen"] = f"tcp:{self['parsed'].port}"
+            self["listen"] = f"tcp:{cfg.port}"
         from twisted.internet import reactor
 
         try:
@@ -59,8 +69,8 @@ class Options(usage.Options):
 class ClusterService(service.Service):
     """Polls the nodes while the balancer runs."""
 
-    def __init__(self, cluster):
-        self.cluster = cluster
+    def __init__(self, cluster, mailer=None):
+        self.cluster, self.mailer = cluster, mailer
 
     def startService(self):
         super().startService()
@@ -70,30 +80,23 @@ class ClusterService(service.Service):
     def stopService(self):
         super().stopService()
         self.cluster.stop()
+        if self.mailer is not None:
+            self.mailer.stop()
 
 
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     cfg = options["parsed"]
-    log_file = None
-    if not cfg.debug:
-        log_file = os.path.join(cfg.log_dir, "session", "output.log")
-        try:
-            os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        except OSError as e:
-            raise usage.UsageError(f"{cfg.path}: 'logDir': cannot create "
-                                   f"{os.path.dirname(log_file)}: {e.strerror}") from None
-    notes = list(cfg.notes)
-    if cfg.mail is not None:
-        notes.append(f"{cfg.path}: e-mail to the administrator is not implemented in this "
-                     "version yet: node events are logged only")
-    top = GatewayService(verbose=options["verbose"], log_file=log_file, notes=notes, reactor=reactor)
+    top = GatewayService(verbose=options["verbose"], log_file=options["log_file"], notes=cfg.notes,
+                         reactor=reactor)
+    mailer = None if cfg.mail is None else Mailer(cfg.mail, reactor, cfg.monitor_url())
     sockets = []  # the WebSocket factory, once the resource tree is made
-    cluster = Cluster(cfg, reactor, on_availability=lambda available: sockets[0].broadcast(available))
+    cluster = Cluster(cfg, reactor, on_availability=lambda available: sockets[0].broadcast(available),
+                      on_event=None if mailer is None else mailer.notify)
     root = Root(cluster, reactor)
     sockets.append(root.sockets)
-    ClusterService(cluster).setServiceParent(top)
+    ClusterService(cluster, mailer).setServiceParent(top)
     site = server.Site(root)
     site.noisy = False
     endpoint = parse_endpoint(reactor, "--listen", options["listen"])

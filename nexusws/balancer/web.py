@@ -31,6 +31,8 @@ TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json; charset=utf-8"
 HTML = b"text/html; charset=utf-8"
 NO_NODE = "Error: no simulation server available at the moment."
+#: Seconds a node has to answer a reservation (its state file written, its answer sent).
+RESERVE_TIMEOUT = 10.0
 
 
 def answer(request, code, content_type, body):
@@ -73,7 +75,12 @@ class AvailabilityFactory(WebSocketServerFactory):
 
     def broadcast(self, available):
         for client in list(self.clients):
-            client.sendMessage(b"1" if available else b"0", isBinary=False)
+            if client.state != client.STATE_OPEN:
+                continue  # closing: it is told nothing more
+            try:
+                client.sendMessage(b"1" if available else b"0", isBinary=False)
+            except Exception:  # noqa: BLE001 - one client's trouble is not the others'
+                _log.failure("telling a WebSocket client the availability failed")
 
 
 class Root(resource.Resource):
@@ -178,21 +185,30 @@ class Api(resource.Resource):
 
     @defer.inlineCallbacks
     def _reserve(self, request, service):
-        query = urlencode([(k, v) for k, vs in request.args.items() for v in vs], doseq=False)
+        # The balancer calls the nodes with the operator's token: a client must not
+        # name a user (or a token) through it.
+        query = urlencode([(k, v) for k, vs in request.args.items() for v in vs
+                           if k not in (b"user", b"security_token")])
         tried = []
         for node in self.cluster.candidates(service):
             path = f"/v1/reserve/{quote(service, safe='')}" + (f"?{query}" if query else "")
+            ws_url = node.report["ws_url"]
             try:
-                reserved = yield self.cluster.get_json(node, path, self.cluster.config.poll_timeout)
+                reserved = yield self.cluster.get_json(node, path, RESERVE_TIMEOUT)
                 token = reserved["token"]
                 if not isinstance(token, str):
                     raise NodeError(f"token {printable(repr(token))} is not a string")
-            except Exception as e:  # noqa: BLE001 - refused, unusable, unreachable: the next node
+            except NodeError as e:
+                if e.code is not None and 400 <= e.code < 500 and e.code != 404:
+                    return e.code, {"error": f"{node.name}: {e.detail}"}  # the same everywhere
+                tried.append(f"{node.name}: {one_line(e)}")
+                continue
+            except Exception as e:  # noqa: BLE001 - unreachable, timed out: the next node
                 tried.append(f"{node.name}: {one_line(e) or type(e).__name__}")
                 continue
             node.took(service)
             _log.info("reserved {service} on {node}", service=printable(service), node=node.name)
-            return 200, {"token": token, "ws_url": node.report["ws_url"], "node": node.name}
+            return 200, {"token": token, "ws_url": ws_url, "node": node.name}
         why = "; ".join(tried) if tried else "no node that answers has a free instance of it"
         return 503, {"error": f"no free instance of service {printable(service)!r}: {why}"}
 
@@ -210,12 +226,13 @@ class Api(resource.Resource):
                 if not isinstance(entry, dict) or "name" not in entry:
                     continue
                 into = merged.setdefault(entry["name"], {
-                    "name": entry["name"], "count": 0, "common_options": entry.get("common_options", {}),
-                    "instances": []})
+                    "name": entry["name"], "count": 0, "instances": []})
                 into["count"] += entry.get("count", 0) if isinstance(entry.get("count"), int) else 0
                 for instance in entry.get("instances", []):
                     if isinstance(instance, dict):
-                        into["instances"].append({**instance, "node": node.name})
+                        # Anyone may ask the balancer: never a token, an option or a user.
+                        shown = {k: instance[k] for k in ("index", "timestamp", "state") if k in instance}
+                        into["instances"].append({**shown, "node": node.name})
         return 200, list(merged.values())
 
 
