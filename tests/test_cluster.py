@@ -6,6 +6,7 @@ again; the WebSocket on / pushes availability.
 """
 
 import asyncio
+import email
 import json
 import re
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 import websockets
 from conftest import BIN
+from smtp_server import SmtpServer
+from test_tls import make_cert
 
 HERE = Path(__file__).parent
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -58,11 +61,11 @@ class Node:
 def balancer(tmp_path):
     procs = []
 
-    def start(nodes):
+    def start(nodes, **extra):
         cfg = tmp_path / "session.json"
         cfg.write_text(json.dumps({"port": 0, "ssl": False, "debug": True, "server": "balancer.test",
                                    "pollInterval": POLL, "pollTimeout": TIMEOUT,
-                                   "simulationServers": [n.http for n in nodes]}))
+                                   "simulationServers": [n.http for n in nodes], **extra}))
         log = open(tmp_path / "balancer.log", "w+")
         p = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "nexusws-balancer", "--config",
                               str(cfg), "--listen", LOOPBACK], stdout=log, stderr=subprocess.STDOUT)
@@ -84,9 +87,14 @@ def balancer(tmp_path):
 
 
 def test_sessions_spread_by_load_a_dead_node_is_out_within_a_poll_and_a_returning_one_is_used(
-        gateway, tmp_path, balancer):
+        gateway, tmp_path, balancer, request):
+    cert, key = make_cert(tmp_path, "smtp")
+    smtp = SmtpServer(cert, key)
+    request.addfinalizer(smtp.close)
     nodes = [Node(gateway, tmp_path, f"n{i}") for i in range(3)]
-    url = balancer(nodes)
+    url = balancer(nodes, administrator="admin@example.com", mailServer="127.0.0.1",
+                   mailServerPort=smtp.port, mailSender="balancer@example.com",
+                   mailSenderUser="bot", mailSenderPassword="pw", mailServerCA=str(cert))
     by_address = {n.http: n for n in nodes}
 
     # Three reservations of a service with two instances a node: one on each node.
@@ -117,6 +125,11 @@ def test_sessions_spread_by_load_a_dead_node_is_out_within_a_poll_and_a_returnin
     wait_until(lambda: f"{dead.http}</a> (" in get(f"{url}/monitor", parse=False),
                POLL + TIMEOUT + 1.0, "the dead node marked")
     assert time.monotonic() - killed <= POLL + TIMEOUT + 1.0
+    # Its e-mail arrives (after the one about node 0 reaching its maximum load).
+    mails = [email.message_from_bytes(m[2]) for m in smtp.received.wait(2, 10)]
+    assert [m["Subject"] for m in mails] == ["Simulation server reached maximum load",
+                                             "Simulation server not responding"]
+    assert first.http in mails[0].get_payload() and dead.http in mails[1].get_payload()
     placed = get(f"{url}/v1/reserve/echo")
     assert placed["node"] == nodes[2].http, "neither the dead node nor the full one"
     get(f"http://{nodes[2].http}/v1/release/{placed['token']}")
