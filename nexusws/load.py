@@ -101,10 +101,12 @@ class NodeLoad:
         """The load and its parts (JSON-safe)."""
         services, used, capacity = {}, 0, 0
         if self.registry is not None:
+            aliases = {s.name: list(getattr(s, "aliases", ())) for s in self.registry.services}
             for entry in self.registry.status():
                 n = len(entry["instances"])
                 services[entry["name"]] = {"used": n, "capacity": entry["count"],
-                                           "free": max(0, entry["count"] - n)}
+                                           "free": max(0, entry["count"] - n),
+                                           "aliases": aliases.get(entry["name"], [])}
                 used, capacity = used + n, capacity + entry["count"]
         tunnels = len(self.bridge.tunnels)
         parts = {

@@ -378,3 +378,13 @@ def test_unknown_paths_are_404():
     root = Root(w.cluster, w.clock)
     assert get(root, b"/v1/nothing").responseCode == 404
     assert isinstance(Site(root), Site)
+
+
+def test_a_service_is_found_on_the_nodes_by_its_aliases_too():
+    w = World(nodes=("a:1",))
+    r = report(0)
+    r["services"]["demo"]["aliases"] = ["local_demo"]
+    w.poll({"a:1": r})
+    assert [n.name for n in w.cluster.candidates("local_demo")] == ["a:1"]
+    w.cluster.nodes[0].took("local_demo")
+    assert w.cluster.nodes[0].free("demo") == 0

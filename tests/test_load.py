@@ -54,7 +54,8 @@ class Bridge:
 
 
 def test_the_load_is_the_highest_part_and_the_report_gives_each_service():
-    world = World(services=[FakeService(name="a", count=4), FakeService(name="b", count=1)])
+    world = World(services=[FakeService(name="a", count=4), FakeService(name="b", count=1,
+                                                                      aliases=["local_b"])])
     world.registry.reserve("a")
     world.registry.reserve("b")
     node = NodeLoad(world.registry, Bridge(3), 10, ws_url=lambda: "ws://n1:8080/",
@@ -63,8 +64,8 @@ def test_the_load_is_the_highest_part_and_the_report_gives_each_service():
     assert report == {
         "load": 40.0,
         "parts": {"sessions": 40.0, "tunnels": 30.0, "cpu": 12.5, "memory": 20.0},
-        "services": {"a": {"used": 1, "capacity": 4, "free": 3},
-                     "b": {"used": 1, "capacity": 1, "free": 0}},
+        "services": {"a": {"used": 1, "capacity": 4, "free": 3, "aliases": []},
+                     "b": {"used": 1, "capacity": 1, "free": 0, "aliases": ["local_b"]}},
         "tunnels": {"active": 3, "max": 10},
         "ws_url": "ws://n1:8080/",
     }
@@ -94,7 +95,7 @@ def test_v1_load_answers_the_number_alone_as_a_webots_simulation_server_does(tmp
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     j = api.get("/v1/load?format=json")
     assert j.status == 200 and j.json()["load"] == 37.5 and j.json()["ws_url"] == "ws://n1:1/"
-    assert j.json()["services"] == {"demo": {"used": 0, "capacity": 1, "free": 1}}
+    assert j.json()["services"] == {"demo": {"used": 0, "capacity": 1, "free": 1, "aliases": []}}
 
 
 def test_v1_load_needs_the_security_token_like_every_call(tmp_path):

@@ -81,14 +81,21 @@ class Node:
     def takes_sessions(self, threshold):
         return self.report is not None and self.report["load"] < threshold
 
+    def service(self, name):
+        """Its report's entry for service C{name} (by name or alias), or None."""
+        services = (self.report or {}).get("services", {})
+        if name in services:
+            return services[name]
+        return next((e for e in services.values() if name in (e.get("aliases") or ())), None)
+
     def free(self, service):
-        """Free instances of C{service} it reported (0 if unknown)."""
-        entry = (self.report or {}).get("services", {}).get(service)
+        """Free instances of C{service} (name or alias) it reported (0 if unknown)."""
+        entry = self.service(service)
         return entry.get("free", 0) if isinstance(entry, dict) else 0
 
     def took(self, service):
         """Count one more instance of C{service} in use until the next poll says better."""
-        entry = (self.report or {}).get("services", {}).get(service)
+        entry = self.service(service)
         if isinstance(entry, dict) and entry.get("free", 0) > 0:
             entry["free"] -= 1
             entry["used"] = entry.get("used", 0) + 1
@@ -153,6 +160,8 @@ class Cluster:
                         e.get(k, 0), bool) for k in ("used", "capacity", "free"))
                     for e in services.values()):
                 raise ValueError("services is not {name: {used, capacity, free}} of whole numbers")
+            if not all(isinstance(e.get("aliases", []), list) for e in services.values()):
+                raise ValueError("a service's aliases are not a list")
             report["services"] = services
         except (TypeError, KeyError, ValueError, OverflowError) as e:
             return self._failed(NodeError(f"unusable /v1/load answer: {one_line(e)}"), node)
