@@ -98,8 +98,10 @@ def test_sessions_spread_by_load_a_dead_node_is_out_within_a_poll_and_a_returnin
     by_address = {n.http: n for n in nodes}
 
     # Three reservations of a service with two instances a node: one on each node.
-    placed = [get(f"{url}/v1/reserve/echo?marker=m{i}") for i in range(3)]
+    placed = [get(f"{url}/v1/reserve/echo?marker=m{i}&password=hunter{i}") for i in range(3)]
     assert sorted(p["node"] for p in placed) == sorted(by_address), placed
+    log = (tmp_path / "balancer.log").read_text()
+    assert "hunter" not in log and "/v1/reserve/echo?marker=m0&password=*** HTTP/1.1\" 200" in log
     for p in placed:
         assert p["ws_url"] == f"ws://127.0.0.1:{by_address[p['node']].gw.ws_port}/"
         status = get(f"http://{p['node']}/v1/status")

@@ -12,7 +12,7 @@ from nexusws.balancer.mail import Mailer
 from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
 from nexusws.errors import StartupError, say
-from nexusws.logs import logger
+from nexusws.logs import logger, printable, redact
 from nexusws.service import GatewayService, ListenerService, parse_endpoint
 
 _log = logger("nexusws.balancer")
@@ -66,6 +66,20 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+class Site(server.Site):
+    """twisted.web's site with the access log of a nexusws gateway: one line a request,
+    secret query values (password=, token=...) masked."""
+
+    def log(self, request):
+        address = request.getClientAddress()
+        _log.info('http {client} "{method} {uri} {proto}" {code} {length}',
+                  client=getattr(address, "host", None) or "-",
+                  method=printable(request.method.decode("latin-1")),
+                  uri=printable(redact(request.uri), limit=400),
+                  proto=printable(request.clientproto.decode("latin-1")),
+                  code=request.code, length=request.sentLength or "-")
+
+
 class ClusterService(service.Service):
     """Polls the nodes while the balancer runs."""
 
@@ -97,7 +111,7 @@ def makeService(options, reactor=None):
     root = Root(cluster, reactor)
     sockets.append(root.sockets)
     ClusterService(cluster, mailer).setServiceParent(top)
-    site = server.Site(root)
+    site = Site(root)
     site.noisy = False
     endpoint = parse_endpoint(reactor, "--listen", options["listen"])
     ListenerService("--listen", options["listen"], endpoint, site, "http").setServiceParent(top)
