@@ -39,6 +39,16 @@ def nginx_binary():
     return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
 
 
+def adapt(text, replacements, name):
+    """A shipped site with the test's values: each C{(pattern, replacement)} must match once at least."""
+    import re
+
+    for pattern, replacement in replacements:
+        text, count = re.subn(pattern, replacement, text)
+        assert count, f"{name} no longer has {pattern!r}"
+    return text
+
+
 def basic(user, password):
     """An C{Authorization} header value for HTTP Basic."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

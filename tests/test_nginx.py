@@ -28,7 +28,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import have, require
-from nginx_front import CONFIG_DIR, FIXED_SCRIPT, Greeters, Nginx, basic, nginx_binary
+from nginx_front import CONFIG_DIR, FIXED_SCRIPT, Greeters, Nginx, adapt, basic, nginx_binary
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -447,10 +447,7 @@ def adapt_site(text, gw, http_port, https_port, cert, key, logs):
         (r"ssl_certificate +\S+;", f"ssl_certificate {cert};"),
         (r"ssl_certificate_key +\S+;", f"ssl_certificate_key {key};"),
     ]
-    for pattern, replacement in replacements:
-        text, count = re.subn(pattern, replacement, text)
-        assert count, f"nexusws.conf no longer has {pattern!r}"
-    return text
+    return adapt(text, replacements, "nexusws.conf")
 
 
 def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listeners(make_front, tmp_path):
