@@ -185,22 +185,7 @@ class FrameReader:
         """Skip data until the peer's close frame (its code) or EOF (None)."""
         try:
             while True:
-                if self.rem:
-                    skip = min(self.rem, self.end - self.pos)
-                    self.pos += skip
-                    self.rem -= skip
-                    if self.rem:
-                        self._fill()
-                    continue
-                h = self._header()
-                if h is None:
-                    self._fill()
-                    continue
-                _, opcode, length = h
-                if opcode >= 8:
-                    self._control(opcode, length)
-                else:
-                    self.rem = length
+                self.read(limit)  # data skipped, control frames handled, until Closed
         except Closed as e:
             return e.args[0]
         except OSError:

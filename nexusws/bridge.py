@@ -66,6 +66,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     _drain_call = None
     _release_slot = None
     _phase = None  # (what is awaited, seconds) once the handshake waits for the gateway
+    _max_frame = None  # the largest client frame payload the size options let through (0: any)
 
     # --- handshake ------------------------------------------------------------
 
@@ -236,6 +237,9 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
             and not self.logFrames
             and not self.logOctets
         ):
+            if self._max_frame is None:  # the size options, once a tunnel
+                limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n > 0]
+                self._max_frame = min(limits) if limits else 0
             frames, end = pipes.simple_frames(data, self._max_frame)
             for mask, start, stop in frames:
                 if stop > start:
@@ -245,12 +249,6 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 if not data:
                     return
         self._dataReceived(data)
-
-    @property
-    def _max_frame(self):
-        """The largest frame payload the size options let through (0: no limit)."""
-        limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n > 0]
-        return min(limits) if limits else 0
 
     def onMessageFrameEnd(self):
         pass

@@ -12,7 +12,8 @@ from nexusws.balancer.mail import Mailer
 from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
 from nexusws.errors import StartupError, say
-from nexusws.logs import logger, printable, redact
+from nexusws.logs import logger
+from nexusws.web import log_request
 from nexusws.service import GatewayService, ListenerService, parse_endpoint
 
 _log = logger("nexusws.balancer")
@@ -67,17 +68,10 @@ class Options(usage.Options):
 
 
 class Site(server.Site):
-    """twisted.web's site with the access log of a nexusws gateway: one line a request,
-    secret query values (password=, token=...) masked."""
+    """twisted.web's site with a nexusws gateway's access log (secret query values masked)."""
 
     def log(self, request):
-        address = request.getClientAddress()
-        _log.info('http {client} "{method} {uri} {proto}" {code} {length}',
-                  client=getattr(address, "host", None) or "-",
-                  method=printable(request.method.decode("latin-1")),
-                  uri=printable(redact(request.uri), limit=400),
-                  proto=printable(request.clientproto.decode("latin-1")),
-                  code=request.code, length=request.sentLength or "-")
+        log_request(request, _log)
 
 
 class ClusterService(service.Service):
