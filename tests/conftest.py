@@ -258,9 +258,9 @@ def have(program):
 
 
 NODE_DIR = ROOT / "tests" / ".node"
-#: npm packages the tests use: Node's ws client, and noVNC 1.7 (its RFB core
+#: npm packages the tests use, at exact versions: Node's ws client, and noVNC 1.7 (its RFB core
 #: for the browser tests, its DES for VNC authentication in Node).
-NODE_PACKAGES = {"ws": "ws@8", "@novnc/novnc": "@novnc/novnc@1.7.0"}
+NODE_PACKAGES = {"ws": "ws@8.23.1", "@novnc/novnc": "@novnc/novnc@1.7.0"}
 
 
 @pytest.fixture(scope="session")

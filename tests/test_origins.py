@@ -2,6 +2,7 @@
 the option, and a real gateway with a real client."""
 
 import asyncio
+import re
 
 import pytest
 import websockets
@@ -190,15 +191,34 @@ def test_refused_origin_answers_403_routes_nothing_connects_nothing_and_logs_the
     assert h.factory.counter.total == 0, "a refused origin holds no tunnel slot"
 
 
-def test_the_refused_origin_is_logged_printable_on_one_line(events):
-    """A control character in the Origin header is quoted in the log line, never written raw."""
-    h = Harness(origin="https://ev\x1bil.example\x07.net", allowed_origins=["https://app.example.com"])
+@pytest.mark.parametrize("origin, control", [
+    ("https://ev\x1bil.example\x07.net", "\x1b"),  # C0: Autobahn itself may refuse the header
+    ("https://ev\x9bil.example\x85.net", "\x9b"),  # C1 (obs-text on the wire): reaches the origin check
+])
+def test_an_origin_with_control_characters_is_refused_and_never_logged_raw(events, origin, control):
+    """Whoever refuses it (Autobahn's header parser or the origin list), the handshake is
+    refused with a 4xx, and no log line holds the control character raw, or a line break."""
+    h = Harness(origin=origin, allowed_origins=["https://app.example.com"])
+    written = refused_status(h)
     h.flush()
     assert not h.client.opened
+    status = b"".join(written).split(b"\r\n", 1)[0]
+    assert re.fullmatch(rb"HTTP/1.1 4\d\d .*", status), status
+    logged = lines(events)
+    assert logged, "the refusal is logged"
+    for line in logged:
+        assert control not in line and "\x07" not in line and "\x85" not in line and "\n" not in line, line
+    assert h.factory.counter.total == 0
+
+
+def test_a_refused_origin_that_reaches_the_check_is_quoted_in_its_log_line(events):
+    """An origin with a C1 control character (legal obs-text in HTTP) is refused by the
+    origin list, and its line names it with the character quoted."""
+    h = Harness(origin="https://ev\x9bil.example.net", allowed_origins=["https://app.example.com"])
+    h.flush()
     refused = [line for line in lines(events) if "tunnel refused" in line]
-    assert len(refused) == 1
-    assert "\x1b" not in refused[0] and "\x07" not in refused[0] and "\n" not in refused[0]
-    assert "%1B" in refused[0]
+    assert len(refused) == 1 and "403" in refused[0]
+    assert "%C2%9B" in refused[0] or "%9B" in refused[0], refused[0]
 
 
 def test_refused_origin_launches_no_session():

@@ -68,7 +68,7 @@ def installed(tmp_path_factory):
     (wheel,) = (base / "dist").glob("nexusws-*.whl")
     venv = base / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=base)
-    _run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, cwd=base)
+    _run(venv / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "constraints.txt", wheel, cwd=base)
     (plugins,) = venv.glob("lib/python*/site-packages/twisted/plugins")
     cache = plugins / "dropin.cache"
     assert not cache.exists(), "nothing should have written the venv's plugin cache yet"
@@ -205,3 +205,49 @@ def test_readme_demo_runs_with_the_installed_package(installed, gateway, monkeyp
                             gw.log, re.MULTILINE))
     site_packages = str(installed.dropin_cache.parent.parent.parent)
     assert loaded == {site_packages}, f"nexusws loaded from {loaded}, not only from {site_packages}"
+
+
+# --- reproducible installs -------------------------------------------------------------
+
+
+def _quick_start_commands():
+    """The Quick start's two literal commands (demo, tests)."""
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    quick = text.split("Quick start", 1)[1].split("Basic operation", 1)[0]
+    return [line.strip() for line in quick.splitlines() if line.strip().startswith("python3 -m venv")]
+
+
+def _requirement_names():
+    """Every distribution setup.cfg asks for, install_requires and the test extra."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    text = cfg["options"]["install_requires"] + "\n" + cfg["options.extras_require"]["test"]
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.split(r"[\s\[<>=!~;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_quick_start_commands_and_ci_install_the_pinned_versions():
+    """Both README commands install with constraints.txt, and .ci/run runs the README's
+    test command exactly as written."""
+    demo, tests = _quick_start_commands()
+    assert "pip install -c constraints.txt . " in demo and demo.endswith("config/demo/run.py")
+    assert "pip install -c constraints.txt '.[test]'" in tests and tests.endswith("-m pytest")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert tests in ci.splitlines()
+
+
+def test_constraints_pin_every_requirement_to_one_version():
+    """Each direct requirement (runtime and test) has an exact pin in constraints.txt,
+    and no pin is given twice."""
+    pins = [line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert all(len(p) == 2 and p[1] for p in pins), pins
+    names = [p[0].lower().replace("_", "-") for p in pins]
+    assert len(names) == len(set(names))
+    assert _requirement_names() - set(names) == set()
