@@ -5,8 +5,9 @@ and everything that happens at start-up happens in L{nexusws.service}.
 """
 
 from nexusws import procs, tls
+from nexusws.admission import TOO_MANY, ConnectionCap
 from nexusws.api import ApiRoot
-from nexusws.auth import access_notes
+from nexusws.auth import TrustedProxies, access_notes
 from nexusws.bridge import BridgeFactory
 from nexusws.load import NodeLoad, listener_url
 from nexusws.metrics import Metrics
@@ -48,6 +49,7 @@ def make_bridge(options, reactor, registry, notes):
         handshake_timeout=options["handshake_timeout"],
         max_frame_size=options["max_frame_size"],
         max_message_size=options["max_message_size"],
+        max_request_size=options["http_max_header_size"],
         max_tunnels=options["max_tunnels"],
         max_tunnels_per_address=options["max_tunnels_per_address"],
         allowed_origins=options.get("allowed_origin", ()),
@@ -79,12 +81,33 @@ def make_sessions(options, reactor, notes, metrics=None):
     return registry, sessions[0]
 
 
-def make_listener(label, description, factory, reactor, tls_options, scheme):
-    """A L{ListenerService} for C{factory}, over TLS with C{tls_options} if given."""
+def make_connection_cap(options, label, reactor):
+    """C{label}'s --max_connections_per_address cap (L{nexusws.admission}), or None.
+
+    The trusted proxies are exempt, the default trust (loopback) included: a
+    front proxy's connections carry all its users (nginx on this host is the
+    usual deployment, and a cap on it would be a cap on everyone)."""
+    limit = options["max_connections_per_address"]
+    if not limit:
+        return None
+    proxies = options.get("trusted_proxy")  # None: not given (loopback); []: --trusted_proxy none
+    exempt = TrustedProxies() if proxies is None else TrustedProxies(proxies) if proxies else None
+    return ConnectionCap(label, limit, reactor, exempt=exempt)
+
+
+def make_listener(label, description, factory, reactor, tls_options, scheme, cap=None):
+    """A L{ListenerService} for C{factory}, over TLS with C{tls_options} if given,
+    under the connection C{cap} (a L{ConnectionCap}) if given."""
     endpoint = parse_endpoint(reactor, label, description)
     if tls_options is not None:
         factory = tls.wrap(factory, tls_options)
-    if tls_options is not None or is_tls_endpoint(description):
+    over_tls = tls_options is not None or is_tls_endpoint(description)
+    if cap is not None:
+        # Outside the TLS wrapper (an ssl: endpoint wraps inside, out of reach):
+        # either way one count per TCP connection; a refusal over TLS is a bare
+        # close, as a 429 would first cost a TLS handshake.
+        factory = cap.wrap(factory, answer=None if over_tls else TOO_MANY)
+    if over_tls:
         scheme += "s"
     return ListenerService(label, description, endpoint, factory, scheme)
 
@@ -98,7 +121,8 @@ def build_service(options, reactor=None):
     registry, sessions = make_sessions(options, reactor, notes, metrics)
     bridge = make_bridge(options, reactor, registry, notes)
     metrics.watch_tunnels(bridge)
-    listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws")]
+    listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws",
+                               cap=make_connection_cap(options, "--ws_listen", reactor))]
 
     known = []
 
@@ -116,11 +140,12 @@ def build_service(options, reactor=None):
                       access=options.get("access"), metrics=metrics, load=node_load)
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
-                         viewer=viewer_resource(options["novnc_dir"]),
+                         viewer=viewer_resource(options["novnc_dir"]), allow_dotfiles=options["http_allow_dotfiles"],
                          max_header_size=options["http_max_header_size"],
                          idle_timeout=options["http_idle_timeout"], hsts_max_age=options["hsts_max_age"])
         listeners.append(
-            make_listener("--http_listen", options["http_listen"], site, reactor, options["tls"], "http")
+            make_listener("--http_listen", options["http_listen"], site, reactor, options["tls"], "http",
+                          cap=make_connection_cap(options, "--http_listen", reactor))
         )
     elif {"http_port", "http_listen"} & options.given:
         notes.append("--http_port/--http_listen given without --http_directory: no HTTP server (as documented)")

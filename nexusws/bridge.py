@@ -16,29 +16,43 @@ Data rules:
     so a stalled reader on either side stops reading on the other.
 
 Admission, before anything is connected or launched (see L{nexusws.limits}):
-the client must finish its request within the handshake timeout; its C{Origin}
+the client must finish its request within the handshake timeout and within
+C{max_request_size} bytes (431 beyond); its C{Origin}
 must be allowed (403); it must offer C{binary} or no subprotocol (400); there
 must be a free tunnel slot in total (503) and for its address (429). A slot is
 held until the connection is gone. Messages and frames beyond the size limits
-close the tunnel with 1009.
+close the tunnel with 1009. Nothing more is read from the client while the
+gateway works on its request (a second request head in the same connection is
+never admitted), nor while its own replies (pongs) are not being taken: the
+bytes queued for a client are bounded by flow control, whatever it sends.
 
 Close rules (nothing is lost):
   - Backend closes: everything it sent is written to the client first; the close
     frame (1000, or 1011 if the backend connection failed) is sent once the
     client's transport buffer has drained.
-  - Client closes: everything it sent is written to the backend, then EOF.
+  - Client closes: everything it sent is written to the backend, then EOF (a
+    half-close); what the backend still sends is read and discarded until it
+    closes, so the kernel never resets the connection over unread bytes (a
+    reset loses what the backend had not read yet). A backend that neither
+    drains nor closes is aborted after C{close_timeout}.
+  - A WebSocket that is closing or failing is sent nothing more.
+  - The gateway fails a connection (a protocol error: 1002, 1007, 1009): its
+    close frame is waited for L{FAILED_CLOSE_TIMEOUT} at most, not
+    C{close_timeout}; there is no backlog worth draining.
   - Shutdown: tunnels are closed with 1001 "going away".
 """
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
+from OpenSSL import SSL
 from twisted.internet import defer, error
 
 from nexusws import limits, pipes
 from nexusws.logs import logger, printable
 from nexusws.pipes import Backend, OneShot, QuietIO, ReactorTimer, Valve, describe, request_target
 from nexusws.routing import Launch
+from nexusws.tls import openssl_reason
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -46,6 +60,8 @@ CLOSE_INTERNAL_ERROR = 1011
 
 #: Seconds the gateway may take for its side of a handshake beyond --connect_timeout.
 GATEWAY_MARGIN = 5.0
+#: Seconds a client has to answer the close of a connection the gateway failed.
+FAILED_CLOSE_TIMEOUT = 2.0
 
 
 class BridgeProtocol(QuietIO, WebSocketServerProtocol):
@@ -56,7 +72,8 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     backend = None
     target = None
     launch = None
-    _holding = False
+    _held = frozenset()  # why the client's reads are paused: "gateway", "launch", "replies"
+    _head_refused = False
     opened = False
     closing = False
     _connecting = None
@@ -105,6 +122,9 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         deadline only backs that up.
         """
         self._phase = ("gateway side not done", self.factory.connect_timeout + GATEWAY_MARGIN)
+        # Autobahn would take a second request head in this connection for a
+        # new handshake, and buffer whatever else comes: read nothing until open.
+        self._hold_client("gateway")
         if self.openHandshakeTimeoutCall is not None:
             self.openHandshakeTimeoutCall.cancel()
         self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
@@ -160,13 +180,24 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
 
     # --- open -----------------------------------------------------------------
 
+    def connectionLost(self, reason):
+        if reason.check(SSL.Error):
+            # A client's failed TLS handshake is its mistake, not the gateway's
+            # error (Autobahn logs it at error): one line, as the HTTP listener has.
+            self._log.info("wss {client} TLS failed: {why}", client=self.client,
+                           why=openssl_reason(reason.value))
+            self._connectionLost(reason)  # the rest of Autobahn's connectionLost
+            return
+        super().connectionLost(reason)
+
     def onOpen(self):
         self.opened = True
+        self._hold_client("gateway", False)
         self.factory.tunnels.add(self)
         self.factory.opened_total += 1
         if self.launch is not None:
             # Hold the client's bytes in the kernel until there is a backend.
-            self._hold_client(True)
+            self._hold_client("launch")
             self.launch.started.addCallback(self._launched)
             self.launch.started.addErrback(self._launch_failed)
             return
@@ -213,7 +244,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         self._client_valve = Valve(self.transport)
         backend_transport.registerProducer(self._client_valve, True)
         backend_transport.resumeProducing()
-        self._hold_client(False)
+        self._hold_client("launch", False)
 
     # --- data -----------------------------------------------------------------
 
@@ -248,7 +279,31 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 data = data[end:]
                 if not data:
                     return
+        elif self.state == self.STATE_CONNECTING and self._phase is None and self._head_too_large(data):
+            return
         self._dataReceived(data)
+
+    def _head_too_large(self, data):
+        """Refuse (431) a request head that does not end within C{max_request_size} bytes.
+
+        Autobahn keeps the head in one buffer and searches it whole on every
+        read: without a cap, one client sending megabytes of headers costs
+        the whole gateway CPU (and memory) until the handshake timeout.
+        """
+        if self._head_refused:
+            return True
+        limit = self.factory.max_request_size
+        if not limit or len(self.data) + len(data) <= limit:
+            return False
+        end = (self.data + data).find(b"\r\n\r\n")
+        if 0 <= end <= limit - 4:
+            return False
+        self._head_refused = True
+        self.data = b""
+        self._log.info("handshake refused: {client}: request head over {limit} bytes (431)",
+                       client=self.client, limit=limit)
+        self.failHandshake(f"request head over {limit} bytes", code=431)
+        return True
 
     def onMessageFrameEnd(self):
         pass
@@ -257,8 +312,8 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         pass
 
     def backendData(self, data):
-        if self.closing:
-            return
+        if self.closing or self.state != self.STATE_OPEN:
+            return  # closing or failing: the client is sent nothing more (see _finish_backend)
         self.bytes_down += len(data)
         # Autobahn applies the message size limit to what it sends too.
         pieces = pipes.chunks(data, self.maxMessagePayloadSize)
@@ -269,6 +324,21 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
             return
         for piece in pieces:
             self.sendMessage(piece, isBinary=True)
+
+    def onPing(self, payload):
+        super().onPing(payload)
+        # The pong was queued like data: a client that sends pings but does not
+        # read its pongs is read no more until what it was sent has drained.
+        if self._backend_valve is not None and self._backend_valve.paused:
+            self._hold_client("replies")
+
+    def _fail_connection(self, code=CLOSE_GOING_AWAY, reason="going away"):
+        # A connection the gateway fails (a protocol error) has no backlog worth
+        # waiting for: its client gets FAILED_CLOSE_TIMEOUT to answer the close.
+        timeout = self.closeHandshakeTimeout
+        if not timeout or timeout > FAILED_CLOSE_TIMEOUT:
+            self.closeHandshakeTimeout = FAILED_CLOSE_TIMEOUT
+        super()._fail_connection(code, reason)
 
     def client_keeps_up(self):
         """Whether everything sent to the client so far has left (nothing queued)."""
@@ -308,20 +378,26 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         self._close_after_backend()
 
     def _client_drained(self):
+        self._hold_client("replies", False)
         if self._backend_done is not None and not self.closing:
             self._close_after_backend()
 
     def _close_after_backend(self):
         self._close(*self._backend_done)
 
-    def _hold_client(self, hold):
-        if hold != self._holding:
-            self._holding = hold
-            (self.transport.pauseProducing if hold else self.transport.resumeProducing)()
+    def _hold_client(self, why, hold=True):
+        """Pause reading from the client for C{why} (or stop holding it for C{why});
+        it is read again once nothing holds it."""
+        held = self._held | {why} if hold else self._held - {why}
+        if bool(held) != bool(self._held):
+            (self.transport.pauseProducing if held else self.transport.resumeProducing)()
+        self._held = held
 
     def _close(self, code, reason):
         # The client's close reply must be read, so held bytes are let through.
-        self._hold_client(False)
+        if self._held:
+            self._held = frozenset()
+            self.transport.resumeProducing()
         # sendClose refuses protocol codes such as 1001 and 1011 from
         # applications; a gateway speaks for the protocol, so it sends them.
         self.closing = True
@@ -367,10 +443,12 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         self.gone.callback(None)
 
     def _finish_backend(self):
-        """Write what the client sent, then EOF; abort a backend that never drains."""
+        """Write what the client sent, then EOF; read (and discard) what the backend
+        still sends until it closes; abort it if it takes longer than close_timeout."""
         transport = self.backend.transport
         transport.unregisterProducer()
-        transport.loseConnection()
+        transport.loseWriteConnection()
+        transport.resumeProducing()
         timeout = self.factory.close_timeout
         if timeout > 0:
             self._drain_call = self.factory.reactor.callLater(timeout, transport.abortConnection)
@@ -393,6 +471,7 @@ class BridgeFactory(WebSocketServerFactory):
     @param handshake_timeout: seconds a client has to send its whole request (0: no limit).
     @param max_frame_size: bytes of the largest frame a client may send (0: no limit).
     @param max_message_size: bytes of the largest message either way (0: no limit).
+    @param max_request_size: bytes of the longest request head (431 beyond; 0: no limit).
     @param max_tunnels: tunnels at once in total (0: no limit).
     @param max_tunnels_per_address: tunnels at once per client address (0: no limit).
     @param allowed_origins: origin patterns (see L{nexusws.limits}); none: any origin.
@@ -404,7 +483,7 @@ class BridgeFactory(WebSocketServerFactory):
         self, router, reactor, connect_timeout=10.0, close_timeout=30.0, ping_interval=0.0,
         ping_timeout=None, handshake_timeout=limits.HANDSHAKE_TIMEOUT,
         max_frame_size=limits.MAX_FRAME_SIZE, max_message_size=limits.MAX_MESSAGE_SIZE,
-        max_tunnels=limits.MAX_TUNNELS, max_tunnels_per_address=limits.MAX_TUNNELS_PER_ADDRESS,
+        max_request_size=limits.MAX_REQUEST_SIZE, max_tunnels=limits.MAX_TUNNELS, max_tunnels_per_address=limits.MAX_TUNNELS_PER_ADDRESS,
         allowed_origins=(),
     ):
         super().__init__(reactor=reactor)
@@ -413,6 +492,7 @@ class BridgeFactory(WebSocketServerFactory):
         self.router = router
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
+        self.max_request_size = max_request_size
         self.tunnels = set()
         # For /v1/metrics (nexusws.metrics): what closed tunnels carried, tunnels opened.
         self.opened_total = self.closed_bytes_up = self.closed_bytes_down = 0

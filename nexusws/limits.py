@@ -34,6 +34,8 @@ MiB = 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 MAX_FRAME_SIZE = 16 * MiB
 MAX_MESSAGE_SIZE = 16 * MiB
+#: A WebSocket request head, bytes: the default of --http_max_header_size, which sets both.
+MAX_REQUEST_SIZE = 16 * 1024
 MAX_TUNNELS = 256
 MAX_TUNNELS_PER_ADDRESS = 32
 MAX_RESERVATIONS_PER_USER = 8

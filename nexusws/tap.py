@@ -10,7 +10,7 @@ import sys
 
 from twisted.python import usage
 
-from nexusws import __version__, limits, load, tls, viewer, web
+from nexusws import __version__, admission, limits, load, tls, viewer, web
 from nexusws.auth import AccessOptions
 from nexusws.errors import TWISTD_PROG, StartupError, say
 from nexusws.convert import _coerced, _level, _local_session, _port, _seconds
@@ -113,6 +113,10 @@ class Options(AccessOptions, usage.Options):
         ["max_tunnels_per_address", None, limits.MAX_TUNNELS_PER_ADDRESS,
          "Most tunnels open at once from one client address (0: no limit); beyond, 429.",
          _coerced(limits.parse_count, "max_tunnels_per_address")],
+        ["max_connections_per_address", None, admission.MAX_CONNECTIONS_PER_ADDRESS,
+         "Most TCP connections open at once from one address, on each listener, in any state "
+         "(0: no limit); beyond, closed at once (429 on plain listeners). Trusted proxies "
+         "(--trusted_proxy, default loopback) are exempt.", _coerced(limits.parse_count, "max_connections_per_address")],
         ["max_reservations_per_user", None, limits.MAX_RESERVATIONS_PER_USER,
          "Most outstanding reservations of one user (anonymous: one address) (0: no limit); "
          "beyond, /v1/reserve answers 429.", _coerced(limits.parse_count, "max_reservations_per_user")],
@@ -137,7 +141,8 @@ class Options(AccessOptions, usage.Options):
          "Strict-Transport-Security max-age on https responses, seconds (0: none).",
          _coerced(web.parse_max_age, "hsts_max_age")],
         ["http_max_header_size", None, web.MAX_HEADER_SIZE,
-         "Largest HTTP request head, bytes (16K, 1M...); 431 beyond.",
+         "Largest HTTP request head, bytes (16K, 1M...), on both listeners (a WebSocket "
+         "handshake's too); 431 beyond.",
          _coerced(web.parse_header_size, "http_max_header_size")],
         ["http_idle_timeout", None, web.IDLE_TIMEOUT,
          "Seconds an HTTP connection may stay idle, and a request head take (0: no limit).",
@@ -146,6 +151,10 @@ class Options(AccessOptions, usage.Options):
          "noVNC tree served at /ansys/nexus/novnc/ (default: the first of "
          f"{', '.join(viewer.CANDIDATES)} that holds noVNC).",
          _coerced(viewer.check_novnc_dir, "novnc_dir")],
+    ]
+    optFlags = [
+        ["http_allow_dotfiles", None,
+         "Serve and list names starting with a dot (.env, .git) under --http_directory (default: 404)."],
     ]
 
     def opt_allowed_origin(self, value):

@@ -10,14 +10,31 @@ Confinement: twisted.web percent-decodes each path segment exactly once and
 L{static.File} refuses C{..} and separators inside a segment; L{ConfinedFile}
 adds what static.File lacks (symlinks leading out, NUL bytes, non-UTF-8
 names) and checks the file it actually opened.
+
+Dot-files: a path segment starting with C{.} (after that one decoding, so
+C{%2eenv} too) is 404 and such names are left out of listings, unless the
+tree was built with C{allow_dotfiles} (--http_allow_dotfiles; /ansys never).
+
+Ranges: L{plan_ranges} reads the Range header instead of static.File.
+Overlapping and adjacent ranges are merged (parts keep the order of their
+first range); a header that is malformed, asks for more bytes in all than
+the file holds, or leaves more than L{MAX_RANGES} parts is ignored (200, the
+whole file, as RFC 9110 allows); none satisfiable is 416 with
+C{Content-Range: bytes */SIZE}. L{FileProducer} sends every file response:
+a file that fails to read or ends early, or a response that makes no
+progress for the idle timeout (a client that stopped reading), aborts the
+connection and closes the file; nothing waits forever.
 """
 
+import collections
 import errno
 import os
+import re
 
 from importlib import resources
 
 from OpenSSL import SSL
+from twisted.logger import LogLevel
 from twisted.web import http, resource, server, static
 
 from nexusws.logs import logger, printable, redact
@@ -121,26 +138,181 @@ class ConfinedLister(static.DirectoryLister):
         return respond(request, 200, b"text/html; charset=utf-8", super().render(request))
 
 
+#: Most parts a 206 answer may have after merging; beyond, the whole file (200).
+MAX_RANGES = 16
+#: Most range-specs read from one Range header; beyond, it is ignored unread.
+MAX_RANGE_SPECS = 1024
+# Optional whitespace is tolerated as static.File's int() did; 30 digits is
+# past any file size and keeps int() far from its 4300-digit limit.
+_RANGE_SPEC = re.compile(rb"\s*(\d{0,30})\s*-\s*(\d{0,30})\s*")
+
+
+def plan_ranges(header, size):
+    """The parts of a file of C{size} bytes that Range header C{header} asks for.
+
+    @return: L{None} to ignore the header and send the whole file (200): it
+        is malformed, its unit is not bytes, it asks for more bytes in all
+        than the file holds, or its ranges leave more than L{MAX_RANGES}
+        parts once merged. C{[]}: no range is satisfiable (416). Otherwise
+        C{[(offset, length), ...]}: overlapping and adjacent ranges merged,
+        unsatisfiable ones dropped, each part where its first range was.
+    """
+    unit, eq, value = header.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes":
+        return None
+    # At most MAX_RANGE_SPECS splits: any commas left make the last spec malformed.
+    specs = [spec for spec in value.split(b",", MAX_RANGE_SPECS) if spec.strip()]
+    if not specs or len(specs) > MAX_RANGE_SPECS:
+        return None
+    wanted, total = [], 0
+    for spec in specs:
+        match = _RANGE_SPEC.fullmatch(spec)
+        if match is None:
+            return None
+        first, last = match.groups()
+        if first:
+            start = int(first)
+            if last and int(last) < start:
+                return None
+            end = min(int(last) + 1, size) if last else size
+        elif last:
+            start, end = max(size - int(last), 0), size
+        else:
+            return None
+        if start >= end:  # starts past the end, or a suffix of 0 bytes
+            continue
+        total += end - start
+        if total > size:
+            return None
+        wanted.append((start, end))
+    merged = []  # [start, end, position of its first range in the header]
+    for position, (start, end) in sorted(enumerate(wanted), key=lambda item: item[1]):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+            merged[-1][2] = min(merged[-1][2], position)
+        else:
+            merged.append([start, end, position])
+    if len(merged) > MAX_RANGES:
+        return None
+    return [(start, end - start) for start, end, _ in sorted(merged, key=lambda part: part[2])]
+
+
+class _FileEnded(Exception):
+    """The file held fewer bytes than its response promised."""
+
+
+class FileProducer(static.StaticProducer):
+    """Writes C{parts}, C{[(prefix, offset, length)]}, of an open file to a request.
+
+    It replaces static.File's producers, which a multi-range request could
+    crash (leaving the response, its connection and the file held forever)
+    and a file cut short could spin. A read that fails or comes up short
+    aborts the connection (the head promised a length); so does no progress
+    for C{timeout} seconds on C{reactor} (the client stopped reading). The
+    file is closed either way.
+    """
+
+    def __init__(self, request, fileObject, parts, timeout=None, reactor=None):
+        super().__init__(request, fileObject)
+        self._parts = collections.deque(parts)
+        self._left = 0
+        self._timeout = timeout
+        self._reactor = reactor
+        self._watchdog = None
+
+    def start(self):
+        if self._timeout and self._reactor is not None:
+            self._watchdog = self._reactor.callLater(self._timeout, self._stalled)
+        self.request.registerProducer(self, False)
+
+    def resumeProducing(self):
+        if not self.request:
+            return
+        if self._watchdog is not None:
+            self._watchdog.reset(self._timeout)
+        try:
+            chunk = self._read()
+        except _FileEnded:
+            _log.warn("{path} ended before its response did (changed while served?): connection aborted",
+                      path=self._name())
+            return self._abort()
+        except Exception:  # never leave the response hanging with the file open
+            _log.failure("reading {path} failed: connection aborted", path=self._name(), level=LogLevel.error)
+            return self._abort()
+        if chunk:
+            self.request.write(chunk)
+        if self.request and not self._left and not self._parts:
+            self.request.unregisterProducer()
+            self.request.finish()
+            self.stopProducing()
+
+    def _read(self):
+        """Up to about a buffer of prefixes and file bytes, in order."""
+        data, length = [], 0
+        while length < self.bufferSize:
+            if not self._left:
+                if not self._parts:
+                    break
+                prefix, offset, self._left = self._parts.popleft()
+                data.append(prefix)
+                length += len(prefix)
+                if self._left:
+                    self.fileObject.seek(offset)
+                continue
+            read = self.fileObject.read(min(self.bufferSize, self._left))
+            if not read:
+                raise _FileEnded()
+            data.append(read)
+            length += len(read)
+            self._left -= len(read)
+        return b"".join(data)
+
+    def _name(self):
+        return printable(str(getattr(self.fileObject, "name", "a file")))
+
+    def _stalled(self):
+        self._watchdog = None
+        channel = self.request.channel if self.request else None
+        _log.info("http {client}: response made no progress for {timeout:g} s: connection aborted",
+                  client=channel._client() if isinstance(channel, Channel) else "-", timeout=self._timeout)
+        self._abort()
+
+    def _abort(self):
+        request = self.request
+        self.stopProducing()
+        if request is not None and request.channel is not None:
+            request.unregisterProducer()
+            request.channel.transport.abortConnection()
+
+    def stopProducing(self):
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        super().stopProducing()
+
+
 class ConfinedFile(static.File):
     """A read-only L{static.File} that never serves anything outside its root.
 
     The real path of every child, after following symlinks, must lie inside
-    the real path of the root; anything else is answered as not found.
+    the real path of the root; anything else is answered as not found. Names
+    starting with a dot are not found either, unless C{allow_dotfiles}.
     """
 
     contentTypes = content_types(static.File.contentTypes)
     indexNames = ["index.html", "index.htm"]
     childNotFound = NOT_FOUND
 
-    def __init__(self, path, root=None, defaultType="application/octet-stream", **kwargs):
+    def __init__(self, path, root=None, defaultType="application/octet-stream", allow_dotfiles=False, **kwargs):
         # An unknown extension must not be served as text/html (static.File's
         # default): that would let any uploaded file run script in our origin.
         super().__init__(path, defaultType=defaultType, **kwargs)
         self.root = os.path.realpath(root if root is not None else path)
+        self.allow_dotfiles = allow_dotfiles
 
     def createSimilarFile(self, path):
         f = self.__class__(
-            path, root=self.root, defaultType=self.defaultType,
+            path, root=self.root, defaultType=self.defaultType, allow_dotfiles=self.allow_dotfiles,
             ignoredExts=self.ignoredExts, registry=self.registry,
         )
         f.processors = self.processors
@@ -153,6 +325,8 @@ class ConfinedFile(static.File):
         # static.File logs a traceback for a non-UTF-8 segment, and os.stat
         # raises ValueError (a 500) for a NUL byte: refuse both quietly.
         if b"\0" in path or not _is_utf8(path):
+            return self.childNotFound
+        if path.startswith(b".") and not self.allow_dotfiles:  # .env, .git/, .htpasswd...
             return self.childNotFound
         child = super().getChild(path, request)
         if isinstance(child, static.File) and not self._inside(child.path):
@@ -169,10 +343,11 @@ class ConfinedFile(static.File):
         return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
 
     def listNames(self):
-        # Hide links leading out and names no request could reach (non-UTF-8).
+        # Hide links leading out and names no request could reach (non-UTF-8, dot-files).
         return [
             n for n in super().listNames()
-            if _is_utf8(n) and self._inside(os.path.join(self.path, n))
+            if _is_utf8(n) and (self.allow_dotfiles or not n.startswith("."))
+            and self._inside(os.path.join(self.path, n))
         ]
 
     def directoryListing(self):
@@ -185,6 +360,33 @@ class ConfinedFile(static.File):
             return refuse_method(request)
         request.setHeader(b"x-content-type-options", b"nosniff")
         return super().render(request)
+
+    def makeProducer(self, request, fileForReading):
+        # Instead of static.File's: its parser lets a 15 KB header ask for
+        # gigabytes, and its multi-range producer can crash mid-response.
+        size = self.getFileSize()
+        header = request.getHeader(b"range")
+        plan = None if header is None else plan_ranges(header, size)
+        if plan is None:
+            request.setResponseCode(http.OK)
+            self._setContentHeaders(request, size)
+            parts = [(b"", 0, size)]
+        elif not plan:
+            request.setResponseCode(http.REQUESTED_RANGE_NOT_SATISFIABLE)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            self._setContentHeaders(request, 0)
+            parts = []
+        elif len(plan) == 1:
+            (offset, length), = plan
+            request.setResponseCode(http.PARTIAL_CONTENT)
+            request.setHeader(b"content-range", self._contentRange(offset, length))
+            self._setContentHeaders(request, length)
+            parts = [(b"", offset, length)]
+        else:  # static.File's multipart/byteranges head and part separators
+            parts = self._doMultipleRangeRequest(request, [(offset, offset + length - 1) for offset, length in plan])
+        site = getattr(request, "site", None)
+        return FileProducer(request, fileForReading, parts,
+                            timeout=getattr(site, "timeOut", None), reactor=getattr(site, "reactor", None))
 
     def openForReading(self):
         # getChild checked the path; this checks the file actually opened, so
@@ -368,12 +570,13 @@ def log_request(request, log=_log):
     )
 
 
-def build_root(http_directory, api, viewer=None):
+def build_root(http_directory, api, viewer=None, allow_dotfiles=False):
     """Build the resource tree for C{http_directory} with C{api} mounted at /v1.
 
     C{viewer}, if given, answers /ansys/nexus/novnc/ (L{nexusws.viewer}).
+    C{allow_dotfiles} serves and lists dot-files of C{http_directory} (not of /ansys).
     """
-    root = ConfinedFile(os.path.abspath(http_directory))
+    root = ConfinedFile(os.path.abspath(http_directory), allow_dotfiles=allow_dotfiles)
     ansys = ConfinedFile(ANSYS_ROOT)
     if viewer is not None:
         nexus = ConfinedFile(os.path.join(ANSYS_ROOT, "nexus"), root=ANSYS_ROOT)
@@ -384,12 +587,13 @@ def build_root(http_directory, api, viewer=None):
     return root
 
 
-def make_site(http_directory, api, reactor=None, viewer=None, **limits):
+def make_site(http_directory, api, reactor=None, viewer=None, allow_dotfiles=False, **limits):
     """The L{Site} serving L{build_root}; C{reactor} drives its timeouts (default: global).
 
     C{limits}: L{Site}'s C{max_header_size}, C{idle_timeout} and C{hsts_max_age}.
     """
-    site = Site(build_root(http_directory, api, viewer), requestFactory=Request, reactor=reactor, **limits)
+    site = Site(build_root(http_directory, api, viewer, allow_dotfiles), requestFactory=Request, reactor=reactor,
+                **limits)
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -20,6 +20,9 @@ BIN = Path(sys.executable).parent
 IN_CI = os.environ.get("CI") == "true"
 
 LISTEN_RE = re.compile(r"(--ws_listen|--http_listen) listening on (\w+)://([^/]+):(\d+)/")
+#: A gateway log line that is an unhandled error: a failure, an error or critical
+#: event, a traceback. Any of these fails the test that ran the gateway.
+ERROR_LINE_RE = re.compile(r"#(?:error|critical)\]|Traceback \(most recent call last\)|Unhandled Error")
 
 
 def require(condition, what):
@@ -119,6 +122,21 @@ class Gateway:
     def http_url(self):
         return f"{self.http_scheme}://127.0.0.1:{self.http_port}"
 
+    def error_lines(self):
+        """The log lines that report an unhandled error (L{ERROR_LINE_RE}), each with
+        the continuation lines (a traceback) that follow it."""
+        found, within = [], False
+        with self._cond:
+            for line in self.lines:
+                if ERROR_LINE_RE.search(line) and not (within and line.startswith("\t")):
+                    found.append(line)
+                    within = True
+                elif within and line.startswith("\t"):
+                    found[-1] += "\n" + line
+                else:
+                    within = False
+        return found
+
     def rss_kib(self):
         return _status_kib(self.proc.pid, "VmRSS")
 
@@ -158,8 +176,12 @@ def _status_kib(pid, field):
 
 
 @pytest.fixture
-def gateway():
-    """Start gateways with C{gateway(args, via=...)}; all are killed at teardown."""
+def gateway(request):
+    """Start gateways with C{gateway(args, via=...)}; all are killed at teardown.
+
+    A gateway whose log shows an unhandled error (L{ERROR_LINE_RE}) fails the
+    test, unless the test is marked C{errors_expected} (it provokes one on purpose).
+    """
     started = []
 
     def start(args, via="cli", env=None, cwd=None, http=False, wait=True):
@@ -172,6 +194,34 @@ def gateway():
     yield start
     for gw in started:
         gw.kill()
+    if request.node.get_closest_marker("errors_expected") is None:
+        errors = [line for gw in started for line in gw.error_lines()]
+        if errors:
+            pytest.fail("unhandled error in a gateway's log:\n" + "\n".join(errors[:20]), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_errors(request):
+    """Fail a test during which this process logged a failure or an error/critical
+    event (an unhandled error in a Deferred, a traceback from a callback...),
+    unless it is marked C{errors_expected}."""
+    from twisted.logger import LogLevel, formatEvent
+
+    seen = []
+
+    def observe(event):
+        if "log_failure" in event or event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield
+    globalLogPublisher.removeObserver(observe)
+    if seen and request.node.get_closest_marker("errors_expected") is None:
+        text = []
+        for event in seen[:10]:
+            failure = event.get("log_failure")
+            text.append(formatEvent(event) + ("\n" + failure.getTraceback() if failure is not None else ""))
+        pytest.fail("unhandled error logged during the test:\n" + "\n".join(text), pytrace=False)
 
 
 async def echo_stream(reader, writer, writers, greeting=b""):

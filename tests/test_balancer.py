@@ -350,6 +350,7 @@ def test_unusable_service_figures_exclude_the_node():
     assert w.cluster.candidates() == []
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_a_closing_websocket_client_does_not_stop_the_announcements():
     w = World(nodes=("a:1",))
     root = Root(w.cluster, w.clock)

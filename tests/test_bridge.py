@@ -4,19 +4,25 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from zope.interface import implementer
 
 from nexusws.bridge import GATEWAY_MARGIN, BridgeFactory
 from nexusws.routing import FixedRouter, NoRouter, Target
 
 
 class Transport(iosim.FakeTransport):
-    """An iosim transport that remembers whether it was paused."""
+    """An iosim transport that remembers whether it was paused and half-closed."""
 
     paused = False
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
 
     def pauseProducing(self):
         self.paused = True
@@ -29,13 +35,25 @@ class Transport(iosim.FakeTransport):
         return not self.disconnected
 
 
+@implementer(IHalfCloseableProtocol)
 class Backend(Protocol):
-    """The TCP service behind the gateway: records what it gets."""
+    """The TCP service behind the gateway: records what it gets; closes on EOF
+    (as most servers do) unless C{close_on_eof} is false."""
 
-    def __init__(self, greeting=b""):
+    def __init__(self, greeting=b"", close_on_eof=True):
         self.greeting = greeting
+        self.close_on_eof = close_on_eof
         self.received = bytearray()
+        self.eof = False
         self.lost = None
+
+    def readConnectionLost(self):
+        self.eof = True
+        if self.close_on_eof:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
 
     def connectionMade(self):
         if self.greeting:
@@ -126,10 +144,10 @@ class Harness:
         self.backend = None
         self.backend_pump = None
 
-    def connect_backend(self, greeting=b""):
+    def connect_backend(self, greeting=b"", close_on_eof=True):
         factory, d = self.endpoint.attempts.pop(0)
         gateway_side = factory.buildProtocol(None)
-        self.backend = Backend(greeting)
+        self.backend = Backend(greeting, close_on_eof)
         self.backend_transport = Transport(self.backend, True)
         self.gateway_backend_transport = Transport(gateway_side, False)
         self.backend_pump = iosim.connect(
@@ -147,9 +165,19 @@ class Harness:
             moved = self.pump.pump()
             if self.backend_pump is not None:
                 moved = self.backend_pump.pump() or moved
+                moved = self._deliver_eof() or moved
             if not moved:
                 return
         raise AssertionError("pumps never settled")
+
+    def _deliver_eof(self):
+        """The gateway half-closed its backend connection and all it wrote has arrived:
+        the backend reads EOF (iosim itself knows no half-close)."""
+        gateway_side = self.gateway_backend_transport
+        if gateway_side.write_closed and not self.backend.eof and not gateway_side.stream:
+            self.backend.readConnectionLost()
+            return True
+        return False
 
 
 def lines(events):
@@ -275,17 +303,57 @@ def test_client_close_delivers_every_byte_to_the_backend_then_eof():
     assert h.backend.lost is not None and h.backend.lost.check(error.ConnectionDone)
 
 
-def test_backend_that_never_drains_is_aborted_after_close_timeout():
-    h = open_tunnel(greeting=b"", close_timeout=7)
+def test_backend_that_never_closes_after_eof_is_aborted_after_close_timeout():
+    h = Harness(close_timeout=7)
+    h.flush()
+    h.connect_backend(close_on_eof=False)
+    h.flush()
     aborted = []
     h.gateway_backend_transport.abortConnection = lambda: aborted.append(True)
-    h.gateway_backend_transport.loseConnection = lambda: None  # never finishes
     h.client.sendClose(1000)
     h.flush()
+    assert h.backend.eof and h.backend.lost is None
     h.reactor.advance(6.9)
     assert aborted == []
     h.reactor.advance(0.2)
     assert aborted == [True]
+
+
+def test_after_the_client_closes_the_backend_is_half_closed_and_read_until_it_closes(events):
+    """EOF, not a close: the backend's last bytes are read and dropped (never sent to a
+    closed WebSocket, never counted), no reset, no error; its close ends the wait."""
+    h = Harness(close_timeout=7)
+    h.flush()
+    h.connect_backend(close_on_eof=False)
+    h.flush()
+    h.client.sendMessage(b"last words", isBinary=True)
+    h.client.sendClose(1000)
+    h.flush()
+    assert bytes(h.backend.received) == b"last words" and h.backend.eof
+    assert h.gateway_backend_transport.write_closed and not h.gateway_backend_transport.disconnecting
+    assert not h.gateway_backend_transport.paused, "the backend is read, so it never blocks"
+    h.backend.transport.write(b"still talking" * 1000)
+    h.flush()
+    assert h.client.received == b""
+    h.backend.transport.loseConnection()
+    h.flush()
+    assert h.backend.lost is not None and h.reactor.getDelayedCalls() == []
+    assert not [e for e in events if e.get("isError") or e.get("log_failure")]
+    closed = [line for line in lines(events) if "tunnel closed" in line]
+    assert " 0 bytes down" in closed[0]
+
+
+def test_backend_data_while_the_websocket_is_closing_is_dropped_without_error(events):
+    """The client's close frame is in, the reply not yet sent (its TCP closes later):
+    backend data arriving then raises nothing and is not counted as sent."""
+    h = open_tunnel(greeting=b"")
+    h.client.sendClose(1000)
+    h.pump.pump()  # the close reaches the gateway; the backend answers before anything else moves
+    assert h.server.state in (h.server.STATE_CLOSING, h.server.STATE_CLOSED)
+    h.backend.transport.write(b"late" * 100)
+    h.flush()
+    assert not [e for e in events if e.get("isError") or e.get("log_failure")]
+    assert h.server.bytes_down == 0 and h.client.received == b""
 
 
 def test_backend_unreachable_is_refused_at_handshake_with_502_and_logged(events):

@@ -75,6 +75,7 @@ def test_one_e_mail_per_node_per_interval_then_one_that_sums_up_the_changes():
     assert not clock.getDelayedCalls()
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_a_failure_to_send_is_logged_and_never_raised():
     m, clock, sent = mailer(fail=True)
     result = m.notify(Named("a:1"), DOWN, "a down")

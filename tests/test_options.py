@@ -121,7 +121,7 @@ def test_spellings_hyphen_equals_order_and_prefix(args):
 
 def test_ambiguous_prefix_names_the_candidates():
     """A prefix matching several options is refused, listing them."""
-    assert "--http is ambiguous: --http_directory, --http_idle_timeout, --http_listen, " \
+    assert "--http is ambiguous: --http_allow_dotfiles, --http_directory, --http_idle_timeout, --http_listen, " \
         "--http_max_header_size, --http_port" in refused("--http", "0")
 
 
@@ -348,6 +348,7 @@ def test_listener_that_does_not_listen_at_once_is_refused():
         listener.privilegedStartService()
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_gateway_refuses_a_log_file_it_cannot_open(tmp_path, monkeypatch):
     """--log_file in a missing directory stops start-up with a line naming the file."""
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the failure installs a hook

@@ -480,6 +480,7 @@ def test_reaper_runs_at_most_a_tenth_of_the_timeout_late_and_no_oftener_than_twi
     assert [c.getTime() for c in short.clock.getDelayedCalls()] == [0.5]
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_reaper_survives_failing_steps_and_keeps_running(log):
     broken, fine = FakeService("broken", count=1), FakeService("fine", count=2)
     w = World([broken, fine])

@@ -421,6 +421,7 @@ def test_start_receives_a_copy_of_the_options():
     assert "mutated" not in options
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_an_exception_in_start_becomes_a_one_line_service_error_naming_the_service():
     class Broken(RemoteServiceScript):
         def start(self, index, options):
@@ -432,6 +433,7 @@ def test_an_exception_in_start_becomes_a_one_line_service_error_naming_the_servi
     assert str(failure.value) == "service 'demo' instance 1: start failed: ValueError: no display free"
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_a_failing_deferred_from_start_becomes_a_service_error():
     service, *_ = make(Later)
     d = service.start(0, {})
@@ -637,6 +639,7 @@ def test_helper_children_are_terminated_only_after_the_script_stop_deferred_fire
     assert result_of(d) is None
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_a_script_stop_that_raises_still_gets_its_processes_ended():
     service, _, _, launcher = make(Leaver)
     result_of(service.start(0, {}))

@@ -120,6 +120,7 @@ def test_token_in_use_by_an_open_websocket_is_refused_409(gateway, tmp_path, mar
     assert_gone(marker)
 
 
+@pytest.mark.errors_expected  # provokes the error it checks is logged
 def test_start_raising_closes_the_websocket_1011_with_the_reason_and_frees_the_index(
         gateway, tmp_path):
     """A script whose start() raises: the client gets close 1011 naming the error; the

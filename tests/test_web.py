@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 
 from nexusws import api as api_module
-from nexusws import logs, web
+from nexusws import logs, tap, web
 from nexusws.api import ApiRoot
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -137,8 +137,8 @@ def tree(tmp_path, monkeypatch):
     return tmp_path
 
 
-def make_client(clock, directory, token=None):
-    return Client(web.make_site(str(directory), ApiRoot(token), reactor=MemoryReactorClock()), clock)
+def make_client(clock, directory, token=None, **site):
+    return Client(web.make_site(str(directory), ApiRoot(token), reactor=MemoryReactorClock(), **site), clock)
 
 
 @pytest.fixture
@@ -626,3 +626,71 @@ def test_bundled_ansys_tree_does_not_expose_the_package_around_it(package_client
     r = package_client.request(target)
     assert r.status == 404
     assert b"import" not in r.body
+
+
+# --- dot-files ----------------------------------------------------------------
+
+
+@pytest.fixture
+def dotted(tree):
+    """.env, .git/config and sub/.hidden in both www/ and the ansys/ mounted at /ansys."""
+    for top in (tree / "www", tree / "ansys"):
+        (top / ".env").write_bytes(b"DB_PASSWORD=dotenv\n")
+        (top / ".git").mkdir()
+        (top / ".git" / "config").write_bytes(b"[remote]\n")
+        (top / "sub" / ".hidden").write_bytes(b"hidden\n")
+    return tree
+
+
+DOT_TARGETS = ["/.env", "/.git/config", "/.git/", "/.git", "/sub/.hidden", "/%2eenv", "/%2Egit/config",
+               "/sub/%2ehidden", "/in-dir/.hidden", "/.env?x=1", "/.%65nv"]
+
+
+@MOUNTS
+@pytest.mark.parametrize("target", DOT_TARGETS)
+def test_dotfiles_are_the_plain_404_by_default(clock, dotted, mount, target):
+    r = make_client(clock, dotted / "www").request(mount + target)
+    assert (r.status, r.headers["content-type"], r.body) == (404, "text/plain; charset=utf-8", b"File not found.\n")
+
+
+@MOUNTS
+@pytest.mark.parametrize("directory", ["/", "/sub/", "/in-dir/"])
+def test_listings_leave_dotfiles_out_by_default(clock, dotted, mount, directory):
+    r = make_client(clock, dotted / "www").request(mount + directory)
+    assert r.status == 200 and (b">inner.txt<" in r.body or b">counting.txt<" in r.body)
+    for name in (b".env", b".git", b".hidden"):
+        assert name not in r.body
+
+
+def test_http_allow_dotfiles_serves_and_lists_them_under_http_directory_only(clock, dotted):
+    client = make_client(clock, dotted / "www", allow_dotfiles=True)
+    assert client.request("/.env").body == b"DB_PASSWORD=dotenv\n"
+    assert client.request("/%2eenv").body == b"DB_PASSWORD=dotenv\n"
+    assert client.request("/.git/config").body == b"[remote]\n"
+    assert client.request("/sub/.hidden").body == b"hidden\n"
+    assert b">.env<" in client.request("/").body and b">.git/<" in client.request("/").body
+    assert b">.hidden<" in client.request("/sub/").body
+    # The package's own tree never serves them.
+    assert client.request("/ansys/.env").status == 404
+    assert b".env" not in client.request("/ansys/").body
+
+
+def test_dotfiles_still_cannot_reach_outside_the_root_when_allowed(clock, dotted):
+    client = make_client(clock, dotted / "www", allow_dotfiles=True)
+    for target in ("/../outside/secret.txt", "/%2e%2e/outside/secret.txt", "/./counting.txt/../../outside/secret.txt"):
+        assert_refused(client.request(target))
+
+
+def test_http_allow_dotfiles_option_reaches_the_site(clock, dotted):
+    """--http_allow_dotfiles is a flag, off by default; makeService builds the site with it."""
+    def site(*args):
+        options = tap.Options()
+        options.parseOptions(["--http_directory", str(dotted / "www"), "--http_listen", "tcp:0", *args, "0"])
+        services = tap.makeService(options, MemoryReactorClock())
+        return [s for s in services if getattr(s, "label", "") == "--http_listen"][0].factory
+
+    assert Client(site(), clock).request("/.env").status == 404
+    allowed = Client(site("--http_allow_dotfiles"), clock)
+    assert allowed.request("/.env").body == b"DB_PASSWORD=dotenv\n"
+    with pytest.raises(tap.usage.UsageError, match="^--http_allow_dotfiles takes no value$"):
+        tap.Options().parseOptions(["--http_allow_dotfiles=yes", "0"])

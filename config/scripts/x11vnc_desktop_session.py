@@ -38,7 +38,7 @@ import tempfile
 
 from twisted.internet import task
 
-from nexusws.services import RemoteServiceScript
+from nexusws.services import RemoteServiceScript, ServiceError
 
 SIZE = re.compile(r"^\d{2,5}x\d{2,5}$")
 
@@ -114,10 +114,10 @@ class X11VncDesktopSession(RemoteServiceScript):
     async def start(self, index, options):
         size = options.get("size") or self.sizes[0]
         if size not in self.sizes:
-            raise ValueError(f"size {size!r} is not offered (offered: {', '.join(self.sizes)})")
+            raise ServiceError(f"size {size!r} is not offered (offered: {', '.join(self.sizes)})")
         display = self.display_base + index
         if display_in_use(display) or display_accepts(display):
-            raise RuntimeError(f"X display :{display} is already in use")
+            raise ServiceError(f"X display :{display} is already in use")
         port = int(self.port_base) + index if self.port_base is not None else free_port()
 
         auth = self._private_file(index, "nexusws-xauth-", xauthority(os.urandom(16)))
@@ -129,7 +129,7 @@ class X11VncDesktopSession(RemoteServiceScript):
                                  env={**os.environ, "XAUTHORITY": auth})
             status = await painter.ended
             if status != 0:
-                raise RuntimeError(f"xsetroot -solid {self.background!r} failed (status {status})")
+                raise ServiceError(f"xsetroot -solid {self.background!r} failed (status {status})")
 
         argv = [self.x11vnc, "-display", f":{display}", "-auth", auth, "-rfbport", str(port), "-localhost",
                 "-noipv6", "-forever", "-shared", "-nocursorshape", "-quiet"]
@@ -156,9 +156,9 @@ class X11VncDesktopSession(RemoteServiceScript):
         waited = 0.0
         while not display_accepts(display):
             if not xvfb.running:
-                raise RuntimeError(f"Xvfb for display :{display} exited at start")
+                raise ServiceError(f"Xvfb for display :{display} exited at start")
             if waited >= self.timeout:
-                raise RuntimeError(f"Xvfb did not open display :{display} within {self.timeout:g}s")
+                raise ServiceError(f"Xvfb did not open display :{display} within {self.timeout:g}s")
             await task.deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
 
