@@ -13,6 +13,11 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
 HEAD is answered for status, status_view, metrics and load only; the calls that change
 something answer it 405. Other methods get 405 everywhere.
 
+A browser's request from a page of another site (C{Sec-Fetch-Site: cross-site}, or
+an C{Origin} that is neither the gateway's own nor on --allowed_origin) and a
+request whose C{Host} is not one of the gateway's names (DNS rebinding) get 403
+before anything else (L{nexusws.auth.Sites}).
+
 With a security token configured, a call must carry it as
 C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401.
 
@@ -138,6 +143,13 @@ class ApiRoot(resource.Resource):
         if self.metrics is not None:
             request.notifyFinish().addCallbacks(  # a client gone before its answer: not counted
                 lambda _: self.metrics.api_answered(request.postpath, request.code), lambda _: None)
+        refusal = self.access.sites.refusal(*(
+            (request.getHeader(name) or b"").decode("latin-1") or None
+            for name in (b"host", b"origin", b"sec-fetch-site")))
+        if refusal is not None:
+            _log.warn("/v1 refused: {client}: {reason}",
+                      client=printable(getattr(request.getClientAddress(), "host", "-")), reason=refusal)
+            return json_response(request, 403, {"error": refusal})
         if not self.authorized(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return json_response(request, 401, {"error": "missing or wrong security_token"})

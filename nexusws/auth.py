@@ -16,7 +16,9 @@ makes every session need one more group.
 import functools
 import ipaddress
 import os
+import re
 import socket
+from urllib.parse import urlsplit
 
 from twisted.internet.address import UNIXAddress
 from twisted.python import usage
@@ -165,6 +167,92 @@ def check_header_name(name):
     return name.lower()
 
 
+# --- where a request comes from: cross-site pages, DNS rebinding ------------------------
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+_HOST = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::(\d{1,5}))?")
+
+
+def split_host(value):
+    """A C{Host} header as C{(name, port)}: name lower-cased without a final dot
+    (an IPv6 literal keeps its brackets), port an int or None; None if malformed."""
+    m = _HOST.fullmatch(value.strip())
+    if m is None:
+        return None
+    return m[1].lower().rstrip("."), int(m[2]) if m[2] else None
+
+
+def is_address_literal(name):
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
+
+
+def default_host_names():
+    """The names a gateway answers to without --allowed_host: localhost and this host's name."""
+    names = {"localhost", socket.gethostname().lower()}
+    return {n for n in names if n}
+
+
+class Sites:
+    """Which names the gateway answers to, and which web pages may call its API.
+
+    A browser says which page a request comes from: C{Sec-Fetch-Site} on every
+    request of a current browser, C{Origin} on cross-origin fetches. A page on
+    another site must not drive the API of a gateway its user can reach (an
+    C{<img src=".../v1/stop">}, a fetch of /v1/status from a loopback-trusted
+    browser): a request marked C{cross-site}, or whose C{Origin} is neither the
+    gateway's own (the name and port it was sent to) nor on C{--allowed_origin},
+    is refused. DNS rebinding (a name of the attacker's, made to resolve to the
+    gateway) is same-origin to the browser, but the request's C{Host} then
+    names the attacker's domain: a C{Host} that is neither an address literal
+    nor one of the gateway's names (C{--allowed_host}, plus localhost and this
+    host's name; C{*}: any) is refused. curl, the Nexus server and the
+    balancer send no C{Origin} nor C{Sec-Fetch-Site}.
+
+    @param hosts: the --allowed_host names (None: none given).
+    @param origins: the --allowed_origin patterns (an L{nexusws.limits.OriginPolicy}'s).
+    """
+
+    def __init__(self, hosts=None, origins=()):
+        from nexusws.limits import OriginPolicy
+
+        hosts = [h.strip().lower().rstrip(".") for h in hosts or ()]
+        self.any_host = "*" in hosts
+        self.hosts = default_host_names() | {h for h in hosts if h and h != "*"}
+        self.origins = OriginPolicy(origins)
+
+    def refusal(self, host, origin, fetch_site):
+        """Why a request with these headers (str, or None when absent) is refused, or None."""
+        from nexusws.limits import parse_origin
+
+        named = split_host(host) if host else ("", None)
+        if named is None:
+            return f"malformed Host {printable(host, limit=80)!r}"
+        name, port = named
+        if name and not self.any_host and name not in self.hosts and not is_address_literal(name):
+            return (f"Host {printable(name, limit=80)!r} is not a name of this gateway "
+                    "(--allowed_host; a DNS rebinding attempt?)")
+        listed = False
+        if origin:
+            try:
+                parsed = parse_origin(origin)
+            except ValueError:
+                parsed = None
+            listed = parsed is not None and bool(self.origins.patterns) and any(
+                p.matches(parsed) for p in self.origins.patterns)
+            same = (parsed is not None and parsed != "null" and parsed[1] == name
+                    and (port is None or parsed[2] == port))
+            if not (same or listed):
+                return (f"a page of origin {printable(origin, limit=100)!r} may not call the API "
+                        "(--allowed_origin)")
+        if fetch_site and fetch_site.strip().lower() == "cross-site" and not listed:
+            return "a cross-site request (Sec-Fetch-Site) may not call the API"
+        return None
+
+
 # --- decisions -----------------------------------------------------------------------
 
 
@@ -177,10 +265,13 @@ class Access:
     @param os_groups: C{(user, group) -> bool}, or None: group membership from the system.
     @param require_group: a group every session needs, or None.
     @param allow_remote_api: reserve and release need neither a local client
-        nor the security token."""
+        nor the security token.
+    @param sites: the L{Sites} whose pages and names may call the API (default: no
+        --allowed_host nor --allowed_origin)."""
 
     def __init__(self, trusted=None, user_header="X-Remote-User", groups_file=None,
-                 os_groups=None, require_group=None, allow_remote_api=False):
+                 os_groups=None, require_group=None, allow_remote_api=False, sites=None):
+        self.sites = sites if sites is not None else Sites()
         self.trusted = trusted if trusted is not None else TrustedProxies()
         self.user_header = check_header_name(user_header)
         self.groups_file, self.os_groups = groups_file, os_groups
@@ -270,6 +361,14 @@ class AccessOptions(usage.Options):
          "Accept /v1/reserve and /v1/release from other hosts without the security token."],
     ]
 
+    def opt_allowed_host(self, value):
+        """A name of this gateway that /v1 requests may carry in Host (besides address literals,
+        localhost and this host's name; * for any); repeatable."""
+        value = value.strip()
+        if value != "*" and not _HOST_NAME.fullmatch(value) and not is_address_literal(value):
+            raise usage.UsageError(f"--allowed_host: {value!r} is not a host name (no port), or *")
+        self.setdefault("allowed_host", []).append(value)
+
     def opt_trusted_proxy(self, value):
         """Proxy whose user header is believed: address, CIDR, unix; repeatable; default loopback."""
         # 'none' trusts no proxy at all; the default is DEFAULT_TRUSTED.
@@ -310,8 +409,13 @@ def access_from_options(options, clock):
         if groups_file is None and os_groups is None:
             raise StartupError("--require_group needs --groups_file or --os_groups: "
                                "without them nobody is a member")
+    hosts = list(options.get("allowed_host") or ())
+    advertised = options.get("advertise_url")
+    if advertised:  # the name the balancer and clients are told is one of ours
+        hosts.append(urlsplit(advertised).hostname or "")
+    sites = Sites(hosts, options.get("allowed_origin") or ())
     return Access(trusted, header, groups_file, os_groups, require,
-                  bool(options.get("allow_remote_api")))
+                  bool(options.get("allow_remote_api")), sites)
 
 
 def split_endpoint(description):

@@ -55,7 +55,7 @@ class Exchange:
     def __init__(self, site, target, method, headers):
         if isinstance(target, str):
             target = target.encode("ascii")
-        lines = [method + b" " + target + b" HTTP/1.1", b"Host: test"]
+        lines = [method + b" " + target + b" HTTP/1.1", b"Host: localhost"]
         lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
         self.method = method
         self.transport = StringTransport(peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))

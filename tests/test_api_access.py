@@ -47,7 +47,7 @@ class Gateway:
 
     def get(self, target, peer=LOCAL, user=None, forwarded=None, headers=()):
         """GET C{target} from C{peer}, with the user header and X-Forwarded-For if given."""
-        lines = [b"GET " + target.encode() + b" HTTP/1.1", b"Host: test", b"Connection: close"]
+        lines = [b"GET " + target.encode() + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
         if user is not None:
             lines.append(b"X-Remote-User: " + user.encode())
         if forwarded is not None:

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-    ".venv", "node_modules", "tests",
+    ".venv", ".venv-latest", ".bench", ".conformance", "node_modules", "tests",
 )
 
 

@@ -80,7 +80,7 @@ class Client:
     def request(self, target, method=b"GET", headers=()):
         if isinstance(target, str):
             target = target.encode("ascii")
-        lines = [method + b" " + target + b" HTTP/1.1", b"Host: test"]
+        lines = [method + b" " + target + b" HTTP/1.1", b"Host: localhost"]
         lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
         lines += [b"Connection: close", b"", b""]
         return Response(self.raw(b"\r\n".join(lines)), method)
@@ -283,7 +283,7 @@ def test_non_utf8_name_is_404_without_logging_a_traceback(client, logged):
 
 
 def test_twisted_rejects_raw_non_ascii_in_the_request_line(client):
-    raw = client.raw(b"GET /d\xc3\xa9 HTTP/1.1\r\nHost: test\r\n\r\n")
+    raw = client.raw(b"GET /d\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 ")
 
 
