@@ -2,8 +2,9 @@
 
 Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
 
-  /v1/reserve/{service}?k=v...  200 {"token", "service", "index"}; 404 unknown service; 503 none free
-  /v1/release/{token}           200 {"released": token}; 404 unknown token
+  /v1/reserve/{service}?k=v...  200 {"token", "service", "index"}; 404 unknown service; 503 none
+                                free, or the state file cannot record it
+  /v1/release/{token}           200 {"released": token}; 404 unknown token; 503 unrecordable
   /v1/status                    200 [{"name", "count", "common_options", "instances": [...]}]
   /v1/status_view               200 the same as an HTML table
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
@@ -42,9 +43,9 @@ from twisted.web import resource, server
 from nexusws.auth import Access
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
-from nexusws.logs import SECRET_PARAMS, logger, printable
+from nexusws.logs import SECRET_PARAMS, logger, printable, redact
 from nexusws.metrics import CONTENT_TYPE
-from nexusws.reservations import NoFreeInstance, UnknownService, UnknownToken
+from nexusws.reservations import NoFreeInstance, NotRecorded, UnknownService, UnknownToken
 from nexusws.web import READ_METHODS, respond
 
 JSON = b"application/json; charset=utf-8"
@@ -239,6 +240,8 @@ class ApiRoot(resource.Resource):
             return json_response(
                 request, 503, {"error": f"no free instance of service {printable(name)!r}"}
             )
+        except NotRecorded as e:  # a token that might not survive a crash is never handed out
+            return json_response(request, 503, {"error": f"reservation refused: {e}"})
         return json_response(
             request,
             200,
@@ -263,6 +266,8 @@ class ApiRoot(resource.Resource):
         def failed(failure):
             if failure.check(UnknownToken):
                 return json_response(request, 404, {"error": "unknown token"})
+            if failure.check(NotRecorded):
+                return json_response(request, 503, {"error": f"release refused: {failure.value}"})
             _log.failure("release failed", failure)
             return json_response(request, 500, {"error": "the release failed; see the server log"})
 
@@ -339,7 +344,7 @@ def answer_later(request, d):
             request.finish()
 
     d.addCallback(write)
-    d.addErrback(lambda f: _log.failure("answering {uri} failed", f, uri=printable(request.path)))
+    d.addErrback(lambda f: _log.failure("answering {uri} failed", f, uri=printable(redact(request.path))))
     return server.NOT_DONE_YET
 
 

@@ -49,7 +49,7 @@ from OpenSSL import SSL
 from twisted.internet import defer, error
 
 from nexusws import limits, pipes
-from nexusws.logs import logger, printable
+from nexusws.logs import Quieter, logger, printable
 from nexusws.pipes import Backend, OneShot, QuietIO, ReactorTimer, Valve, describe, request_target
 from nexusws.routing import Launch
 from nexusws.tls import openssl_reason
@@ -62,6 +62,10 @@ CLOSE_INTERNAL_ERROR = 1011
 GATEWAY_MARGIN = 5.0
 #: Seconds a client has to answer the close of a connection the gateway failed.
 FAILED_CLOSE_TIMEOUT = 2.0
+#: Bytes of a client's held before there is a backend (sent early, or during a
+#: launch); beyond, it is read no more until there is one. Reading on below it
+#: is what notices a client that leaves while it waits.
+HELD_LIMIT = 256 * 1024
 
 
 class BridgeProtocol(QuietIO, WebSocketServerProtocol):
@@ -74,6 +78,10 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     launch = None
     _held = frozenset()  # why the client's reads are paused: "gateway", "launch", "replies"
     _head_refused = False
+    _early = None  # what the client sent after its request head, before the 101
+    _pending = None  # the client's payload sent before there is a backend (a launch)
+    _client_drain_call = None
+    _refusal_logged = False  # this handshake's refusal has its line (ours) in the log
     opened = False
     closing = False
     _connecting = None
@@ -123,8 +131,9 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         """
         self._phase = ("gateway side not done", self.factory.connect_timeout + GATEWAY_MARGIN)
         # Autobahn would take a second request head in this connection for a
-        # new handshake, and buffer whatever else comes: read nothing until open.
-        self._hold_client("gateway")
+        # new handshake: what comes now is kept aside (bounded) until open. The
+        # client is still read, so one that leaves is noticed at once.
+        self._early = bytearray()
         if self.openHandshakeTimeoutCall is not None:
             self.openHandshakeTimeoutCall.cancel()
         self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
@@ -164,6 +173,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
 
     def _refuse(self, failure):
         self._connecting = None
+        self._refusal_logged = True  # below, or needs none (the client went away)
         deny = pipes.denial(failure, self.target)
         if deny is None:
             self._log.failure(
@@ -177,6 +187,20 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 reason=getattr(deny, "detail", deny.reason),  # limits.Refused says more
             )
         raise deny
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        # One line per refused handshake: ours (logged already, or here for a request
+        # Autobahn itself refuses); Autobahn's own two (its refusal, and the drop
+        # that follows) go to debug.
+        if not (self._refusal_logged or self._head_refused):
+            self._refusal_logged = True
+            self._log.info("handshake refused: {client}: {code} {reason}", client=self.client,
+                           code=code, reason=printable(reason))
+        self.log = Quieter(type(self).log)
+        try:
+            super().failHandshake(reason, code, responseHeaders)
+        finally:
+            del self.log
 
     # --- open -----------------------------------------------------------------
 
@@ -192,12 +216,15 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
 
     def onOpen(self):
         self.opened = True
+        if self._early:  # Autobahn reads these frames once this returns
+            self.data += bytes(self._early)
+        self._early = None
         self._hold_client("gateway", False)
         self.factory.tunnels.add(self)
         self.factory.opened_total += 1
         if self.launch is not None:
-            # Hold the client's bytes in the kernel until there is a backend.
-            self._hold_client("launch")
+            # The client's payload waits for the backend (HELD_LIMIT at most read).
+            self._pending = bytearray()
             self.launch.started.addCallback(self._launched)
             self.launch.started.addErrback(self._launch_failed)
             return
@@ -244,6 +271,10 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         self._client_valve = Valve(self.transport)
         backend_transport.registerProducer(self._client_valve, True)
         backend_transport.resumeProducing()
+        pending, self._pending = self._pending, None
+        if pending:
+            self.bytes_up += len(pending)
+            backend_transport.write(bytes(pending))
         self._hold_client("launch", False)
 
     # --- data -----------------------------------------------------------------
@@ -251,7 +282,13 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
     def onMessageFrameData(self, payload):
         # Stream each frame's payload straight through instead of assembling
         # whole messages: memory stays bounded whatever the message size.
-        if self.failedByMe or self.backend is None or self._backend_done is not None:
+        if self.failedByMe or self._backend_done is not None:
+            return
+        if self.backend is None or self._pending is not None:
+            if self._pending is not None and not self.closing:  # a launch: until it is up
+                self._pending += payload
+                if len(self._pending) > HELD_LIMIT:
+                    self._hold_client("launch")
             return
         self.bytes_up += len(payload)
         pipes.write_now(self.backend.transport, payload)
@@ -279,8 +316,14 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 data = data[end:]
                 if not data:
                     return
-        elif self.state == self.STATE_CONNECTING and self._phase is None and self._head_too_large(data):
-            return
+        elif self.state == self.STATE_CONNECTING:
+            if self._early is not None:  # the gateway works on the request: set aside
+                self._early += data
+                if len(self._early) > HELD_LIMIT:
+                    self._hold_client("gateway")
+                return
+            if self._head_too_large(data):
+                return
         self._dataReceived(data)
 
     def _head_too_large(self, data):
@@ -372,14 +415,27 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 f"backend connection lost: {describe(reason.value)}",
             )
         if self._backend_valve is not None and self._backend_valve.paused:
-            # Bytes are still queued for the client; close once they are written.
+            # Bytes are still queued for the client; close once they are written,
+            # or cut it off if it does not take them within close_timeout.
             self._log.debug("{client}: backend closed, draining to client", client=self.client)
+            if self.factory.close_timeout > 0:
+                self._client_drain_call = self.factory.reactor.callLater(
+                    self.factory.close_timeout, self._client_never_drained)
             return
         self._close_after_backend()
+
+    def _client_never_drained(self):
+        self._client_drain_call = None
+        self._log.info("{client}: did not take the backend's last data within {timeout:g} s: "
+                       "connection dropped", client=self.client, timeout=self.factory.close_timeout)
+        self.dropConnection(abort=True)
 
     def _client_drained(self):
         self._hold_client("replies", False)
         if self._backend_done is not None and not self.closing:
+            if self._client_drain_call is not None and self._client_drain_call.active():
+                self._client_drain_call.cancel()
+            self._client_drain_call = None
             self._close_after_backend()
 
     def _close_after_backend(self):
@@ -411,6 +467,9 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.closing = True
+        self._pending = self._early = None
+        if self._client_drain_call is not None and self._client_drain_call.active():
+            self._client_drain_call.cancel()
         if self._release_slot is not None:
             self._release_slot()
         if self._connecting is not None:
@@ -434,6 +493,8 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         if self.closedByMe and self.localCloseCode is not None:  # ours (1009...), not the echo
             code, reason = self.localCloseCode, self.localCloseReason or b""
             reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+        if code is None:  # RFC 6455 7.1.5: a close frame without a code is 1005; none at all, 1006
+            code = 1005 if wasClean else 1006
         self._log.info(
             "tunnel closed: {client} -> {target}: {up} bytes up, {down} bytes down, "
             "{duration:.3f}s, close {code} {reason}{clean}", client=self.client, target=self.target,

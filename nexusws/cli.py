@@ -1,9 +1,10 @@
 """The seed-compatible C{nexus-websocketserver} command: runs the gateway in the foreground.
 
 It takes the same options as C{twistd -n nexusws}. The log goes to stdout, or
-with C{--log_file} only to that file. A start-up mistake prints one line on
-stderr and exits with 2 (a bad option) or 1 (a port in use, a log file that
-cannot be opened); SIGTERM or SIGINT stop the gateway and exit with 0.
+with C{--log_file} only to that file (created with mode 0600), each line once.
+A start-up mistake prints one line on stderr and exits with 2 (a bad option)
+or 1 (a port in use, a log file that cannot be opened); SIGTERM or SIGINT stop
+the gateway and exit with 0.
 """
 
 import sys
@@ -13,6 +14,7 @@ from twisted.python import usage
 
 from nexusws import tap
 from nexusws.errors import StartupError, say
+from nexusws.logs import open_log_file
 from nexusws.service import log_observer
 
 PROG = "nexus-websocketserver"
@@ -28,17 +30,28 @@ def main(argv=None):
 
     from twisted.internet import reactor
 
+    # The log file is this script's (the gateway service's copy of the log is
+    # for twistd): logging to it begins before the gateway starts, so what was
+    # logged meanwhile (options, assembly) reaches it once, replayed, and the
+    # start-up lines too, directly.
+    log_file, options["log_file"] = options["log_file"], None
     top = tap.makeService(options, reactor)
+    if log_file is not None:
+        try:
+            stream = open_log_file(log_file)
+        except OSError as e:
+            say(PROG, f"--log_file {log_file!r}: cannot open: {e.strerror}")
+            return 1
+        globalLogBeginner.beginLoggingTo([log_observer(stream, options["verbose"])], redirectStandardIO=False)
     try:
-        # Until logging begins, log events are buffered: a failed start prints
-        # its one line and nothing else.
+        # Without --log_file, log events are buffered until logging begins: a
+        # failed start prints its one line and nothing else.
         top.privilegedStartService()
     except StartupError as e:
         say(PROG, e)
         return 1
-    # With --log_file the gateway already copies the log there; stdout stays quiet.
-    observers = [] if options["log_file"] else [log_observer(sys.stdout, options["verbose"])]
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    if log_file is None:
+        globalLogBeginner.beginLoggingTo([log_observer(sys.stdout, options["verbose"])], redirectStandardIO=False)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

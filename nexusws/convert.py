@@ -27,6 +27,14 @@ def _seconds(value):
     return seconds
 
 
+def _positive_seconds(value):
+    """Seconds > 0: a wait that must end, where 0 would fail everything at once."""
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise ValueError(f"{value!r} is not a number of seconds > 0")
+    return seconds
+
+
 def _level(value):
     try:
         level = int(value)

@@ -42,6 +42,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from nexusws.logs import describe, logger, one_line, show
+from nexusws.statefile import NotRecorded
 
 #: The environment variable that marks the processes of one instance.
 MARKER_ENV = "NEXUSWS_INSTANCE"
@@ -199,7 +200,7 @@ class Service:
         if isinstance(result, Failure):
             if result.check(defer.CancelledError):
                 return result
-            if result.check(ServiceError):
+            if result.check(ServiceError, NotRecorded):  # NotRecorded: a spawn refused
                 return Failure(ServiceError(f"{where}: {one_line(result.value)}"))
             if type(result.value).__name__ != "StartTimeout":  # a script bug: show where
                 self.log.failure("{where}: start() failed", result, where=where)
@@ -316,9 +317,12 @@ class Service:
             return {}
 
     def _descendants(self):
-        """{pid: ProcInfo} of this process's live descendants."""
+        """{pid: ProcInfo} of this process's live descendants, but the launcher's
+        spare supervisors (waiting for a program: no instance's yet)."""
         table = self._table()
         pids = self.system.descendants(self.system.getpid(), table)
+        spares = getattr(self.launcher, "spares", None)
+        pids -= spares() if spares is not None else set()
         return {pid: table[pid] for pid in pids if self.system.is_alive(table.get(pid))}
 
     def _attribute(self, instance, before, marked_only=False):

@@ -5,6 +5,18 @@ L{Launcher.spawn} starts a program under a L{ProcessProtocol} in a session
 a L{Child}. L{Child.terminate} ends the whole group: SIGTERM, a grace period on
 the injected reactor's clock, then SIGKILL.
 
+On Linux each program runs under a supervisor of its own (L{nexusws.supervisor}),
+the L{Child}: it leads the session and is the child subreaper of all the program
+starts, so even a daemon that double-forks, leaves the session and clears its
+environment stays below it, and ending the L{Child} ends it too (the supervisor
+passes SIGTERM on). The supervisor is an interpreter that takes about 8 ms to
+start, so the launcher keeps one started ahead of need (a I{spare},
+L{Launcher.prepare}) and hands it its program through its stdin: a start costs
+well under a millisecond more than util-linux's C{setsid} (the fallback, see L{wrap}).
+
+Every process a launcher starts is announced to its C{on_spawn} callables
+before C{spawn} returns (the state file records it there and then).
+
 L{kill_processes} ends processes that are not our Twisted children (those of a
 previous gateway run, recorded in the state file; daemons a program left
 behind), identified by pid and start time so that a reused pid is never hit.
@@ -12,6 +24,7 @@ L{wait_for_port} waits until a TCP port accepts connections.
 """
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -24,6 +37,7 @@ from twisted.logger import LogLevel
 from nexusws import pipes as _pipes
 from nexusws import procs as _procs
 from nexusws.logs import logger, printable, redact
+from nexusws.statefile import NotRecorded
 
 _log = logger("nexusws.launcher")
 
@@ -57,6 +71,24 @@ def wrap(argv, env):
     if nofile is not None:
         env[_procs.CHILD_NOFILE_ENV] = str(nofile)
     return [sys.executable, "-c", SETSID_WRAPPER, *argv]
+
+
+#: The supervisor program (see L{Launcher}); Linux only (prctl, /proc).
+SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
+SUPERVISE = sys.platform.startswith("linux")
+
+#: Seconds after a spare supervisor is taken before the next one starts: at
+#: once, as a script often starts its programs one shortly after another
+#: (without a spare a start waits about 15 ms more).
+SPARE_DELAY = 0.0
+
+
+def supervisor_command(argv, env, cwd):
+    """What a supervisor reads on its stdin to start C{argv} (see L{nexusws.supervisor})."""
+    # ensure_ascii: text that is not UTF-8 (surrogate escapes) travels as \\udcXX and
+    # reaches the exec as the same bytes.
+    return json.dumps({"argv": argv, "env": env, "cwd": os.getcwd() if cwd is None else cwd,
+                       "nofile": _procs.child_nofile}).encode("ascii")
 
 
 #: wait_for_port tries every QUICK_INTERVAL seconds for QUICK_PERIOD seconds, then every interval.
@@ -101,15 +133,30 @@ class _Output:
 
 
 class _ChildProtocol(ProcessProtocol):
-    """Feeds a L{Child} with its process's output and exit."""
+    """Feeds a L{Child} with its process's output and exit.
 
-    def __init__(self, child):
+    A spare supervisor's has no child until it is taken (L{attach}); until
+    then its output is logged as the supervisor's, and its end noted."""
+
+    def __init__(self, child, keep_stdin=False):
         self._child = child
+        self._keep_stdin = keep_stdin
+        self.ended = False
+        self.done = _Once()  # fires once the process has ended
+        self._attach_streams(child if child is not None else _Spare)
+
+    def _attach_streams(self, child):
         self._streams = {1: _Output(child, LogLevel.info), 2: _Output(child, LogLevel.warn)}
+
+    def attach(self, child):
+        self._child = child
+        self._attach_streams(child)
 
     def connectionMade(self):
         # Nothing is ever written to a child: it reads EOF rather than block.
-        self.transport.closeStdin()
+        # (A supervisor gets its command first, then EOF.)
+        if not self._keep_stdin:
+            self.transport.closeStdin()
 
     def childDataReceived(self, fd, data):
         if fd in self._streams:
@@ -120,12 +167,22 @@ class _ChildProtocol(ProcessProtocol):
             self._streams[fd].flush()
 
     def processExited(self, reason):
-        self._child._exited(_exit_code(reason.value))
+        if self._child is not None:
+            self._child._exited(_exit_code(reason.value))
 
     def processEnded(self, reason):
+        self.ended = True
         for stream in self._streams.values():
             stream.flush()
-        self._child._ended(_exit_code(reason.value))
+        if self._child is not None:
+            self._child._ended(_exit_code(reason.value))
+        self.done.fire(None)
+
+
+class _Spare:
+    """The label of a spare supervisor's output (it has none unless something is wrong)."""
+
+    label = "nexusws supervisor"
 
 
 def _exit_code(exc):
@@ -272,11 +329,55 @@ class Launcher:
         other processes still hold its pipes open.
     """
 
-    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=1.0):
+    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=1.0, supervise=None):
         self.reactor = reactor
         self.killpg = killpg
         self.group_alive = group_alive or _procs.group_alive
         self.linger = linger
+        self.supervise = SUPERVISE if supervise is None else supervise
+        #: Callables C{(pid, start_time)} told of every process started, before
+        #: C{spawn} returns; one raising L{NotRecorded} makes C{spawn} end it and fail.
+        self.on_spawn = []
+        self._spare = None  # (transport, protocol) of a supervisor waiting for a program
+        self._refill = None  # the call that starts the next spare
+        self._closed = False
+
+    def prepare(self):
+        """Start a spare supervisor now, if supervising and none is waiting."""
+        if self._refill is not None and self._refill.active():
+            self._refill.cancel()
+        self._refill = None
+        if self.supervise and not self._closed and self._spare is None:
+            self._spare = self._start_supervisor()
+
+    def spares(self):
+        """The pids of the spare supervisors (not any instance's processes)."""
+        return {self._spare[0].pid} if self._spare is not None else set()
+
+    def close(self):
+        """Dismiss the spare supervisor and start no other; a Deferred that fires once it is gone."""
+        self._closed = True
+        if self._refill is not None and self._refill.active():
+            self._refill.cancel()
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return defer.succeed(None)
+        spare[0].closeStdin()  # EOF without a command: it exits
+        return spare[1].done.wait()
+
+    def _start_supervisor(self):
+        protocol = _ChildProtocol(None, keep_stdin=True)
+        args = [sys.executable, "-I", "-S", SUPERVISOR]
+        transport = self.reactor.spawnProcess(protocol, args[0], args, env={})
+        return transport, protocol
+
+    def _take_spare(self):
+        spare, self._spare = self._spare, None
+        if spare is None or spare[1].ended:
+            spare = self._start_supervisor()
+        if not self._closed and (self._refill is None or not self._refill.active()):
+            self._refill = self.reactor.callLater(SPARE_DELAY, self.prepare)
+        return spare
 
     def spawn(self, argv, env=None, cwd=None, label=""):
         """Start C{argv} in a new session and process group; return its L{Child}.
@@ -290,6 +391,7 @@ class Launcher:
         @param cwd: its working directory; None: ours.
         @param label: the name its log lines carry; default: the program's name.
         @raise FileNotFoundError: C{argv[0]} is not an executable program.
+        @raise NotRecorded: an C{on_spawn} callable could not record it: it was ended.
         """
         argv = [os.fsdecode(a) for a in argv]
         if not argv:
@@ -297,9 +399,15 @@ class Launcher:
         env = _procs.child_environment(os.environ if env is None else env)
         _check_executable(argv[0], env, cwd)
         child = Child(self, label or os.path.basename(argv[0]))
-        args = wrap(argv, env)
-        protocol = _ChildProtocol(child)
-        transport = self.reactor.spawnProcess(protocol, args[0], args, env=env, path=cwd)
+        if self.supervise:
+            transport, protocol = self._take_spare()
+            protocol.attach(child)
+            transport.write(supervisor_command(argv, env, cwd))
+            transport.closeStdin()
+        else:
+            args = wrap(argv, env)
+            protocol = _ChildProtocol(child)
+            transport = self.reactor.spawnProcess(protocol, args[0], args, env=env, path=cwd)
         child._transport = transport
         child.pid = transport.pid
         child.start_time = _procs.start_time(child.pid)
@@ -308,7 +416,22 @@ class Launcher:
         _log.info("{label} (pid {pid}) started: {program}", program=printable(argv[0]), **fields)
         _log.debug("{label} (pid {pid}) argv: {argv}",  # secrets masked as in URLs
                    argv=printable(" ".join(redact(arg) for arg in argv)), **fields)
+        self._announce(child)
         return child
+
+    def _announce(self, child):
+        """Tell C{on_spawn} of C{child}; if it cannot be recorded, end it and raise."""
+        for hook in list(self.on_spawn):
+            try:
+                hook(child.pid, child.start_time)
+            except NotRecorded:
+                _log.info("{label} (pid {pid}): ended at once, as it could not be recorded",
+                          label=child.label, pid=child.pid)
+                child._signal_group(signal.SIGKILL)
+                raise
+            except Exception:  # noqa: BLE001 - logged; the child runs on
+                _log.failure("{label} (pid {pid}): telling of its start failed",
+                             label=child.label, pid=child.pid)
 
 
 def _check_executable(program, env, cwd):

@@ -1,6 +1,7 @@
 """Transport plumbing for the bridge: producer valves, the backend protocol, timers."""
 
 import ipaddress
+import os
 import pprint
 import struct
 from urllib.parse import urlencode
@@ -328,6 +329,8 @@ def denial(failure, target):
 def describe(exc):
     """A short, one-line description of a connection error."""
     text = getattr(exc, "osError", None) or exc
+    if isinstance(text, int):  # Twisted's connect errors keep the errno: say what it means
+        text = os.strerror(text)
     text = str(text).strip().rstrip(".")
     for prefix in ("Connection was refused by other side: ", "An error occurred while connecting: "):
         text = text.replace(prefix, "")

@@ -9,7 +9,10 @@ A reservation holds the lowest free index of a service until it ends. Its states
     active --WebSocket closed, release, shutdown--> stopping
     stopping --service.stop done (or failed, or timed out)--> released
 
-Every transition is logged once, with the token cut to 8 characters. Timeouts
+Every transition is logged once, the token named by its tag (L{nexusws.logs.tag},
+no token material). A reservation, its release while unused, and the start of
+its instance are recorded (C{on_change}) before they take effect: one that cannot be recorded
+is refused (L{NotRecorded}) and nothing changes. Timeouts
 run on the injected reactor's clock; the injected wall clock only stamps
 reservations (/v1/status, the state file): another process must understand those.
 """
@@ -22,8 +25,8 @@ from twisted.python.failure import Failure
 
 from nexusws.errors import StartupError
 from nexusws.launcher import kill_processes, wait_for_port
-from nexusws.logs import iso_utc, logger, printable, short
-from nexusws.statefile import recover
+from nexusws.logs import iso_utc, logger, printable, tag
+from nexusws.statefile import NotRecorded, recover
 
 _log = logger("nexusws.reservations")
 
@@ -90,7 +93,7 @@ class Reservation:
 
     @property
     def label(self):
-        return f"{short(self.token)} {printable(self.service.name)}#{self.index}"
+        return f"{tag(self.token)} {printable(self.service.name)}#{self.index}"
 
     def as_status(self):
         """Its entry in /v1/status (JSON-safe)."""
@@ -118,7 +121,9 @@ class Registry:
     @param reactor: gives C{seconds()} and C{callLater} for every timeout.
     @param timeout: seconds a reservation may stay unused before the reaper reclaims it.
     @param start_timeout: seconds from activation until the address accepts (start included).
-    @param on_change: called with no argument after every change of state.
+    @param on_change: called with no argument after every change of state; it may
+        raise L{NotRecorded}, which refuses a reservation, a release of an unused
+        one and an instance's start.
     @param wallclock: wall-clock epoch seconds, for timestamps and the state file only.
     @param wait_for_port: C{(reactor, host, port, timeout)} -> Deferred firing once it accepts.
     @param kill_processes: C{(reactor, [(pid, start_time)], grace)} -> Deferred firing
@@ -144,6 +149,7 @@ class Registry:
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
         self._killing, self._reaper, self._closing = None, None, False
+        self.unrecorded = None  # why the last change could not be recorded (NotRecorded)
 
     def get(self, token):
         """The live L{Reservation} of C{token}, or None."""
@@ -161,7 +167,8 @@ class Registry:
         """Reserve the lowest free index of a service (by name or alias).
 
         @raise UnknownService: no such service.
-        @raise NoFreeInstance: all its indices are taken, or the server is stopping."""
+        @raise NoFreeInstance: all its indices are taken, or the server is stopping.
+        @raise NotRecorded: the state file could not record it; it is not kept."""
         service = self._by_name.get(service_name)
         if service is None:
             raise UnknownService(f"unknown service {printable(service_name)!r}")
@@ -176,9 +183,11 @@ class Registry:
         r = Reservation(str(uuid.uuid4()), service, index, dict(options or {}), user,
                         self._reactor.seconds(), self._wallclock())
         r.client, self._live[r.token] = client, r
+        if not self._changed():  # not recorded: a token that might not survive a crash
+            del self._live[r.token]
+            raise NotRecorded(str(self.unrecorded))
         self._logged(r, "new", RESERVED, None if user is None else f"user {printable(user)}")
         self._count(service, "reserved")
-        self._changed()
         return r
 
     def activate(self, token):
@@ -188,13 +197,17 @@ class Registry:
         @raise TokenInUse: already presented (starting or active).
         @return: a Deferred firing with C{(host, port)} once that address accepts
             connections, or failing with L{StartFailed} once whatever was started
-            has been stopped and the index freed. Cancelling it stops the instance."""
+            has been stopped and the index freed (or at once, the reservation
+            kept, when the start cannot be recorded). Cancelling it stops the instance."""
         r = self._live.get(token)
         if r is None or r.state == STOPPING:
-            raise UnknownToken(f"unknown, ended or ending token {short(token)}")
+            raise UnknownToken(f"unknown, ended or ending token {tag(token)}")
         if r.state != RESERVED:
-            raise TokenInUse(f"token {short(token)} is already in use ({r.state})")
-        self._set_state(r, STARTING)
+            raise TokenInUse(f"token {tag(token)} is already in use ({r.state})")
+        try:
+            self._set_state(r, STARTING, required=True)
+        except NotRecorded as e:  # nothing started; the token stays reserved
+            return defer.fail(StartFailed(f"{r.service.name} instance {r.index} not started: {e}"))
         r.activated = self._reactor.seconds()
         options = dict(r.options, token=token)
         if r.user is not None:
@@ -248,7 +261,7 @@ class Registry:
         @return: a Deferred firing (None) once the index is free."""
         r = self._live.get(token)
         if r is None or r.state == RESERVED:
-            _log.debug("deactivate {token}: nothing to stop", token=short(token))
+            _log.debug("deactivate {token}: nothing to stop", token=tag(token))
             return defer.succeed(None)
         return self._end(r, "WebSocket closed")
 
@@ -256,11 +269,12 @@ class Registry:
         """End a reservation: at once if unused, else once its instance has stopped.
 
         @raise UnknownToken: never issued, or already ended.
+        @raise NotRecorded: unused, and the state file could not record its end: it stays.
         @return: a Deferred firing (None) once the index is free."""
         r = self._live.get(token)
         if r is None:
-            raise UnknownToken(f"unknown or ended token {short(token)}")
-        return self._end(r, "released")
+            raise UnknownToken(f"unknown or ended token {tag(token)}")
+        return self._end(r, "released", required=True)
 
     def shutdown(self):
         """Stop every running instance, refuse anything new; fires when done.
@@ -274,9 +288,9 @@ class Registry:
         ends += [self._killing] if self._killing is not None else []
         return defer.DeferredList(ends, consumeErrors=True).addCallback(lambda _: None)
 
-    def _end(self, r, why):
+    def _end(self, r, why, required=False):
         if r.state == RESERVED:
-            self._set_state(r, RELEASED, why)
+            self._set_state(r, RELEASED, why, required=required)
             return defer.succeed(None)
         done = defer.Deferred()
         r._waiters.append(done)
@@ -300,7 +314,11 @@ class Registry:
         d = defer.maybeDeferred(r.service.stop, r.index)
         return d.addTimeout(self.stop_timeout, self._reactor).addBoth(stopped)
 
-    def _set_state(self, r, new, why=None):
+    def _set_state(self, r, new, why=None, required=False):
+        """Move C{r} to state C{new}, record it, log it.
+
+        @param required: the change must be recorded first: if it cannot be,
+            C{r} is left as it was and L{NotRecorded} raised."""
         old = r.state
         if new not in _NEXT.get(old, ()):
             raise RuntimeError(f"reservation {r.label}: no transition {old} -> {new}")
@@ -313,6 +331,12 @@ class Registry:
         ended = new in (RELEASED, EXPIRED)
         if ended:
             del self._live[r.token]
+        if required and not self._changed():
+            r.state = old
+            if ended:
+                self._live[r.token] = r
+            raise NotRecorded(str(self.unrecorded))
+        if ended:
             self._count(r.service, new)
         if old == STARTING and self.metrics is not None:
             # A start cut short by a release, the WebSocket closing or a shutdown: cancelled.
@@ -324,7 +348,8 @@ class Registry:
         self._logged(r, old, new, why)
         while ended and r._waiters:
             r._waiters.pop(0).callback(None)
-        self._changed()
+        if not required:
+            self._changed()
 
     def _count(self, service, outcome):
         if self.metrics is not None:
@@ -335,11 +360,20 @@ class Registry:
                   why=f" ({why})" if why else "")
 
     def _changed(self):
+        """Call C{on_change}; whether the change was recorded (else C{unrecorded} says why).
+
+        L{NotRecorded} is the recorder's own refusal (it logs its outages);
+        any other error is logged and counts as recorded: the state machine goes on."""
+        self.unrecorded = None
         if self.on_change is not None:
             try:
                 self.on_change()
+            except NotRecorded as e:
+                self.unrecorded = e
+                return False
             except Exception:  # noqa: BLE001 - logged; the state machine must go on
                 _log.failure("the on_change callback failed")
+        return True
 
     def _refresh_pids(self, r):
         """Update C{r.pids}; True if they changed. While stopping, the processes

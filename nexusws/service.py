@@ -26,7 +26,8 @@ from twisted.python.failure import Failure
 
 from nexusws import __version__, launcher, procs
 from nexusws.errors import StartupError, install_excepthook
-from nexusws.logs import logger, set_verbosity, text_file_observer
+from nexusws.logs import logger, open_log_file, set_verbosity, text_file_observer
+from nexusws.statefile import NotRecorded
 
 _log = logger("nexusws")
 
@@ -200,7 +201,7 @@ class GatewayService(service.MultiService):
         if self.log_file is None or self._stream is not None:
             return
         try:
-            self._stream = open(self.log_file, "a", encoding="utf-8", buffering=1)
+            self._stream = open_log_file(self.log_file)  # created 0600
         except OSError as e:
             raise StartupError(f"--log_file {self.log_file!r}: cannot open: {e.strerror}") from None
         self._observer = log_observer(self._stream, self.verbose)
@@ -319,40 +320,74 @@ class SessionsService(service.Service):
     restores the previous run's reservations and ends its processes, then
     starts the reaper. At stop it stops every instance, then ends whatever
     descendant of the gateway is still alive, and records the final state.
+
+    Every process a launcher starts is recorded in the state write that
+    follows its start, before the script goes on (L{spawned}); others are
+    found when an instance changes state and by a look every 2 s. A change
+    that cannot be recorded is refused (L{save} raises L{NotRecorded}); an
+    outage of the file is logged once when it begins and once when it ends.
     """
 
-    def __init__(self, registry, statefile, reactor, kill_grace=5.0):
+    def __init__(self, registry, statefile, reactor, kill_grace=5.0, launchers=None):
         self.registry = registry
         self.statefile = statefile
         self.reactor = reactor
         self.kill_grace = kill_grace
         self._reaping = None
-        self._write_failed = False
+        self._failing = None  # why the state file cannot be written, during an outage
         self._recorded = set()
+        if launchers is None:  # those of the registry's services
+            launchers = {id(s.launcher): s.launcher for s in getattr(registry, "services", ())
+                         if hasattr(getattr(s, "launcher", None), "on_spawn")}.values()
+        self.launchers = list(launchers)
+        for launcher_ in self.launchers:
+            launcher_.on_spawn.append(self.spawned)
 
-    def save(self):
-        """Record the registry in the state file; a failure is logged once, not raised.
+    def save(self, scan=True):
+        """Record the registry in the state file.
 
         Every live descendant of the gateway is recorded too (as processes to
         end after a crash), whichever instance owns it: so a restart after a
         SIGKILL ends even processes no instance could be sure were its own.
+
+        @param scan: look for descendants in C{/proc} (when an instance may have some).
+        @raise NotRecorded: the file could not be written (one line logged per outage).
         """
         data = self.registry.snapshot()
         # With no instance running and nothing recorded there is nothing new to
         # find (a reserve or release): skip the pass over /proc; _watch looks anyway.
-        if self._recorded or self.registry.running():
+        if scan and (self._recorded or self.registry.running()):
             self._recorded = self._descendants()
         data["orphans"] = [list(p) for p in dict.fromkeys(
             [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded))]
         try:
             self.statefile.write(data)
-        except (OSError, StartupError) as e:
-            if not self._write_failed:
-                _log.error("cannot write the session state file {path}: {error}",
-                           path=self.statefile.path, error=str(e))
-            self._write_failed = True
-        else:
-            self._write_failed = False
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            if self._failing is None:
+                _log.error("cannot write the session state file {path}: {error}; new "
+                           "reservations and session starts are refused until it can be",
+                           path=self.statefile.path, error=reason)
+            self._failing = reason
+            raise NotRecorded(f"the session state cannot be recorded ({reason})") from None
+        if self._failing is not None:
+            _log.info("the session state file {path} can be written again", path=self.statefile.path)
+            self._failing = None
+
+    def _save(self, scan=True):
+        """L{save}, for changes that go on anyway (the outage is logged)."""
+        try:
+            self.save(scan)
+        except NotRecorded:
+            pass
+
+    def spawned(self, pid, start_time):
+        """A launcher started process C{pid}: record it now, before anything else happens.
+
+        @raise NotRecorded: it could not be recorded (the launcher then ends it).
+        """
+        self._recorded.add((pid, start_time))
+        self.save(scan=False)
 
     def privilegedStartService(self):
         super().privilegedStartService()
@@ -361,7 +396,7 @@ class SessionsService(service.Service):
             _log.warn("cannot become the child subreaper: processes a session daemonizes "
                       "may outlive it if nexusws is killed")
         d = self.registry.restore(self.statefile.read())
-        d.addCallback(lambda killed: self.save())
+        d.addCallback(lambda killed: self._save())
         d.addErrback(lambda f: _log.failure("restoring the previous sessions failed", f))
 
     def startService(self):
@@ -380,15 +415,18 @@ class SessionsService(service.Service):
             self._reaping.stop()
         d = self.registry.shutdown()
         d.addErrback(lambda f: _log.failure("stopping the sessions failed", f))
+        d.addCallback(lambda _: defer.DeferredList([launcher_.close() for launcher_ in self.launchers]))
         d.addCallback(lambda _: self._sweep())
-        d.addCallback(lambda _: self.save())
+        d.addCallback(lambda _: self._save())
         d.addBoth(lambda result: self.statefile.close() or result)
         return d
 
     def _watch(self):
         procs.reap_orphans()
-        if self._descendants() != self._recorded:
-            self.save()
+        # During an outage, try again: the end of it is noticed and logged, and
+        # the file catches up with the changes that went on meanwhile.
+        if self._failing is not None or self._descendants() != self._recorded:
+            self._save()
 
     @staticmethod
     def _descendants():

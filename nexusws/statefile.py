@@ -8,15 +8,26 @@ being killed at any moment. When the changes outweigh the full record
 file in the same directory, renamed over the old one), so a reader sees the
 whole old file or the whole new one, never a mix. Nothing is fsynced: the
 file guards against the gateway's crash, not the machine's (after a reboot no
-session process is left to end, and a file a power loss damaged is set aside
-like any corrupt one). Appending instead of replacing the file at every change
+session process is left to end, and a file a power loss damaged is read as
+far as it is whole, then set aside). Appending instead of replacing the file at every change
 is what lets the REST API make well over a thousand reservations a second. Mode
 0600: it holds tokens.
 
-A file that cannot be read back (corrupt, of another format version) is moved
-aside with one warning and start-up goes on without it: never a crash loop.
-A last change cut short (the disk filled up mid-write) is dropped with a
-warning; the rest is used.
+Reading back never discards more than it must, and never crash-loops:
+  - a last change cut short (the disk filled up mid-write) is dropped with a
+    warning; the rest is used;
+  - a damaged file (lines that are not JSON, not UTF-8, not changes) gives
+    every well-formed line, and every process any of them recorded is to be
+    ended (a damaged line may have been the last to mention it); the file is
+    moved aside with one warning naming it and its first damaged line;
+  - each record is checked field by field (L{check_reservation}, L{check_proc});
+    a bad one is dropped with a warning naming its line, its valid processes
+    still ended;
+  - a file of another format (no or another version) is moved aside whole;
+  - a file that exists but cannot be read (permissions, I/O) stops start-up
+    with one line: starting without it would leave the previous run's
+    processes running.
+A change that cannot be written is refused by the caller (L{NotRecorded}).
 
 On disk (format version 2), one JSON document a line::
 
@@ -32,13 +43,14 @@ and other keys set whole. Format version 1, a full record alone, is still read.
 
 import errno
 import json
+import math
 import os
 import tempfile
 import time
 from collections import namedtuple
 
 from nexusws.errors import StartupError
-from nexusws.logs import logger, printable
+from nexusws.logs import MASK, SECRET_PARAMS, logger, printable, tag
 
 _log = logger("nexusws.statefile")
 
@@ -53,11 +65,36 @@ Saved = namedtuple("Saved", "token service index options user state created pids
 
 
 def _dumps(value):
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return json.dumps(_storable(value), separators=(",", ":"), sort_keys=True)
+
+
+def _storable(document):
+    """A whole record or a change line as written: a reservation's secret options
+    (C{password}..., L{SECRET_PARAMS}) keep their names, their values masked. A
+    restart cannot honour them, so it drops such a reservation (L{recover})."""
+    data = document.get("data")
+    if isinstance(data, dict) and isinstance(data.get("reservations"), list):
+        document = dict(document, data=dict(data, reservations=[_unsecret(r) for r in data["reservations"]]))
+    if isinstance(document.get("put"), list):
+        document = dict(document, put=[_unsecret(r) for r in document["put"]])
+    return document
+
+
+def _unsecret(record):
+    options = record.get("options") if isinstance(record, dict) else None
+    if not options or not any(name.lower() in SECRET_PARAMS for name in options):
+        return record
+    return dict(record, options={name: MASK if name.lower() in SECRET_PARAMS else value
+                                 for name, value in options.items()})
 
 
 class Unusable(ValueError):
     """The file cannot be used; the message says why."""
+
+
+class NotRecorded(Exception):
+    """A change could not be recorded in the state file, so it is refused; the message
+    (one line, fit for a client) says why."""
 
 
 class StateFile:
@@ -180,7 +217,19 @@ class StateFile:
         self._forget()
 
     def read(self):
-        """The data last written, or None: no file (silently) or an unusable one (moved aside)."""
+        """The data last written, or None: no file (silently), nothing usable in it.
+
+        A damaged file (lines that are not what this module writes) gives what
+        its well-formed lines hold, with every process it recorded anywhere
+        among C{orphans}, and is moved aside with one warning naming its lines;
+        a record whose fields are out of type or range is dropped with a
+        warning naming its line, its processes kept among C{orphans} (see
+        L{check_reservation}). A file of another format is moved aside whole.
+
+        @raise StartupError: (one line) the file exists but cannot be read
+            (permissions, an I/O error), or is a directory: starting without
+            it would leave the previous run's processes running.
+        """
         self._forget()
         try:
             with open(self.path, "rb") as f:
@@ -190,64 +239,80 @@ class StateFile:
         except IsADirectoryError:
             raise StartupError(f"state file {self.path}: is a directory") from None
         except OSError as e:
-            return self._set_aside(f"cannot be read ({e.strerror or e})")
+            raise StartupError(f"state file {self.path}: cannot be read: {e.strerror or e}") from None
         try:
-            return self.parse(raw)
+            data, damaged = self._parse(raw, warn=True)
         except Unusable as e:
             return self._set_aside(str(e))
-
-    def parse(self, raw):
-        """The data C{raw} (the file's bytes) records; a reader's view, changing nothing.
-
-        @raise Unusable: it cannot be used (the message says why)."""
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Unusable("is not UTF-8 text") from None
-        decoder = json.JSONDecoder()
-        try:
-            content, end = decoder.raw_decode(text, len(text) - len(text.lstrip()))
-        except (ValueError, RecursionError) as e:
-            raise Unusable(f"is not valid JSON ({e})") from None
-        if not isinstance(content, dict) or "version" not in content:
-            raise Unusable("has no format version")
-        if content["version"] not in READABLE:
-            raise Unusable(f"has format version {printable(content['version'])}, not {VERSION}")
-        data = content.get("data")
-        if not isinstance(data, dict):
-            raise Unusable("has no data object")
-        changes = text[end:].split("\n")
-        if content["version"] == 1 or not any(line.strip() for line in changes):
-            if any(line.strip() for line in changes):
-                raise Unusable("is not valid JSON (extra data after the record)")
-            return data
-        records = _by_token(data)
-        if records is None:
-            raise Unusable("has changes but no list of reservations with tokens")
-        last = len(changes) - 1  # the text after the final newline: "" unless cut short
-        for number, line in enumerate(changes[1:], start=2):
-            if not line.strip():
-                continue
-            try:
-                change = json.loads(line)
-                if not isinstance(change, dict):
-                    raise TypeError("not an object")
-                for r in change.get("put", ()):
-                    records[r["token"]] = r
-                for t in change.get("drop", ()):
-                    records.pop(t, None)
-                data.update(change.get("set", {}))
-            except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as e:
-                if number - 1 == last:
-                    _log.warn("state file {path}: its last change was cut short (line {number}); "
-                              "dropped", path=self.path, number=number)
-                    break
-                raise Unusable(f"has an unusable change at line {number} "
-                               f"({type(e).__name__}: {e})") from None
-        data["reservations"] = list(records.values())
+        if damaged:
+            (first, why), more = damaged[0], len(damaged) - 1
+            others = f" and {more} other line(s)" if more else ""
+            if why.startswith("not valid JSON"):
+                problem = f"is not valid JSON at line {first} ({why[len('not valid JSON: '):]})"
+            elif why == "not UTF-8 text":
+                problem = f"is not UTF-8 text at line {first}"
+            else:
+                problem = f"is damaged at line {first} ({why})"
+            self._set_aside(problem + others, kept=None if data is None else _kept(data))
         return data
 
-    def _set_aside(self, problem):
+    def parse(self, raw):
+        """The data C{raw} (the file's bytes) records; a reader's view, changing
+        nothing and logging nothing (see L{read}): damaged lines and bad records
+        are left out.
+
+        @raise Unusable: nothing in it can be used (the message says why)."""
+        data, damaged = self._parse(raw, warn=False)
+        if data is None:
+            raise Unusable(f"is damaged at line {damaged[0][0]} ({damaged[0][1]})")
+        return data
+
+    def _parse(self, raw, warn):
+        """C{(data or None, [(line number, why)])}: what C{raw}'s well-formed lines
+        record, and its damaged lines (a last change cut short is not damage).
+
+        @raise Unusable: the file is of another format, or of none."""
+        journal = _Journal(self.path if warn else None)
+        if not raw.strip():
+            raise Unusable("is empty")
+        text = raw.decode("utf-8", "surrogateescape")
+        try:
+            content, end = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+            head = text[:end].encode("utf-8")  # UnicodeEncodeError: bytes that are not UTF-8
+        except (UnicodeError, ValueError, RecursionError):
+            content = None
+        if content is None:
+            journal.damaged(1, _why_not_json(raw.split(b"\n", 1)[0]))
+            first, rest = 1, raw.split(b"\n")
+        else:
+            if not isinstance(content, dict) or "version" not in content:
+                raise Unusable("has no format version")
+            if content["version"] not in READABLE:
+                raise Unusable(f"has format version {printable(content['version'])}, not {VERSION}")
+            first = head.count(b"\n") + 1  # a version 1 record may span lines (written indented)
+            journal.base(content.get("data"), first)
+            rest = raw[len(head):].split(b"\n")
+            extra = [n for n, b in enumerate(rest) if b.strip()]
+            if extra and (extra[0] == 0 or content["version"] == 1):
+                journal.damaged(first + extra[0], "extra data after the record")
+                if content["version"] == 1:
+                    rest = rest[:1]
+        last = first + len(rest) - 1  # the text after the final newline: b"" unless cut short
+        for number, blob in enumerate(rest[1:], start=first + 1):
+            if not blob.strip():
+                continue
+            try:
+                change = json.loads(blob.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                if number == last:
+                    journal.cut(number)
+                    break
+                journal.damaged(number, _why_not_json(blob))
+                continue
+            journal.change(change, number)
+        return journal.result()
+
+    def _set_aside(self, problem, kept=None):
         stamp = int(time.time())
         aside, n = f"{self.path}.corrupt-{stamp}", 1
         while os.path.lexists(aside):
@@ -257,10 +322,148 @@ class StateFile:
             done = f"moved aside to {aside}"
         except OSError as e:
             done = f"could not be moved aside ({e.strerror or e}); it will be overwritten"
-        _log.warn(
-            "state file {path} {problem}: {done}; starting without the previous run's sessions",
-            path=self.path, problem=problem, done=done,
-        )
+        outcome = ("starting without the previous run's sessions" if kept is None
+                   else f"kept what its well-formed lines record ({kept})")
+        _log.warn("state file {path} {problem}: {done}; {outcome}",
+                  path=self.path, problem=problem, done=done, outcome=outcome)
+
+
+def _why_not_json(blob):
+    try:
+        json.loads(blob.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except RecursionError:
+        return "not valid JSON: nested too deeply"
+    except ValueError as e:
+        return printable(f"not valid JSON: {e}", limit=200)
+    return "not valid JSON: "
+
+
+def _kept(data):
+    """A few words on what a damaged file still gave."""
+    reservations = data.get("reservations") if isinstance(data, dict) else None
+    orphans = data.get("orphans") if isinstance(data, dict) else None
+    return (f"{len(reservations) if isinstance(reservations, list) else 0} reservation(s), "
+            f"{len(orphans) if isinstance(orphans, list) else 0} process(es) to end")
+
+
+class _Journal:
+    """Replays a file's lines: the full record, then each change, checking every record.
+
+    Records that fail L{check_reservation} are dropped (a warning naming the line
+    when C{path} is given), their valid processes kept to be ended; so are bad
+    entries of C{orphans}. Every process any well-formed line recorded is
+    remembered: when a line is damaged, all of them are to be ended, since the
+    damaged line may have been the one that recorded them last.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.data = None  # the other keys of the record, as changed
+        self.records = {}  # token -> record, in order
+        self.doomed = []  # (pid, start) of records and entries dropped as bad
+        self.seen = []  # every (pid, start) a well-formed line recorded
+        self.problems = []  # (line, why) of damaged lines
+        self.cut_at = None
+        self.journal = False  # whether the data has reservations (by token)
+
+    def _warn(self, number, what, why, then=""):
+        if self.path is not None:
+            _log.warn("state file {path} line {number}: dropped {what} ({why}){then}",
+                      path=self.path, number=number, what=what, why=printable(why, limit=300),
+                      then=then)
+
+    def damaged(self, number, why):
+        self.problems.append((number, why))
+
+    def cut(self, number):
+        self.cut_at = number
+
+    def base(self, data, number):
+        if not isinstance(data, dict):
+            self.damaged(number, "no data object")
+            return
+        self.data = {k: v for k, v in data.items() if k != "reservations"}
+        if "reservations" in data:
+            self.journal = True
+            items = data["reservations"]
+            if not isinstance(items, list):
+                self.damaged(number, "its reservations are not a list")
+                items = []
+            self._put(items, number)
+        if "orphans" in data:
+            self.data["orphans"] = self._orphans(data["orphans"], number)
+
+    def change(self, change, number):
+        if self.data is None:  # the full record was damaged: the changes still tell
+            self.data = {}
+        self.journal = True
+        try:
+            if not isinstance(change, dict) or set(change) - {"put", "drop", "set"}:
+                raise ValueError("not a change")
+            put, drop, changed = change.get("put", []), change.get("drop", []), change.get("set", {})
+            if not isinstance(put, list) or not isinstance(changed, dict) or not (
+                    isinstance(drop, list) and all(isinstance(t, str) for t in drop)):
+                raise ValueError("not a change")
+        except ValueError as e:
+            self.damaged(number, str(e))
+            return
+        self._put(put, number)
+        for token in drop:
+            self.records.pop(token, None)
+        for key, value in changed.items():
+            if key == "reservations":
+                self.damaged(number, "it sets the reservations")
+            elif key == "orphans":
+                self.data["orphans"] = self._orphans(value, number)
+            else:
+                self.data[key] = value
+
+    def _put(self, items, number):
+        for item in items:
+            try:
+                record = check_reservation(item)
+            except (TypeError, ValueError) as e:
+                procs = _valid_procs(item.get("pids") if isinstance(item, dict) else None)
+                self.doomed += procs
+                self.seen += procs
+                self._warn(number, "a reservation record", str(e),
+                           f"; its {len(procs)} process(es) will be ended" if procs else "")
+                continue
+            self.records[record["token"]] = record
+            self.seen += [tuple(p) for p in record["pids"]]
+
+    def _orphans(self, items, number):
+        if not isinstance(items, list):
+            self._warn(number, "the list of processes to end", "not a list")
+            return []
+        kept = []
+        for item in items:
+            try:
+                kept.append(list(check_proc(item)))
+            except (TypeError, ValueError) as e:
+                self._warn(number, "a process to end", str(e))
+        self.seen += [tuple(p) for p in kept]
+        return kept
+
+    def result(self):
+        if self.cut_at is not None and self.path is not None:
+            if self.problems:
+                self.problems.append((self.cut_at, "cut short"))
+            else:
+                _log.warn("state file {path}: its last change was cut short (line {number}); "
+                          "dropped", path=self.path, number=self.cut_at)
+        if self.data is None:
+            return None, self.problems or [(1, "no record")]
+        data = dict(self.data)
+        if self.journal:
+            data["reservations"] = list(self.records.values())
+        doomed = self.doomed + (self.seen if self.problems else [])
+        if doomed:
+            known = [tuple(p) for p in data.get("orphans", [])]
+            data["orphans"] = [list(p) for p in dict.fromkeys(known + doomed)]
+        return data, self.problems
 
 
 _NOTHING = object()
@@ -283,31 +486,26 @@ def saved_records(data):
     """Check what L{StateFile.read} returned: C{([Saved], [(pid, start_time)])}.
 
     The second list holds processes a run recorded as left to terminate
-    (C{orphans}). Malformed records are dropped with one warning each.
+    (C{orphans}). Malformed records (see L{check_reservation}) are dropped
+    with one warning each; their valid processes join the second list.
     """
     saved, orphans = [], []
     data = {} if data is None else data  # no state file
     for item in _list(data, "orphans"):
         try:
-            orphans.append(_proc(item))
+            orphans.append(check_proc(item))
         except (TypeError, ValueError) as e:
             _malformed("process", e)
     for entry in _list(data, "reservations"):
         try:
-            user, options = entry.get("user"), entry.get("options") or {}
-            if not (user is None or isinstance(user, str)) or not isinstance(options, dict):
-                raise TypeError("user or options of the wrong type")
-            index = int(entry["index"])
-            if index < 0:
-                raise ValueError(f"index {index}")
-            saved.append(Saved(
-                str(entry["token"]), str(entry["service"]), index, options, user,
-                str(entry["state"]), float(entry["created"]),
-                [_proc(p) for p in entry.get("pids") or ()],
-            ))
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            r = check_reservation(entry)
+        except (TypeError, ValueError) as e:
             _malformed("reservation", e)
-    return saved, orphans
+            orphans += _valid_procs(entry.get("pids") if isinstance(entry, dict) else None)
+            continue
+        saved.append(Saved(r["token"], r["service"], r["index"], r["options"], r["user"],
+                           r["state"], float(r["created"]), [tuple(p) for p in r["pids"]]))
+    return saved, list(dict.fromkeys(orphans))
 
 
 def recover(data, now, timeout, services):
@@ -327,7 +525,7 @@ def recover(data, now, timeout, services):
     saved, doomed = saved_records(data)
     keep, taken = [], set()
     for s in saved:
-        label = f"{printable(s.token[:8])}... {printable(s.service)}#{s.index}"
+        label = f"{tag(s.token)} {printable(s.service)}#{s.index}"
         service, age = services.get(s.service), max(0.0, now - s.created)
         if s.state != "reserved":
             _log.info("previous run: {label} was {state}; ended", label=label, state=printable(s.state))
@@ -337,6 +535,9 @@ def recover(data, now, timeout, services):
                       "configured any more", label=label, name=printable(s.service))
         elif age >= timeout:
             _log.info("previous run: reservation {label} expired meanwhile; dropped", label=label)
+        elif secret := sorted(name for name in s.options if name.lower() in SECRET_PARAMS):
+            _log.info("previous run: reservation {label} dropped: its {names} (never written to the "
+                      "state file) cannot be restored; reserve again", label=label, names=", ".join(secret))
         elif s.index >= service.count or {(service.name, s.index), s.token} & taken:
             _log.warn("previous run: reservation {label} dropped: index out of range or taken twice",
                       label=label)
@@ -354,14 +555,100 @@ def _list(data, key):
     return items
 
 
-def _proc(item):
-    """A C{(pid, start_time)} record; never a pid that would signal a group or every process."""
+#: The states a saved reservation may be in (L{nexusws.reservations}).
+STATES = ("reserved", "starting", "active", "stopping")
+#: The largest pid Linux can give (PID_MAX_LIMIT), and the latest time C{iso_utc} can show.
+PID_MAX, EPOCH_MAX = 1 << 22, 253402300799.0  # 9999-12-31T23:59:59Z
+#: Bounds on what a record from the file may hold: nexusws never writes more.
+MAX_TEXT, MAX_OPTIONS = 4096, 256
+
+
+def check_proc(item):
+    """A C{(pid, start_time)} from the file, checked: a pid of 2 to PID_MAX (never one
+    that would signal a group or every process) and a start time in clock ticks or None.
+
+    @raise TypeError, ValueError: the message says what is wrong."""
     if not isinstance(item, (list, tuple)) or len(item) != 2:
-        raise TypeError(f"not a (pid, start time) pair: {printable(item)}")
+        raise TypeError(f"not a (pid, start time) pair: {printable(item, limit=100)}")
     pid, start = item
-    if isinstance(pid, bool) or int(pid) <= 1:
-        raise ValueError(f"not a process id: {printable(pid)}")
-    return (int(pid), None if start is None else int(start))
+    if not _is_int(pid) or not 1 < pid <= PID_MAX:
+        raise ValueError(f"not a process id: {printable(pid, limit=100)}")
+    if start is not None and (not _is_int(start) or not 0 <= start < 1 << 63):
+        raise ValueError(f"not a start time: {printable(start, limit=100)}")
+    return (pid, start)
+
+
+def _valid_procs(items):
+    """The valid C{(pid, start)} pairs of C{items}, whatever else it holds."""
+    found = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            found.append(check_proc(item))
+        except (TypeError, ValueError):
+            pass
+    return found
+
+
+def check_reservation(record):
+    """A reservation record from the file, checked field by field (type and range);
+    returned as a new dict holding only the fields nexusws reads.
+
+    A record that passes can be listed (/v1/status, status_view), restored and
+    handed to a script without surprise: a finite creation time C{iso_utc} can
+    show, texts of bounded length without control characters, options whose
+    values are texts or lists of texts (as a query gives them), known states,
+    valid processes.
+
+    @raise TypeError, ValueError: the message names the field."""
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    for key in ("token", "service", "index", "state", "created"):
+        if key not in record:
+            raise ValueError(f"no {key}")
+    token, service = record["token"], record["service"]
+    _check_text("token", token)
+    _check_text("service", service)
+    index = record["index"]
+    if not _is_int(index) or not 0 <= index < 1 << 31:
+        raise ValueError(f"index {printable(index, limit=100)} is not an instance index")
+    state = record["state"]
+    if state not in STATES:
+        raise ValueError(f"state {printable(state, limit=100)} is not one of {', '.join(STATES)}")
+    created = record["created"]
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not (
+            math.isfinite(created) and 0 <= created <= EPOCH_MAX):
+        raise ValueError(f"created {printable(created, limit=100)} is not a time")
+    user = record.get("user")
+    if user is not None:
+        _check_text("user", user)
+    options = record.get("options") or {}
+    if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+        raise ValueError(f"options are not an object of at most {MAX_OPTIONS} entries")
+    for name, value in options.items():
+        _check_text("an option's name", name, controls=True)
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_OPTIONS:
+            raise ValueError(f"option {printable(name, limit=100)!r} has too many values")
+        for v in values:
+            if not isinstance(v, str) or len(v) > MAX_TEXT:
+                raise ValueError(f"option {printable(name, limit=100)!r} is not text")
+    pids = record.get("pids") or []
+    if not isinstance(pids, list):
+        raise TypeError("pids is not a list")
+    return {"token": token, "service": service, "index": index, "options": dict(options),
+            "user": user, "state": state, "created": created,
+            "pids": [list(check_proc(p)) for p in pids]}
+
+
+def _check_text(what, value, controls=False):
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise ValueError(f"{what} is not a text of 1 to {MAX_TEXT} characters")
+    if not controls and not value.isprintable():
+        raise ValueError(f"{what} {printable(value, limit=100)!r} holds control characters")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _malformed(what, error):

@@ -10,13 +10,13 @@ import sys
 
 from twisted.python import usage
 
-from nexusws import __version__, admission, limits, load, tls, viewer, web
+from nexusws import __version__, admission, credentials, limits, load, tls, viewer, web
 from nexusws.auth import AccessOptions
+from nexusws.credentials import SECURITY_TOKEN_ENV
 from nexusws.errors import TWISTD_PROG, StartupError, say
-from nexusws.convert import _coerced, _level, _local_session, _port, _seconds
+from nexusws.convert import _coerced, _level, _local_session, _port, _positive_seconds, _seconds
 from nexusws.service import is_tls_endpoint, parse_endpoint
 
-SECURITY_TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
 
 EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 
@@ -45,6 +45,9 @@ class Options(AccessOptions, usage.Options):
         ["key", None, None, "Filename of the ssl key (PEM, unencrypted)."],
         ["security_token", None, None,
          f"REST API security token. Default: {SECURITY_TOKEN_ENV} environmental variable value"],
+        ["security_token_file", None, None,
+         "File holding the REST API security token, read once at start-up (with systemd: "
+         "LoadCredential=token:FILE and --security_token_file ${CREDENTIALS_DIRECTORY}/token)."],
         ["remote_session_config", None, None, "Name of the remote session configuration file."],
         ["client_hostname", None, None,
          "Hostname of the socket to serve using the websocket protocol on ws_server_port "
@@ -54,7 +57,7 @@ class Options(AccessOptions, usage.Options):
          _coerced(_port, "client_port")],
         ["timeout", None, 300,
          "Number of seconds before an unused reservation is reclaimed.",
-         _coerced(_seconds, "timeout")],
+         _coerced(_positive_seconds, "timeout")],
         ["local_session", None, None,
          "'appname count': built-in sessions, appname ensight or envision; repeatable."],
         ["verbose", None, 0,
@@ -69,7 +72,7 @@ class Options(AccessOptions, usage.Options):
         ["http_listen", None, None,
          "Twisted endpoint string for the HTTP listener, instead of --http_port."],
         ["connect_timeout", None, 10.0,
-         "Seconds to wait for the backend TCP connection.", _coerced(_seconds, "connect_timeout")],
+         "Seconds to wait for the backend TCP connection.", _coerced(_positive_seconds, "connect_timeout")],
         ["close_timeout", None, 30.0,
          "Seconds a closing tunnel may take to hand over its remaining data.",
          _coerced(_seconds, "close_timeout")],
@@ -84,7 +87,7 @@ class Options(AccessOptions, usage.Options):
          "else ~/.local/state/nexusws/<ws listener>.json); used when services are configured."],
         ["start_timeout", None, 30.0,
          "Seconds a session instance may take to start and accept connections.",
-         _coerced(_seconds, "start_timeout")],
+         _coerced(_positive_seconds, "start_timeout")],
         ["ensight_executable", None, None,
          "The EnSight program for --local_session ensight (default: $NEXUSWS_ENSIGHT, else "
          "'ensight' on PATH)."],
@@ -153,6 +156,9 @@ class Options(AccessOptions, usage.Options):
          _coerced(viewer.check_novnc_dir, "novnc_dir")],
     ]
     optFlags = [
+        ["dumpable", None,
+         "Leave the gateway dumpable (debuggers, py-spy, core dumps); by default it is not, so that "
+         "processes of its user (session programs) cannot read its memory or /proc/PID/environ."],
         ["http_allow_dotfiles", None,
          "Serve and list names starting with a dot (.env, .git) under --http_directory (default: 404)."],
     ]
@@ -268,8 +274,11 @@ class Options(AccessOptions, usage.Options):
                 raise usage.UsageError(f"ws_server_port: {e}") from None
 
     def postOptions(self):
-        if self["security_token"] is None:
-            self["security_token"] = os.environ.get(SECURITY_TOKEN_ENV) or None
+        try:  # one source; the variable leaves the environment (see nexusws.credentials)
+            self["security_token"] = credentials.security_token(
+                self["security_token"], self["security_token_file"], os.environ)
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
         if self["client_port"] is not None and self["client_hostname"] is None:
             self["client_hostname"] = "localhost"
         if self["ping_timeout"] is not None and not self["ping_interval"]:
@@ -380,7 +389,20 @@ def default_state_file(ws_listen, environ=os.environ):
 
 
 def makeService(options, reactor=None):
-    """Assemble the gateway from parsed L{Options} (see L{nexusws.assemble})."""
+    """Assemble the gateway from parsed L{Options} (see L{nexusws.assemble}).
+
+    A gateway about to run (a real reactor) also stops being dumpable unless
+    C{--dumpable} is given (see L{nexusws.credentials})."""
+    from twisted.internet.base import ReactorBase
+
     from nexusws.assemble import build_service
 
-    return build_service(options, reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    top = build_service(options, reactor)
+    if isinstance(reactor, ReactorBase) and not options.get("dumpable"):
+        why = credentials.set_dumpable(False)
+        if why is not None:
+            top.notes.append(f"the gateway stays dumpable ({why}): processes of its user "
+                             "may read its memory and its environment")
+    return top

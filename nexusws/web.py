@@ -323,8 +323,10 @@ class ConfinedFile(static.File):
 
     def getChild(self, path, request):
         # static.File logs a traceback for a non-UTF-8 segment, and os.stat
-        # raises ValueError (a 500) for a NUL byte: refuse both quietly.
-        if b"\0" in path or not _is_utf8(path):
+        # raises ValueError (a 500) for a NUL byte: refuse both quietly. A
+        # separator decoded from %2F or %5C names no file of this directory,
+        # and FilePath would reduce "x/../.env" to ".env": refuse it too.
+        if b"\0" in path or b"/" in path or b"\\" in path or not _is_utf8(path):
             return self.childNotFound
         if path.startswith(b".") and not self.allow_dotfiles:  # .env, .git/, .htpasswd...
             return self.childNotFound
@@ -366,7 +368,7 @@ class ConfinedFile(static.File):
         # gigabytes, and its multi-range producer can crash mid-response.
         size = self.getFileSize()
         header = request.getHeader(b"range")
-        plan = None if header is None else plan_ranges(header, size)
+        plan = None if header is None or not self._if_range_holds(request) else plan_ranges(header, size)
         if plan is None:
             request.setResponseCode(http.OK)
             self._setContentHeaders(request, size)
@@ -387,6 +389,17 @@ class ConfinedFile(static.File):
         site = getattr(request, "site", None)
         return FileProducer(request, fileForReading, parts,
                             timeout=getattr(site, "timeOut", None), reactor=getattr(site, "reactor", None))
+
+    def _if_range_holds(self, request):
+        """Whether C{If-Range} (if any) names this file's version: its Last-Modified
+        date (no ETag is sent, so an entity tag never does). Else the whole file."""
+        value = request.getHeader(b"if-range")
+        if value is None:
+            return True
+        try:
+            return http.stringToDatetime(value) == int(self.getModificationTime())
+        except (ValueError, IndexError, KeyError):
+            return False
 
     def openForReading(self):
         # getChild checked the path; this checks the file actually opened, so

@@ -285,6 +285,35 @@ def test_backend_close_waits_for_the_client_buffer_to_drain():
     assert h.client.closed[1] == 1000
 
 
+def test_a_client_that_never_takes_the_backends_last_data_is_cut_off_after_close_timeout(events):
+    """The backend sent its last bytes and closed; the client's buffer stays full: after
+    --close_timeout the connection is dropped, which frees its slot."""
+    h = open_tunnel(greeting=b"", close_timeout=7)
+    h.server_transport.producer.pauseProducing()  # the client's socket buffer is full
+    h.backend.transport.write(b"x" * 10)
+    h.backend.transport.loseConnection()
+    h.flush()
+    h.reactor.advance(6.9)
+    assert not h.server_transport.disconnecting
+    h.reactor.advance(0.2)
+    assert h.server_transport.disconnecting
+    assert any("did not take the backend's last data within 7 s" in line for line in lines(events))
+
+
+def test_a_client_that_takes_the_last_data_in_time_is_closed_1000_and_not_cut_off():
+    h = open_tunnel(greeting=b"", close_timeout=7)
+    valve = h.server_transport.producer
+    valve.pauseProducing()
+    h.backend.transport.write(b"x" * 10)
+    h.backend.transport.loseConnection()
+    h.flush()
+    h.reactor.advance(5)
+    valve.resumeProducing()
+    h.flush()
+    assert h.client.closed[1] == 1000
+    assert not [c for c in h.reactor.getDelayedCalls() if "never_drained" in repr(c.func)]
+
+
 def test_backend_connection_error_closes_with_1011_and_a_reason():
     h = open_tunnel(greeting=b"")
     h.gateway_backend_transport.disconnectReason = error.ConnectionLost("reset by peer")
@@ -517,3 +546,12 @@ def test_autobahns_settings_dump_is_formatted_only_when_logged():
     lazy = protocol.pformat(settings)
     assert not isinstance(lazy, str), "nothing is formatted at the call"
     assert formatEvent({"log_format": "\n{attrs}", "attrs": lazy}) == "\n" + pprint.pformat(settings)
+
+
+def test_a_close_frame_without_a_code_is_logged_as_1005(events):
+    """RFC 6455 7.1.5: no status code in the close frame is 'close 1005', not 'close None'."""
+    h = open_tunnel(greeting=b"")
+    h.client.sendClose()
+    h.flush()
+    closed = [line for line in lines(events) if "tunnel closed" in line]
+    assert len(closed) == 1 and "close 1005" in closed[0], closed

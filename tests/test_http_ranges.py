@@ -380,3 +380,28 @@ def test_real_gateway_answers_a_15_kb_range_header_with_at_most_the_file(served,
         head, body = read_response(s, limit=MIB + 4096)
     assert head.startswith(b"HTTP/1.1 200 ") and body == CONTENT
     assert_nothing_went_wrong(served, www / "big.bin")
+
+
+@pytest.mark.parametrize("if_range, partial", [
+    (None, True),
+    ("current", True),  # the file's own Last-Modified
+    ("Mon, 01 Jan 2001 00:00:00 GMT", False),  # another version
+    ('"some-etag"', False),  # no ETag is sent, so none matches
+    ("garbage", False),
+])
+def test_if_range_gets_the_range_only_for_this_version_of_the_file(clock, reactor, www, if_range, partial):
+    """RFC 9110 13.1.5: a Range with an If-Range that does not name the current version
+    is answered with the whole file (200)."""
+    from twisted.web.http import datetimeToString
+
+    site = web.make_site(str(www), ApiRoot(None), reactor=reactor)
+    connection = Connection(site)
+    headers = [b"Range: bytes=0-9", b"Connection: close"]
+    if if_range == "current":
+        headers.append(b"If-Range: " + datetimeToString(int((www / "big.bin").stat().st_mtime)))
+    elif if_range is not None:
+        headers.append(b"If-Range: " + if_range.encode())
+    connection.get(b"/big.bin", *headers)
+    pump(clock)
+    status, _, body = parse(connection.transport.value())
+    assert (status, body) == ((206, CONTENT[:10]) if partial else (200, CONTENT))

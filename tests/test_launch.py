@@ -28,10 +28,14 @@ def launching():
 
 
 def test_launch_opens_at_once_and_holds_client_data_until_the_backend_is_up():
+    """The client is read meanwhile (so its leaving is noticed), its payload kept, and
+    delivered first once the backend is up."""
     h, router = launching()
     assert h.client.opened, "101 is sent before the instance is started"
     assert h.endpoint.attempts == []
-    assert h.server_transport.paused, "the client's bytes wait in the kernel meanwhile"
+    h.client.sendMessage(b"early ", isBinary=True)
+    h.flush()
+    assert not h.server_transport.paused
     router.started.callback(Target("127.0.0.1", 7000))
     h.flush()
     assert h.targets == [Target("127.0.0.1", 7000)]
@@ -41,7 +45,26 @@ def test_launch_opens_at_once_and_holds_client_data_until_the_backend_is_up():
     assert h.client.received == b"hello"
     h.client.sendMessage(b"up", isBinary=True)
     h.flush()
-    assert bytes(h.backend.received) == b"up"
+    assert bytes(h.backend.received) == b"early up"
+
+
+def test_a_client_sending_more_than_the_held_limit_during_a_launch_is_read_no_more():
+    """What waits for the backend is bounded: past HELD_LIMIT the client is paused,
+    and read again once the backend is up; nothing is lost."""
+    from nexusws.bridge import HELD_LIMIT
+
+    h, router = launching()
+    chunk = b"x" * 65536
+    for _ in range(HELD_LIMIT // len(chunk) + 1):
+        h.client.sendMessage(chunk, isBinary=True)
+    h.flush()
+    assert h.server_transport.paused
+    router.started.callback(Target("127.0.0.1", 7000))
+    h.flush()
+    h.connect_backend()
+    h.flush()
+    assert not h.server_transport.paused
+    assert len(h.backend.received) == (HELD_LIMIT // len(chunk) + 1) * len(chunk)
 
 
 def test_failed_launch_closes_the_client_with_1011_and_the_reason(events):

@@ -63,6 +63,10 @@ class FakeProcess:
         self.signals = []
         self.stdin_closed = self.lost = self.exited = False
 
+    def write(self, data):
+        assert not self.stdin_closed
+        self.written = getattr(self, "written", b"") + data
+
     def closeStdin(self):
         self.stdin_closed = True
 
@@ -128,7 +132,9 @@ class Groups:
 @pytest.fixture
 def fake():
     reactor, groups = FakeProcessReactor(), Groups()
-    launcher = Launcher(reactor, killpg=groups.killpg, group_alive=groups.group_alive, linger=1.0)
+    # The programs themselves, as util-linux's setsid runs them (supervised: below).
+    launcher = Launcher(reactor, killpg=groups.killpg, group_alive=groups.group_alive, linger=1.0,
+                        supervise=False)
     return SimpleNamespace(reactor=reactor, groups=groups, launcher=launcher)
 
 
@@ -153,6 +159,56 @@ def fired(d):
 
 
 # --- spawn ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def supervised():
+    reactor, groups = FakeProcessReactor(), Groups()
+    launcher = Launcher(reactor, killpg=groups.killpg, group_alive=groups.group_alive, supervise=True)
+    return SimpleNamespace(reactor=reactor, groups=groups, launcher=launcher)
+
+
+def test_a_supervised_spawn_hands_a_spare_supervisor_its_program_on_stdin_then_eof(
+        supervised, tmp_path, monkeypatch):
+    monkeypatch.setattr(procs, "child_nofile", 1024)
+    supervised.launcher.prepare()
+    (spare,) = supervised.reactor.processes
+    assert spare.args == [sys.executable, "-I", "-S", launcher_module.SUPERVISOR]
+    assert spare.env == {} and not spare.stdin_closed, "a spare waits for its command"
+    assert supervised.launcher.spares() == {spare.pid}
+    child = supervised.launcher.spawn(["sleep", "5"], env={"PATH": os.environ["PATH"], "A": "1"},
+                                      cwd=str(tmp_path))
+    assert child.pid == spare.pid and supervised.launcher.spares() == set()
+    assert json.loads(spare.written) == {"argv": ["sleep", "5"], "cwd": str(tmp_path), "nofile": 1024,
+                                         "env": {"PATH": os.environ["PATH"], "A": "1"}}
+    assert spare.stdin_closed, "the program reads EOF"
+    supervised.reactor.advance(launcher_module.SPARE_DELAY)
+    assert len(supervised.reactor.processes) == 2, "the next spare is started"
+    spare.finish(3)
+    assert fired(child.ended) == [3]
+
+
+def test_spawn_tells_on_spawn_of_the_child_before_it_returns(supervised):
+    told = []
+    supervised.launcher.on_spawn.append(lambda pid, start: told.append(
+        (pid, start, list(supervised.reactor.processes))))
+    child = supervised.launcher.spawn(["sleep", "5"])
+    assert [(pid, start) for pid, start, _ in told] == [(child.pid, child.start_time)]
+
+
+def test_a_child_that_cannot_be_recorded_is_killed_and_spawn_raises(supervised, fake):
+    """A crash before its record was written would leak it: it is ended at once."""
+    from nexusws.statefile import NotRecorded
+
+    for world in (supervised, fake):
+        def refuse(pid, start):
+            raise NotRecorded("the session state cannot be recorded (No space left on device)")
+
+        world.launcher.on_spawn.append(refuse)
+        with pytest.raises(NotRecorded):
+            world.launcher.spawn(["sleep", "5"])
+        process = world.reactor.processes[-1]
+        assert world.groups.sent == [(process.pid, signal.SIGKILL)]
 
 
 def test_spawn_runs_argv_through_setsid_with_the_given_env_and_cwd(fake, tmp_path, monkeypatch):
@@ -656,10 +712,14 @@ def test_real_child_output_is_logged_by_line_and_stream_and_its_exit_code_report
 
 
 def test_real_child_runs_as_its_own_session_and_group_leader_and_sigterm_ends_it():
+    """The Child is the program's supervisor: it leads the session, the program is
+    its child in the same session and group; the program's SIGTERM is the Child's."""
     result = scenario("session")
     assert result["pgid"] == result["sid"] == result["pid"]
     assert result["pgid"] != result["my_pgid"] and result["sid"] != result["my_sid"]
-    assert result["cmdline"] == "sleep 60"  # the wrapper exec'd in place: same pid
+    assert result["cmdline"] == "sleep 60"
+    pid, ppid, pgid, sid = result["program"]
+    assert ppid == pgid == sid == result["pid"] != pid
     assert result["start_time_matches"]
     assert result["code"] == -signal.SIGTERM
     assert result["seconds"] < 5
@@ -675,13 +735,30 @@ def test_real_child_ignoring_sigterm_is_killed_after_the_grace_period():
 
 def test_real_grandchild_in_the_group_that_ignores_sigterm_is_killed_with_the_group():
     result = scenario("group")
-    assert result["code"] == -signal.SIGTERM
+    # The supervisor waits for the grandchild, so the group's SIGKILL ends it too.
+    assert result["code"] == -signal.SIGKILL
     assert result["seconds"] >= 0.5  # it waited out the grace period for the grandchild
     assert not procs.same_process(*result["grandchild"])
 
 
-def test_real_daemonized_grandchild_escapes_the_group_but_not_kill_processes_of_a_subreaper():
+def test_real_daemonized_grandchild_stays_below_its_supervisor_and_ends_with_the_child():
+    """A daemon (double fork, a session of its own) is re-parented to the program's
+    supervisor, not to the gateway: it stays the Child's, and terminating the
+    Child ends it (it used to escape to the gateway, belonging to no instance)."""
     result = scenario("daemon")
+    assert result["daemon_ppid"] == result["child"][0]  # re-parented to the supervisor
+    assert result["daemon_sid"] != result["child"][0]  # its own session: out of the group's reach
+    assert not result["escaped_group_kill"], "the supervisor passed the SIGTERM on"
+    assert result["ended_after"] < 1.0
+    assert result["leftovers"] == []
+    assert result["code"] == -signal.SIGTERM  # the program's end
+    assert not procs.same_process(*result["daemon"])
+
+
+def test_real_unsupervised_daemonized_grandchild_escapes_the_group_but_not_kill_processes():
+    """Without a supervisor (util-linux setsid) a daemon escapes the group; a
+    subreaper gateway still finds it among its descendants and ends it."""
+    result = scenario("daemon", "unsupervised")
     assert result["subreaper"]
     assert result["daemon_ppid"] == result["me"]  # re-parented to the subreaper
     assert result["daemon_sid"] != result["child"][0]  # its own session: out of the group's reach

@@ -221,6 +221,10 @@ def test_session_options_with_bad_values_say_what_is_wrong(args, expected):
         (["--verbose", "loud", "0"], "--verbose: 'loud' is not a verbosity level"),
         (["--connect_timeout", "nan", "0"], "--connect_timeout: 'nan' is not a number of seconds"),
         (["--close_timeout", "inf", "0"], "--close_timeout: 'inf' is not a number of seconds"),
+        # A wait of 0 s would fail every tunnel, start or reservation at once.
+        (["--connect_timeout", "0", "0"], "--connect_timeout: '0' is not a number of seconds > 0"),
+        (["--start_timeout", "0", "0"], "--start_timeout: '0' is not a number of seconds > 0"),
+        (["--timeout", "0", "0"], "--timeout: '0' is not a number of seconds > 0"),
         (["--ping_timeout", "5", "0"], "--ping_timeout needs --ping_interval"),
         (["--http_directory", "/nonexistent/dir", "0"], "--http_directory '/nonexistent/dir': not a directory"),
         (["--key", "server.key", "0"], "--key needs --cert"),

@@ -388,3 +388,52 @@ def test_security_token_required_for_reserve_and_never_logged(gateway, tmp_path)
     assert gw.stop() == 0
     assert secret not in gw.log
     assert "security_token=***" in gw.log
+
+
+def test_a_client_that_leaves_during_the_launch_cancels_it_at_once(gateway, tmp_path, marker):
+    """The client's TCP connection goes while its instance starts (--start_timeout 30):
+    the launch is cancelled within a second or two, its process ended, the index freed."""
+    gw = start(gateway, tmp_path, "--start_timeout", "30")
+    token = reserve(gw, "never_opens", marker=marker)
+
+    async def scenario():
+        ws = await open_ws(session_url(gw, token))
+        for _ in range(200):
+            if marked(marker):
+                break
+            await asyncio.sleep(0.05)
+        assert marked(marker), "the script's process did not start"
+        ws.transport.abort()  # gone without a close frame
+
+    run(scenario())
+    began = time.monotonic()
+    wait_until(lambda: instances(gw, "never_opens") == [], 10, "the index freed")
+    waited = time.monotonic() - began
+    assert waited < 3, f"the launch went on {waited:.1f} s for a client that had left"
+    assert_gone(marker, what="the process of the cancelled start")
+
+
+def test_frames_sent_with_the_handshake_of_a_session_reach_its_backend(gateway, tmp_path, marker):
+    """A client that sends before the 101 (or during the launch) loses nothing: the
+    bytes wait for the instance and arrive first, in order."""
+    gw = start(gateway, tmp_path)
+    token = reserve(gw, "echo", marker=marker)
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="
+    mask = b"\x01\x02\x03\x04"
+
+    def frame(payload):
+        return bytes([0x82, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    with socket.create_connection(("127.0.0.1", gw.ws_port), timeout=20) as s:
+        s.sendall(b"GET /websockify?token=" + token.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
+                  b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame(b"PIPELINED\n"))
+        s.sendall(frame(b"EARLY\n"))
+        received = b""
+        while b"EARLY" not in received:
+            data = s.recv(65536)
+            assert data, f"closed early: {received!r}"
+            received += data
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert body.index(b"PIPELINED") < body.index(b"EARLY")

@@ -35,7 +35,9 @@ def state(tmp_path):
     return StateFile(tmp_path / "nexusws.state")
 
 
-DATA = {"reservations": [{"token": "t"}], "orphans": []}
+DATA = {"reservations": [{"token": "t", "service": "demo", "index": 0, "options": {}, "user": None,
+                          "state": "reserved", "created": 1000.0, "pids": []}],
+        "orphans": []}
 
 
 def leftovers(path):
@@ -116,23 +118,17 @@ def test_the_file_is_private_0600_whatever_the_umask_or_an_older_file(state):
 @pytest.mark.parametrize(
     "content, problem",
     [
-        (b"", "is not valid JSON"),
-        (b'{"version": 1, "data": {"reserv', "is not valid JSON"),
-        (b"\xff\xfe garbage", "is not UTF-8 text"),
-        (b"[" * 100000, "is not valid JSON"),
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (b'{"version": 1, "data": {"reserv', "is not valid JSON at line 1 (Unterminated"),
+        (b"\xff\xfe garbage", "is not UTF-8 text at line 1"),
+        (b"[" * 100000, "is not valid JSON at line 1 (nested too deeply)"),
         (b"[1, 2]", "has no format version"),
         (b'{"version": 99, "data": {}}', "has format version 99, not 2"),
-        (b'{"version": 1, "data": {}}\n{"put": []}\n', "extra data after the record"),
-        (b'{"version": 2, "data": {"reservations": 5}}\n{"drop": ["t"]}\n',
-         "has changes but no list of reservations"),
-        (b'{"version": 2, "data": {"reservations": []}}\n[1]\n{"drop": ["t"]}\n',
-         "has an unusable change at line 2"),
-        (b'{"version": 2, "data": {"reservations": []}}\n{"put": [{"tok\n{"drop": []}\n',
-         "has an unusable change at line 2"),
-        (b'{"version": 1, "data": [1]}', "has no data object"),
+        (b'{"version": 1, "data": [1]}', "is damaged at line 1 (no data object)"),
     ],
 )
-def test_an_unusable_file_is_moved_aside_with_one_warning_and_reads_as_none(
+def test_a_file_with_nothing_usable_is_moved_aside_with_one_warning_and_reads_as_none(
     state, warnings, content, problem
 ):
     Path(state.path).write_bytes(content)
@@ -141,10 +137,93 @@ def test_an_unusable_file_is_moved_aside_with_one_warning_and_reads_as_none(
     assert aside.startswith("nexusws.state.corrupt-")
     assert (Path(state.path).parent / aside).read_bytes() == content, "kept for inspection"
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert problem in warnings[0] and aside in warnings[0]
+    assert problem in warnings[0] and aside in warnings[0] and state.path in warnings[0]
     assert state.read() is None and len(warnings) == 1, "the next start is quiet: no crash loop"
     state.write(DATA)
     assert state.read() == DATA
+
+
+@pytest.mark.parametrize(
+    "content, kept, problem",
+    [
+        (b'{"version": 1, "data": {}}\n{"put": []}\n', {}, "line 2 (extra data after the record)"),
+        (b'{"version": 2, "data": {"reservations": 5}}\n{"drop": ["t"]}\n', {"reservations": []},
+         "line 1 (its reservations are not a list)"),
+        (b'{"version": 2, "data": {"reservations": []}}\n[1]\n{"drop": ["t"]}\n',
+         {"reservations": []}, "line 2 (not a change)"),
+        (b'{"version": 2, "data": {"reservations": []}}\n{"put": [{"tok\n{"drop": []}\n',
+         {"reservations": []}, "not valid JSON at line 2 (Unterminated string"),
+    ],
+)
+def test_a_damaged_file_gives_its_well_formed_lines_and_is_moved_aside_with_one_warning(
+    state, warnings, content, kept, problem
+):
+    Path(state.path).write_bytes(content)
+    assert state.read() == kept
+    (aside,) = leftovers(Path(state.path))
+    assert (Path(state.path).parent / aside).read_bytes() == content, "kept for inspection"
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"state file {state.path} " in warnings[0] and aside in warnings[0]
+    assert problem in warnings[0]
+
+
+def full(token, index=0, state="reserved", pids=(), created=1000.0, **more):
+    return {"token": token, "service": "demo", "index": index, "options": {}, "user": None,
+            "state": state, "created": created, "pids": [list(p) for p in pids], **more}
+
+
+def test_damage_in_the_middle_keeps_every_well_formed_line_and_ends_every_recorded_process(
+    state, warnings
+):
+    """Only a cut last line used to be forgiven: any other damage discarded the file
+    whole, every reservation and every process of the previous run with it."""
+    lines = [
+        {"version": 2, "data": {"reservations": [full("a"), full("b", 1, "active", [(4242, 7)])],
+                                "orphans": [[4242, 7]]}},
+        {"put": [full("c", 2)]},
+        None,  # damaged: a put that may have recorded processes, lost
+        {"put": [full("b", 1, "active", [(4242, 7), (4243, 8)])], "set": {"orphans": [[4242, 7]]}},
+        {"drop": ["a"]},
+        {"set": {"orphans": [[5000, 9]]}},
+    ]
+    raw = b"".join(b"\x00\x00garbage\xff\n" if line is None else json.dumps(line).encode() + b"\n"
+                   for line in lines)
+    Path(state.path).write_bytes(raw)
+    data = state.read()
+    assert sorted(r["token"] for r in data["reservations"]) == ["b", "c"]
+    assert sorted(map(tuple, data["orphans"])) == [(4242, 7), (4243, 8), (5000, 9)], (
+        "every process any well-formed line recorded is to be ended")
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"state file {state.path} is not UTF-8 text at line 3: moved aside" in warnings[0]
+    assert "corrupt-" in warnings[0] and len(leftovers(Path(state.path))) == 1
+
+
+def test_a_damaged_first_line_still_gives_the_changes_after_it(state, warnings):
+    raw = (b'{"version": 2, "data": {"reservations": [{"tok\x00\x00\n'
+           + json.dumps({"put": [full("c", pids=[(31337, 5)], state="active")]}).encode() + b"\n")
+    Path(state.path).write_bytes(raw)
+    data = state.read()
+    assert [r["token"] for r in data["reservations"]] == ["c"]
+    assert data["orphans"] == [[31337, 5]]
+    assert "is not valid JSON at line 1" in warnings[0]
+
+
+def test_an_unreadable_file_is_a_one_line_startup_error_naming_it(state, monkeypatch):
+    """It used to be moved aside like a corrupt one: the previous run's processes were
+    then never ended. Permission denied, injected (the tests run as root)."""
+    Path(state.path).write_bytes(json.dumps({"version": 2, "data": DATA}).encode() + b"\n")
+    real_open = open
+
+    def denied(path, *args, **kw):
+        if str(path) == state.path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(StartupError) as info:
+        state.read()
+    assert str(info.value) == f"state file {state.path}: cannot be read: Permission denied"
+    assert leftovers(Path(state.path)) == [], "left where it is"
 
 
 def test_files_moved_aside_in_the_same_second_keep_distinct_names(state):
@@ -390,3 +469,71 @@ def test_a_crash_at_any_byte_leaves_a_file_that_reads_as_a_state_once_written(tm
             torn.write_bytes(raw[:cut])
             assert as_read(StateFile(torn).read()) in seen
     state.close()
+
+
+# --- hostile records: every field checked for type and range ----------------------
+
+
+HOSTILE = [
+    ({"created": float("nan")}, "created nan is not a time"),
+    ({"created": 1e20}, "created 1e+20 is not a time"),
+    ({"created": "1000"}, "created 1000 is not a time"),
+    ({"created": True}, "created True is not a time"),
+    ({"index": "3"}, "index 3 is not an instance index"),
+    ({"index": 2.5}, "index 2.5 is not an instance index"),
+    ({"index": -1}, "index -1 is not an instance index"),
+    ({"token": 5}, "token is not a text"),
+    ({"token": "x" * 5000}, "token is not a text"),
+    ({"token": "a\nb"}, "holds control characters"),
+    ({"service": None}, "service is not a text"),
+    ({"state": "exploded"}, "state exploded is not one of"),
+    ({"user": ["root"]}, "user is not a text"),
+    ({"options": {"size": {"w": 1}}}, "option 'size' is not text"),
+    ({"options": [1]}, "options are not an object"),
+    ({"pids": [[4242, 7], [1, 1]]}, "not a process id: 1"),
+    ({"pids": [[4242, 7], [4243, 1.5]]}, "not a start time: 1.5"),
+]
+
+
+@pytest.mark.parametrize("change, problem", HOSTILE, ids=[p for _, p in HOSTILE])
+def test_a_hostile_record_is_dropped_with_a_warning_naming_its_line_and_its_processes_kept(
+    state, warnings, change, problem
+):
+    """A record with `created` NaN or 1e20 made /v1/status, status_view and reserve
+    answer 500; a bad record is now dropped, the good ones around it kept, and its
+    valid processes are still to be ended."""
+    bad = {**full("bad", 1, "active", [(4242, 7)]), **change}
+    lines = [{"version": 2, "data": {"reservations": [full("good")], "orphans": []}},
+             {"put": [bad, full("good2", 2)]}]
+    Path(state.path).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = state.read()
+    assert [r["token"] for r in data["reservations"]] == ["good", "good2"]
+    assert [4242, 7] in data["orphans"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert f"state file {state.path} line 2: dropped a reservation record" in warnings[0]
+    assert problem in warnings[0]
+    assert leftovers(Path(state.path)) == [], "well-formed lines: not damage, not moved aside"
+    saved, _ = saved_records(data)
+    assert [s.token for s in saved] == ["good", "good2"]
+
+
+def test_a_record_that_passes_the_checks_can_be_shown_and_restored(state):
+    """What passes check_reservation is safe for iso_utc (status) and the scripts."""
+    from nexusws.logs import iso_utc
+
+    edge = full("edge", created=253402300799.0, options={"size": "1x1", "many": ["a", "b"]},
+                user="alice")
+    Path(state.path).write_text(json.dumps({"version": 2, "data": {"reservations": [edge]}}) + "\n")
+    (record,) = state.read()["reservations"]
+    assert iso_utc(record["created"]) == "9999-12-31T23:59:59Z"
+    assert record["options"] == {"size": "1x1", "many": ["a", "b"]}
+
+
+def test_bad_entries_of_the_processes_to_end_are_dropped_with_a_warning_naming_the_line(
+    state, warnings
+):
+    lines = [{"version": 2, "data": {"reservations": [], "orphans": [[4242, 7]]}},
+             {"set": {"orphans": [[4242, 7], [0, 1], [-1, 1], [True, 1], [1e20, 1], [5, None]]}}]
+    Path(state.path).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert state.read()["orphans"] == [[4242, 7], [5, None]]
+    assert len(warnings) == 4 and all(f"{state.path} line 2: dropped a process" in w for w in warnings)

@@ -12,7 +12,8 @@
   backend (basic mode) and a session, HTTP through the adopted http socket
   answers, the gateway holds no listening socket but the two it was given,
   and SIGTERM closes the tunnels with 1001, ends the session's process and
-  exits 0.
+  exits 0. The security token is a credential (LoadCredential=, read through
+  --security_token_file): it is in no environment, the gateway's or a session's.
 """
 
 import asyncio
@@ -46,6 +47,7 @@ WITH_SYSTEMD = "systemd-analyze and systemd-socket-activate (Debian: apt-get ins
 #: temporary directory.
 PREFIX = "/opt/nexusws/"
 SITE_DIRS = ("/etc/nexusws/", "/srv/nexusws/")
+TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
 #: A MAXIMUM for systemd-analyze security's exposure level (0 best, 10 worst).
 MAX_EXPOSURE = 2.0
 
@@ -117,6 +119,20 @@ def analyze_root(tmp_path):
     installed.parent.mkdir(parents=True)
     shutil.copy2(BIN / Path(program).name, installed)
     return root, copies
+
+
+def test_the_security_token_is_a_credential_never_an_environment_variable():
+    """LoadCredential= reads it (as root) and --security_token_file ${CREDENTIALS_DIRECTORY}/...
+    gives it to the gateway; no Environment= or ExecStart= word carries a token."""
+    service = read_unit(UNITS / SERVICE)
+    name, _, source = one(service, "Service", "LoadCredential").partition(":")
+    assert source.startswith("/etc/nexusws/"), source
+    words = exec_start_words()
+    assert words[words.index("--security_token_file") + 1] == f"${{CREDENTIALS_DIRECTORY}}/{name}"
+    assert "--security_token" not in words
+    assert not [v for v in service.get(("Service", "Environment"), []) if TOKEN_ENV in v]
+    text = (UNITS / SERVICE).read_text()
+    assert f"{TOKEN_ENV}=" not in text
 
 
 def test_shipped_units_pass_systemd_analyze_verify(tmp_path):
@@ -258,9 +274,15 @@ def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_p
     assert env_file.parent == etc, env_file
     env_file.write_text(
         f"NEXUSWS_OPTIONS=--client_hostname 127.0.0.1 --client_port {echo_port} "
-        f"--remote_session_config {etc / 'sessions.json'}\n"
-        f"WEBSOCKETSERVER_SECURITY_TOKEN={token}\n")
+        f"--remote_session_config {etc / 'sessions.json'}\n")
     env_file.chmod(0o600)
+    # LoadCredential=ID:PATH: systemd copies PATH to $CREDENTIALS_DIRECTORY/ID.
+    credential, _, source = one(service, "Service", "LoadCredential").partition(":")
+    Path(moved(source, tmp_path)).write_text(token + "\n")
+    credentials = tmp_path / "run" / "credentials" / SERVICE
+    credentials.mkdir(parents=True)
+    shutil.copyfile(moved(source, tmp_path), credentials / credential)
+    (credentials / credential).chmod(0o400)
 
     # The environment systemd gives the service: Environment=, the file,
     # $STATE_DIRECTORY (StateDirectory=, mode StateDirectoryMode=).
@@ -271,6 +293,7 @@ def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_p
     state_dir = tmp_path / "var" / "lib" / one(service, "Service", "StateDirectory")
     state_dir.mkdir(parents=True, mode=int(one(service, "Service", "StateDirectoryMode"), 8))
     env["STATE_DIRECTORY"] = str(state_dir)
+    env["CREDENTIALS_DIRECTORY"] = str(credentials)
 
     argv = expand([moved(word, tmp_path) for word in exec_start_words()], env)
     www = Path(argv[argv.index("--http_directory") + 1])
@@ -321,6 +344,10 @@ def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_p
                 assert (await asyncio.wait_for(session.recv(), 10)).startswith(b"hello from the nexusws demo")
                 children = {(p, procs.start_time(p)) for p in procs.descendants(pid)}
                 assert children, "the session runs no process"
+
+                # The token is in no environment: the gateway's, or a session process's.
+                for process in [pid, *(p for p, _ in children)]:
+                    assert token.encode() not in Path(f"/proc/{process}/environ").read_bytes(), process
 
                 # The gateway listens on the two sockets it was given and on nothing else.
                 assert held_sockets(pid) & set(tcp_listeners()) == set(given)

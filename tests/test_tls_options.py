@@ -304,7 +304,7 @@ def get(site, target, secure):
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = TLSStringTransport() if secure else StringTransport()
     channel.makeConnection(transport)
-    channel.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    channel.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 
     class Sock:
         def makefile(self, *args):

@@ -643,7 +643,9 @@ def dotted(tree):
 
 
 DOT_TARGETS = ["/.env", "/.git/config", "/.git/", "/.git", "/sub/.hidden", "/%2eenv", "/%2Egit/config",
-               "/sub/%2ehidden", "/in-dir/.hidden", "/.env?x=1", "/.%65nv"]
+               "/sub/%2ehidden", "/in-dir/.hidden", "/.env?x=1", "/.%65nv",
+               "/nonexistent%2f..%2f.env", "/sub%2F..%2F.env", "/a%2f..%2f.git/config", "/a%2f..%2f.git/",
+               "/a%5c..%5c.env"]
 
 
 @MOUNTS

@@ -112,17 +112,24 @@ async def output(reactor):
 async def session(reactor):
     launcher = Launcher(reactor)
     child = launcher.spawn(["sleep", "60"])
-    await _poll_until(reactor, lambda: procs.info(child.pid).cmdline.startswith("sleep"))
-    entry = procs.info(child.pid)
+
+    def program():  # the supervisor's child (see nexusws.supervisor)
+        table = procs.all_processes()
+        found = [table[pid] for pid in procs.descendants(child.pid, table)]
+        return found[0] if found and found[0].cmdline.startswith("sleep") else None
+
+    await _poll_until(reactor, lambda: program() is not None)
+    entry, program = procs.info(child.pid), program()
     started = reactor.seconds()
     await child.terminate(grace=10)
     return {
         "pid": child.pid,
         "pgid": entry.pgid,
         "sid": entry.sid,
+        "program": [program.pid, program.ppid, program.pgid, program.sid],
         "my_pgid": os.getpgid(0),
         "my_sid": os.getsid(0),
-        "cmdline": entry.cmdline,
+        "cmdline": program.cmdline,
         "start_time_matches": child.start_time == entry.start_time,
         "code": child.exit_code,
         "seconds": reactor.seconds() - started,
@@ -155,7 +162,7 @@ async def group(reactor):
 
 async def daemon(reactor):
     subreaper = procs.become_subreaper()
-    launcher = Launcher(reactor)
+    launcher = Launcher(reactor, supervise=sys.argv[2:] != ["unsupervised"])
     child = launcher.spawn([PY, "-c", DAEMON], label="daemonizer")
     daemon_pid = int(await _wait_line(reactor, "daemonizer"))
     daemon_id = _identity(daemon_pid)
@@ -169,7 +176,7 @@ async def daemon(reactor):
     # What the gateway does: end everything still below it.
     table = procs.all_processes()
     leftovers = [[pid, table[pid].start_time] for pid in procs.descendants(os.getpid(), table)
-                 if procs.is_alive(table[pid])]
+                 if procs.is_alive(table[pid]) and pid not in launcher.spares()]
     killed = await kill_processes(reactor, leftovers, grace=2)
     await _poll_until(reactor, lambda: procs.info(daemon_pid) is None or procs.info(daemon_pid).state == "Z")
     reaped = procs.reap_orphans([])
