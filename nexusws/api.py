@@ -46,6 +46,7 @@ from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import SECRET_PARAMS, logger, printable, redact
 from nexusws.metrics import CONTENT_TYPE
 from nexusws.reservations import NoFreeInstance, NotRecorded, UnknownService, UnknownToken
+from nexusws.statefile import check_options
 from nexusws.web import READ_METHODS, respond
 
 JSON = b"application/json; charset=utf-8"
@@ -231,8 +232,13 @@ class ApiRoot(resource.Resource):
         except QuotaExceeded as e:
             self._refused(caller, "reserve", str(e))
             return json_response(request, 429, {"error": str(e)})
+        options = reservation_options(request)
         try:
-            reservation = self.registry.reserve(name, reservation_options(request), user=caller.user,
+            check_options(options)
+        except ValueError as e:
+            return json_response(request, 400, {"error": f"reservation options: {e}"})
+        try:
+            reservation = self.registry.reserve(name, options, user=caller.user,
                                                 client=caller.client)
         except UnknownService:
             return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})

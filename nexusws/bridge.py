@@ -375,6 +375,18 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         if self._backend_valve is not None and self._backend_valve.paused:
             self._hold_client("replies")
 
+    def processControlFrame(self):
+        # An unsolicited pong is legal (a heartbeat); while a keep-alive ping is
+        # pending Autobahn warns of each one: a client could fill the log at
+        # will. Those lines go to debug.
+        if self.current_frame.opcode == 10 and self.autoPingPending:
+            self.log = Quieter(type(self).log)
+            try:
+                return super().processControlFrame()
+            finally:
+                del self.log
+        return super().processControlFrame()
+
     def _fail_connection(self, code=CLOSE_GOING_AWAY, reason="going away"):
         # A connection the gateway fails (a protocol error) has no backlog worth
         # waiting for: its client gets FAILED_CLOSE_TIMEOUT to answer the close.

@@ -45,6 +45,7 @@ import errno
 import json
 import math
 import os
+import stat
 import tempfile
 import time
 from collections import namedtuple
@@ -119,6 +120,7 @@ class StateFile:
             raise StartupError(f"state file {self.path}: directory {self.directory} does not exist")
         if os.path.isdir(self.path):
             raise StartupError(f"state file {self.path}: is a directory")
+        self._check_owner(os.stat(self.directory), f"directory {self.directory}", directory=True)
         try:
             fd, probe = tempfile.mkstemp(prefix=".nexusws-probe-", dir=self.directory)
         except OSError as e:
@@ -128,6 +130,23 @@ class StateFile:
             ) from None
         os.close(fd)
         os.unlink(probe)
+
+    def _check_owner(self, info, what, directory=False):
+        """Refuse (one line) a file or directory another user could have put there or
+        change: the file names processes a root gateway ends, and reservations.
+
+        The file must be this user's and writable by no one else; its directory
+        this user's or root's and writable by no one else, unless sticky (as
+        /tmp: others may add files there, not replace this user's).
+        """
+        uid = os.geteuid()
+        owners = (uid, 0) if directory else (uid,)
+        if info.st_uid not in owners:
+            raise StartupError(f"state file {self.path}: {what} belongs to uid {info.st_uid}, not to "
+                               f"this user (uid {uid}): another user could have written it")
+        if info.st_mode & 0o022 and not (directory and info.st_mode & stat.S_ISVTX):
+            raise StartupError(f"state file {self.path}: {what} is writable by other users "
+                               f"(mode {stat.S_IMODE(info.st_mode):o}): make it private (chmod go-w)")
 
     def write(self, data):
         """Make the file record C{data} (a JSON-serialisable dict): append the
@@ -232,14 +251,27 @@ class StateFile:
         """
         self._forget()
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            # Non-blocking: a FIFO put there must not hang start-up before the check below.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except IsADirectoryError:
             raise StartupError(f"state file {self.path}: is a directory") from None
         except OSError as e:
             raise StartupError(f"state file {self.path}: cannot be read: {e.strerror or e}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise StartupError(f"state file {self.path}: is {kind}")
+        with open(fd, "rb") as f:
+            self._check_owner(info, "it")
+            if info.st_size > MAX_FILE_SIZE:
+                return self._set_aside(f"is {info.st_size} bytes, over {MAX_FILE_SIZE}")
+            try:
+                raw = f.read(MAX_FILE_SIZE + 1)
+            except OSError as e:
+                raise StartupError(f"state file {self.path}: cannot be read: {e.strerror or e}") from None
         try:
             data, damaged = self._parse(raw, warn=True)
         except Unusable as e:
@@ -561,6 +593,8 @@ STATES = ("reserved", "starting", "active", "stopping")
 PID_MAX, EPOCH_MAX = 1 << 22, 253402300799.0  # 9999-12-31T23:59:59Z
 #: Bounds on what a record from the file may hold: nexusws never writes more.
 MAX_TEXT, MAX_OPTIONS = 4096, 256
+#: The largest state file read; a larger one is set aside (some 200,000 reservations).
+MAX_FILE_SIZE = 64 * 1024 * 1024
 
 
 def check_proc(item):
@@ -587,6 +621,24 @@ def _valid_procs(items):
         except (TypeError, ValueError):
             pass
     return found
+
+
+def check_options(options):
+    """Raise ValueError unless C{options} are what a reservation may hold (and this
+    file can give back): at most L{MAX_OPTIONS} names, each with text values (or
+    lists of at most as many) of at most L{MAX_TEXT} characters. /v1/reserve
+    applies the same check, so nothing it accepts is dropped at a restart."""
+    if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+        raise ValueError(f"options are not an object of at most {MAX_OPTIONS} entries")
+    for name, value in options.items():
+        _check_text("an option's name", name, controls=True)
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_OPTIONS:
+            raise ValueError(f"option {printable(name, limit=100)!r} has too many values")
+        for v in values:
+            if not isinstance(v, str) or len(v) > MAX_TEXT:
+                raise ValueError(f"option {printable(name, limit=100)!r} is not a text of at most "
+                                 f"{MAX_TEXT} characters")
 
 
 def check_reservation(record):
@@ -622,16 +674,7 @@ def check_reservation(record):
     if user is not None:
         _check_text("user", user)
     options = record.get("options") or {}
-    if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
-        raise ValueError(f"options are not an object of at most {MAX_OPTIONS} entries")
-    for name, value in options.items():
-        _check_text("an option's name", name, controls=True)
-        values = value if isinstance(value, list) else [value]
-        if len(values) > MAX_OPTIONS:
-            raise ValueError(f"option {printable(name, limit=100)!r} has too many values")
-        for v in values:
-            if not isinstance(v, str) or len(v) > MAX_TEXT:
-                raise ValueError(f"option {printable(name, limit=100)!r} is not text")
+    check_options(options)
     pids = record.get("pids") or []
     if not isinstance(pids, list):
         raise TypeError("pids is not a list")

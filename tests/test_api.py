@@ -374,3 +374,15 @@ def test_with_the_security_token_in_query_or_bearer_header_every_call_works(make
     assert api.get(f"/v1/stop?{query}", headers=headers).status == 200
     api.clock.advance(0)
     assert (api.live(), len(api.stop_calls)) == ({}, 1)
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("?x=" + "a" * 5000, "option 'x' is not a text of at most 4096 characters"),
+    ("?" + "&".join(f"k{i}=v" for i in range(300)), "options are not an object of at most 256 entries"),
+])
+def test_reserve_refuses_options_the_state_file_could_not_give_back_with_400(api, query, problem):
+    """What /v1/reserve accepts survives a restart: the state file's own limits, checked first."""
+    r = api.get(f"/v1/reserve/{api.services[0].name}{query}")
+    assert_json_error(r, 400)
+    assert problem in r.json()["error"]
+    assert api.live() == {}

@@ -510,6 +510,24 @@ def test_ping_keepalive_keeps_a_live_peer():
     assert h.client.closed is None and h.backend.lost is None
 
 
+def test_unsolicited_pongs_while_a_keepalive_ping_is_pending_do_not_fill_the_log(events):
+    """Each would be one Autobahn warning: a client could write the log full at will."""
+    from twisted.logger import LogLevel
+
+    h = Harness(ping_interval=5, ping_timeout=100)
+    h.flush()
+    h.connect_backend()
+    h.flush()
+    h.reactor.advance(5)  # the gateway's ping is on its way
+    for _ in range(100):
+        h.client.sendPong(b"unasked")
+    h.flush()
+    noisy = [e for e in events if e.get("log_level") in (LogLevel.warn, LogLevel.info)
+             and "pong" in (e.get("log_format") or "")]
+    assert noisy == []
+    assert h.client.closed is None
+
+
 def test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_margin():
     """Once the request is in, the handshake waits for the backend: that wait is bounded by
     connect_timeout + GATEWAY_MARGIN (not the client's --handshake_timeout), on the factory's clock."""

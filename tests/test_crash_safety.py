@@ -253,13 +253,14 @@ def test_an_unreadable_state_file_stops_start_up_with_one_line_naming_it(gateway
 
     base = Path(tempfile.mkdtemp(prefix="nexusws-unreadable-"))
     try:
-        os.chmod(base, 0o777)
         path = base / "state.json"
         path.write_text("{}\n")
         os.chmod(path, 0)
         if os.geteuid() != 0:
             via = None
-        else:
+        else:  # nobody's own directory and file (anyone else's would be refused as such)
+            os.chown(base, 65534, 65534)
+            os.chown(path, 65534, 65534)
             via = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                    str(Path(sys.executable).parent / "nexus-websocketserver")]
         args = ["--ws_listen", "tcp:0:interface=127.0.0.1", "--state_file", str(path),

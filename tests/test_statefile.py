@@ -212,14 +212,14 @@ def test_an_unreadable_file_is_a_one_line_startup_error_naming_it(state, monkeyp
     """It used to be moved aside like a corrupt one: the previous run's processes were
     then never ended. Permission denied, injected (the tests run as root)."""
     Path(state.path).write_bytes(json.dumps({"version": 2, "data": DATA}).encode() + b"\n")
-    real_open = open
+    real_open = os.open
 
     def denied(path, *args, **kw):
         if str(path) == state.path:
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kw)
 
-    monkeypatch.setattr("builtins.open", denied)
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(StartupError) as info:
         state.read()
     assert str(info.value) == f"state file {state.path}: cannot be read: Permission denied"
@@ -488,7 +488,7 @@ HOSTILE = [
     ({"service": None}, "service is not a text"),
     ({"state": "exploded"}, "state exploded is not one of"),
     ({"user": ["root"]}, "user is not a text"),
-    ({"options": {"size": {"w": 1}}}, "option 'size' is not text"),
+    ({"options": {"size": {"w": 1}}}, "option 'size' is not a text"),
     ({"options": [1]}, "options are not an object"),
     ({"pids": [[4242, 7], [1, 1]]}, "not a process id: 1"),
     ({"pids": [[4242, 7], [4243, 1.5]]}, "not a start time: 1.5"),
@@ -537,3 +537,63 @@ def test_bad_entries_of_the_processes_to_end_are_dropped_with_a_warning_naming_t
     Path(state.path).write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert state.read()["orphans"] == [[4242, 7], [5, None]]
     assert len(warnings) == 4 and all(f"{state.path} line 2: dropped a process" in w for w in warnings)
+
+
+# --- who may have written it (issue 13: a root gateway ends the processes it names) ------------
+
+
+def _saved(state):
+    Path(state.path).write_bytes(json.dumps({"version": 2, "data": DATA}).encode() + b"\n")
+    os.chmod(state.path, 0o600)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_a_state_file_of_another_user_is_refused_with_one_line(state):
+    _saved(state)
+    os.chown(state.path, 65534, 65534)
+    with pytest.raises(StartupError, match=r"belongs to uid 65534, not to this user"):
+        state.read()
+    assert Path(state.path).exists(), "left where it is"
+
+
+def test_a_state_file_others_may_write_is_refused_with_one_line(state):
+    _saved(state)
+    os.chmod(state.path, 0o622)
+    with pytest.raises(StartupError, match=r"is writable by other users \(mode 622\)"):
+        state.read()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+def test_a_directory_of_another_user_or_open_to_all_is_refused_unless_sticky(state):
+    directory = Path(state.directory)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(StartupError, match=r"directory .* belongs to uid 65534"):
+        state.check()
+    os.chown(directory, 0, 0)
+    os.chmod(directory, 0o777)
+    with pytest.raises(StartupError, match=r"directory .* is writable by other users"):
+        state.check()
+    os.chmod(directory, 0o1777)  # as /tmp: others cannot replace this user's file
+    state.check()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero"])
+def test_a_state_path_that_is_no_regular_file_is_refused_at_once(state, kind):
+    """A FIFO used to hang start-up, /dev/zero to eat the memory."""
+    if kind == "fifo":
+        os.mkfifo(state.path)
+    else:
+        os.symlink("/dev/zero", state.path)
+    with pytest.raises(StartupError, match=r"is not a regular file"):
+        state.read()
+
+
+def test_a_state_file_over_the_size_limit_is_set_aside_unread(state, monkeypatch, events):
+    from nexusws import statefile
+
+    monkeypatch.setattr(statefile, "MAX_FILE_SIZE", 1024)
+    Path(state.path).write_bytes(b'{"version": 2, "data": {"x": "' + b"a" * 2000 + b'"}}\n')
+    os.chmod(state.path, 0o600)
+    assert state.read() is None
+    assert not Path(state.path).exists() and leftovers(Path(state.path))
+    assert any("over 1024" in formatEvent(e) for e in events)
