@@ -145,8 +145,9 @@ class ApiRoot(resource.Resource):
         if self.metrics is not None:
             request.notifyFinish().addCallbacks(  # a client gone before its answer: not counted
                 lambda _: self.metrics.api_answered(request.postpath, request.code), lambda _: None)
+        # Every value of each (getHeader gives the last): two Hosts are no one Host.
         refusal = self.access.sites.refusal(*(
-            (request.getHeader(name) or b"").decode("latin-1") or None
+            ", ".join(v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(name, [])) or None
             for name in (b"host", b"origin", b"sec-fetch-site")))
         if refusal is not None:
             _log.warn("/v1 refused: {client}: {reason}",

@@ -49,7 +49,7 @@ from OpenSSL import SSL
 from twisted.internet import defer, error
 
 from nexusws import limits, pipes
-from nexusws.logs import Quieter, logger, printable
+from nexusws.logs import Quieter, logger, printable, redact_text
 from nexusws.pipes import Backend, OneShot, QuietIO, ReactorTimer, Valve, describe, request_target
 from nexusws.routing import Launch
 from nexusws.tls import openssl_reason
@@ -246,7 +246,8 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                        launch=self.launch, reason=printable(failure.getErrorMessage()))
         if not self.closing:
             # The reason names the service and instance already; its end is the cause.
-            self._close(CLOSE_INTERNAL_ERROR, pipes.close_reason(failure.getErrorMessage()))
+            # A script's message may quote its options: the client gets them masked too.
+            self._close(CLOSE_INTERNAL_ERROR, pipes.close_reason(redact_text(failure.getErrorMessage())))
 
     def _backend_failed(self, failure, target):
         self._connecting = None

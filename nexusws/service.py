@@ -434,10 +434,22 @@ class SessionsService(service.Service):
         table = procs.stat_table()  # one pass over /proc: start times from the same snapshot
         return {(pid, table[pid].start_time) for pid in procs.descendants(os.getpid(), table)}
 
-    def _sweep(self):
-        """End every process still descending from the gateway: nothing outlives it."""
+    #: Sweeps after the first, for processes started while one went on (a program that
+    #: forks anew as fast as its processes are ended); each ends with SIGKILL at once.
+    SWEEPS = 10
+
+    def _sweep(self, sweep=0):
+        """End every process still descending from the gateway: nothing outlives it.
+
+        Looks again once a sweep is done, until none is left (L{SWEEPS} more at
+        most): what ended the processes it knew of may have started others."""
         leftovers = sorted(self._descendants())
         if not leftovers:
             return None
+        if sweep > self.SWEEPS:
+            _log.warn("{count} process(es) still left after {sweeps} sweeps: {pids}",
+                      count=len(leftovers), sweeps=self.SWEEPS, pids=[pid for pid, _ in leftovers])
+            return None
         _log.info("ending {count} process(es) the sessions left behind", count=len(leftovers))
-        return launcher.kill_processes(self.reactor, leftovers, grace=self.kill_grace)
+        d = launcher.kill_processes(self.reactor, leftovers, grace=self.kill_grace if sweep == 0 else 0)
+        return d.addCallback(lambda _: self._sweep(sweep + 1))

@@ -302,3 +302,28 @@ def test_a_daemon_that_drops_its_marker_during_another_start_ends_with_its_own_i
     run(scenario())
     assert_gone(theirs, timeout=4, what="the daemon of the second instance")
     assert gw.proc.poll() is None
+
+
+def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monkeypatch):
+    """A program that forks anew as its processes are ended: each sweep finds new pids
+    below the gateway; the sweep goes on (SIGKILL at once after the first) until none."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from nexusws import launcher, service
+    from nexusws.statefile import StateFile
+
+    generations = [{(101, 1.0)}, {(102, 2.0)}, {(103, 3.0)}, set()]
+    swept = []
+    monkeypatch.setattr(service.SessionsService, "_descendants",
+                        staticmethod(lambda: generations[len(swept)] if len(swept) < 4 else set()))
+
+    def kill_processes(reactor, procs, grace):
+        swept.append((sorted(procs), grace))
+        return defer.succeed([])
+
+    monkeypatch.setattr(launcher, "kill_processes", kill_processes)
+    sessions = service.SessionsService(None, StateFile(str(tmp_path / "state.json")), Clock(),
+                                       kill_grace=5.0, launchers=[])
+    sessions._sweep()
+    assert swept == [([(101, 1.0)], 5.0), ([(102, 2.0)], 0), ([(103, 3.0)], 0)]

@@ -77,6 +77,16 @@ def test_failed_launch_closes_the_client_with_1011_and_the_reason(events):
     assert router.ended == [True], "the reservation is ended after a failed launch"
 
 
+def test_the_close_reason_of_a_failed_launch_has_its_secrets_masked():
+    """A script's exception may quote its options: the client is not shown the secrets."""
+    h, router = launching()
+    router.started.errback(RuntimeError("cannot start with {'vnc_password': 'hunter2'} ?password=swordfish"))
+    h.flush()
+    assert h.client.closed[1] == 1011
+    assert "hunter2" not in h.client.closed[2] and "swordfish" not in h.client.closed[2]
+    assert "***" in h.client.closed[2]
+
+
 def test_a_long_failure_reason_keeps_its_start_and_end_within_the_close_frame_limit():
     h, router = launching()
     router.started.errback(RuntimeError("what failed: " + "x" * 200 + " the remedy"))

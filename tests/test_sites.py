@@ -147,3 +147,14 @@ def test_real_gateway_refuses_a_foreign_page_and_a_rebound_name_and_serves_curl(
     with opener.open(gw.http_url + "/v1/status", timeout=10) as response:
         assert response.status == 200 and json.loads(response.read()) == []
     assert gw.proc.poll() is None, "the foreign page stopped the gateway"
+
+
+@pytest.mark.parametrize("headers", [
+    [("Host", "evil.example"), ("Host", "localhost")],
+    [("Origin", "https://evil.example"), ("Origin", "http://localhost")],
+])
+def test_a_header_given_twice_is_judged_by_every_value_not_the_last(tmp_path, headers):
+    api = Api(tmp_path)
+    assert api.get("/v1/stop", headers=headers).status == 403
+    api.clock.advance(1)
+    assert api.stop_calls == []
