@@ -7,6 +7,13 @@ proxy (C{--trusted_proxy}, default loopback and UNIX sockets). From any other
 peer it is ignored, with a warning. C{X-Forwarded-For} gives the client's
 address, likewise only behind a trusted proxy.
 
+A I{local} caller (L{Identity.local}: the operator's side, who sees every
+token and may stop the gateway without the security token) is a program that
+connects to the gateway directly from this host. A request that came through a
+proxy (it carries the user header or a forwarding header) is never local,
+whatever address the proxy forwards: behind nginx on this host, every user,
+local or not, is one of nginx's users.
+
 Groups come from a JSON file (C{--groups_file}, re-read when it changes) and
 optionally from the operating system (C{--os_groups}). A service whose
 options carry C{"group"} is for that group's members; C{--require_group}
@@ -34,6 +41,9 @@ _log = logger("nexusws.auth")
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1", "unix")
 #: The peer of a UNIX-socket connection (it has no address).
 UNIX = "unix"
+#: Headers a proxy adds (lower case): a request carrying one (or the user header) came
+#: through a proxy, trusted or not, and is not a local caller's.
+FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 #: The characters of an HTTP header name (RFC 9110 "token").
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -133,20 +143,27 @@ class Identity:
         the last untrusted hop of C{X-Forwarded-For}.
     @ivar peer: the TCP peer's host.
     @ivar proxied: whether the peer is a trusted proxy.
+    @ivar forwarded: whether the request came through a proxy, trusted or not:
+        it carries the user header or one of L{FORWARDING_HEADERS}.
     @ivar with_token: the request carried the security token (set by the API)."""
 
     with_token = False
 
-    def __init__(self, user, client, peer, proxied):
+    def __init__(self, user, client, peer, proxied, forwarded):
         self.user, self.client, self.peer, self.proxied = user, client, peer, proxied
+        self.forwarded = forwarded
 
     @property
     def local(self):
-        """The client is this machine (a proxy forwarding a remote client is not)."""
-        return is_local(self.client)
+        """A direct caller on this machine: its peer is loopback or a UNIX socket
+        and it is no proxy. A proxy's request is never local, whatever client it
+        names: on the host that runs the sessions, users with shells reach nginx
+        too, and nginx forwards them as 127.0.0.1."""
+        return not self.forwarded and is_local(self.peer)
 
     def __repr__(self):
-        return f"<Identity user={self.user!r} client={self.client!r} peer={self.peer!r}>"
+        return (f"<Identity user={self.user!r} client={self.client!r} peer={self.peer!r}"
+                f"{' forwarded' if self.forwarded else ''}>")
 
 
 def forwarded_client(header, trusted):
@@ -235,7 +252,7 @@ class Sites:
         if name and not self.any_host and name not in self.hosts and not is_address_literal(name):
             return (f"Host {printable(name, limit=80)!r} is not a name of this gateway "
                     "(--allowed_host; a DNS rebinding attempt?)")
-        listed = False
+        listed = same = False
         if origin:
             try:
                 parsed = parse_origin(origin)
@@ -248,8 +265,12 @@ class Sites:
             if not (same or listed):
                 return (f"a page of origin {printable(origin, limit=100)!r} may not call the API "
                         "(--allowed_origin)")
-        if fetch_site and fetch_site.strip().lower() == "cross-site" and not listed:
-            return "a cross-site request (Sec-Fetch-Site) may not call the API"
+        # A page of another port of this host, or of a sibling domain, is "same-site"
+        # but no origin of ours, and an <img> sends no Origin: only the gateway's own
+        # pages (same-origin) and typed-in addresses (none) need no Origin.
+        site = fetch_site.strip().lower() if fetch_site else None
+        if site not in (None, "none", "same-origin") and not (same or listed):
+            return f"a {printable(site, limit=40)} request (Sec-Fetch-Site) may not call the API"
         return None
 
 
@@ -298,7 +319,8 @@ class Access:
             if problem:
                 _log.warn("ignored {header} from {peer}: {problem}", header=self.user_header,
                           peer=printable(host), problem=problem)
-        return Identity(user, self.client(peer, headers), host, proxied)
+        forwarded = claimed is not None or any(headers.get(h) is not None for h in FORWARDING_HEADERS)
+        return Identity(user, self.client(peer, headers), host, proxied, forwarded)
 
     def client(self, peer, headers):
         """The client's address: behind a trusted proxy, from its X-Forwarded-For."""
@@ -330,8 +352,9 @@ class Access:
     def may_change(self, identity, call, with_token):
         """Whether a call that changes something (reserve, release, stop) is accepted.
 
-        With the security token: always. Without: from a local client; reserve
-        and release also from anywhere under C{allow_remote_api} (stop never)."""
+        With the security token: always. Without: from a direct local caller
+        (L{Identity.local}; never one that came through a proxy); reserve and
+        release also from anywhere under C{allow_remote_api} (stop never)."""
         if with_token or identity.local:
             return True
         return self.allow_remote_api and call != "stop"
@@ -370,7 +393,10 @@ class AccessOptions(usage.Options):
         self.setdefault("allowed_host", []).append(value)
 
     def opt_trusted_proxy(self, value):
-        """Proxy whose user header is believed: address, CIDR, unix; repeatable; default loopback."""
+        """Proxy whose user header and X-Forwarded-For are believed: an address, a CIDR
+        network, unix (UNIX-socket peers) or none; repeatable; default 127.0.0.0/8, ::1
+        and unix. Whoever connects from a trusted peer may name any user: on a host with
+        other users give unix alone, on sockets only nginx may open (README, Deploying)."""
         # 'none' trusts no proxy at all; the default is DEFAULT_TRUSTED.
         self.setdefault("trusted_proxy", [])
         if value.strip() != "none":
@@ -432,25 +458,41 @@ def split_endpoint(description):
     return parts + ["".join(current)]
 
 
+def _endpoint_args(description):
+    kind, *args = split_endpoint(description)
+    return kind, [a for a in args if "=" not in a], dict(a.partition("=")[::2] for a in args if "=" in a)
+
+
 def listener_is_local(description, inherited=None):
     """Whether a listener endpoint string accepts connections from this host only
     (a UNIX socket, or TCP bound to a loopback interface; for C{systemd:...},
     the socket systemd passed, looked up in C{inherited}, default: this
     process's L{ListenFDs}). Other kinds count as reachable from other hosts."""
-    kind, *args = split_endpoint(description)
-    named = dict(a.partition("=")[::2] for a in args if "=" in a)
+    bound = listener_address(description, inherited)
+    return bound is not None and (bound[0] == UNIX or bound[1] == "localhost" or is_local(bound[1]))
+
+
+def listener_address(description, inherited=None):
+    """What a listener endpoint string listens on: C{("unix", path, mode)} for a
+    UNIX socket (mode: its permission bits, None if unknown; path None if unknown
+    or abstract), C{("tcp", interface)} for TCP (C{""}: every interface), or None
+    if unknown. C{systemd:...} is the socket systemd passed, looked up in
+    C{inherited} (default: this process's L{ListenFDs})."""
+    kind, positional, named = _endpoint_args(description)
     if kind == UNIX:
-        return True
+        try:
+            mode = int(named.get("mode", "666"), 8)  # Twisted's default
+        except ValueError:
+            mode = None
+        return UNIX, named.get("address", (positional or [None])[0]), mode
     if kind == "systemd":
-        return _inherited_is_local(named, inherited or ListenFDs.fromEnvironment())
+        return _inherited_address(named, inherited or ListenFDs.fromEnvironment())
     if kind not in ("tcp", "tcp6", "ssl"):
-        return False
-    positional = [a for a in args if "=" not in a]
-    interface = named.get("interface", positional[2] if kind != "ssl" and len(positional) > 2 else "")
-    return interface == "localhost" or is_local(interface)
+        return None
+    return "tcp", named.get("interface", positional[2] if kind != "ssl" and len(positional) > 2 else "")
 
 
-def _inherited_is_local(named, inherited):
+def _inherited_address(named, inherited):
     try:
         fd = (inherited.inheritedNamedDescriptors()[named["name"]] if "name" in named
               else inherited.inheritedDescriptors()[int(named.get("index", ""))])
@@ -458,13 +500,45 @@ def _inherited_is_local(named, inherited):
             address = listening.getsockname()
             family = listening.family
     except (KeyError, IndexError, ValueError, OSError):
-        return False
-    return family == socket.AF_UNIX or is_local(address[0])
+        return None
+    if family != socket.AF_UNIX:
+        return "tcp", address[0]
+    if not address or isinstance(address, bytes) or address.startswith("\0"):
+        return UNIX, None, 0o777  # abstract: no file, no permissions, anyone may connect
+    try:
+        return UNIX, address, os.stat(address).st_mode & 0o777
+    except OSError:
+        return UNIX, address, None
 
 
-def access_notes(access, services, http_listen, security_token):
-    """Start-up warnings about the access configuration."""
+def _trusts_loopback(trusted):
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    return any(n != UNIX and n.version == net.version and n.overlaps(net)
+               for n in trusted.networks for net in loopback)
+
+
+def access_notes(access, services, http_listen, security_token, inherited=None):
+    """Start-up warnings about the access configuration.
+
+    Besides a /v1 API open to other hosts and group services nobody can use:
+    an HTTP listener that local users can connect to while it trusts their
+    side of it as a proxy (loopback on a TCP listener, a UNIX socket others
+    may open), for then any local user can name any user."""
     notes = []
+    bound = listener_address(http_listen, inherited) if http_listen is not None else None
+    if bound is not None and bound[0] == "tcp" and _trusts_loopback(access.trusted) and (
+            bound[1] in ("", "localhost", "0.0.0.0", "::") or is_local(bound[1])):
+        notes.append(f"--http_listen {http_listen} is TCP and --trusted_proxy trusts loopback "
+                     f"({access.trusted}): every local user can connect and name any user in "
+                     f"{access.user_header}; on a host with other users, listen on UNIX sockets only "
+                     "nginx may open and give --trusted_proxy unix (README: Deploying)")
+    if (bound is not None and bound[0] == UNIX and UNIX in access.trusted
+            and (bound[2] is None or bound[2] & 0o002)):
+        mode = "unknown" if bound[2] is None else f"{bound[2]:03o}"
+        notes.append(f"--http_listen {http_listen} is a UNIX socket every local user may open "
+                     f"(mode {mode}) and --trusted_proxy trusts UNIX sockets: any of them can name "
+                     f"any user in {access.user_header}; give it mode 0660 and nginx's group "
+                     "(SocketMode=, SocketGroup=; unix:PATH:mode=660)")
     if http_listen is not None and not security_token and not listener_is_local(http_listen):
         open_calls = "reserve and release are open to them (--allow_remote_api)" if (
             access.allow_remote_api) else "reserve, release and stop are refused to them"

@@ -163,28 +163,26 @@ def redact_text(text):
 def _mask_params(text, lowered):
     """C{text} (no percent-encoding in it; C{lowered} is it in lower case, as long)
     with the values of secret query parameters masked."""
-    out, last, pos = [], 0, 0
-    while (m := _NAME_EQ.search(lowered, pos)) is not None:
-        pos = m.end()
-        if m.start() and lowered[m.start() - 1] in _NAME_CHARS:
-            continue  # the end of another name (mytoken=)
-        end = _SECRET_VALUE.match(text, pos).end()
-        out += [text[last:pos], MASK]
-        last = pos = end
-    if not out:
-        return text
-    out.append(text[last:])
-    return "".join(out)
+    # Not the end of another name (mytoken=).
+    return _mask_values(text, lowered, _NAME_EQ,
+                        lambda m: not (m.start() and lowered[m.start() - 1] in _NAME_CHARS))
 
 
 def _mask_encoded_params(text):
     """L{_mask_params} for text with percent-encoding, in names or separators (slower)."""
+    # Not a secret: its value may be a query of its own (path=websockify%3Ftoken%3D...),
+    # so the search goes on inside it.
+    return _mask_values(text, text, _PARAM,
+                        lambda m: unquote_plus(m.group(1), encoding="latin-1").lower() in SECRET_PARAMS)
+
+
+def _mask_values(text, haystack, pattern, is_secret):
+    """C{text} with the value after each match of C{pattern} in C{haystack} (C{text},
+    or it lower-cased) that C{is_secret} masked, up to L{_SECRET_VALUE}'s end."""
     out, last, pos = [], 0, 0
-    while (m := _PARAM.search(text, pos)) is not None:
+    while (m := pattern.search(haystack, pos)) is not None:
         pos = m.end()
-        # Not a secret: its value may be a query of its own (path=websockify%3Ftoken%3D...),
-        # so the search goes on inside it.
-        if unquote_plus(m.group(1), encoding="latin-1").lower() in SECRET_PARAMS:
+        if is_secret(m):
             end = _SECRET_VALUE.match(text, pos).end()
             out += [text[last:pos], MASK]
             last = pos = end

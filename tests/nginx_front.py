@@ -11,19 +11,27 @@ the C{NGINX} environment variable (the inherited-sockets mechanism of nginx's
 binary upgrade: C{NGINX="3;4;"}); the C{listen} directives name the same
 addresses, so nginx adopts the sockets instead of binding. No race, no retry,
 and connections made before nginx is up simply wait in the backlog.
+
+The gateway behind it listens as shipped: on UNIX sockets (L{short_tempdir}
+holds them: a socket's path has at most 107 bytes, which pytest's tmp_path
+may exceed), the upstreams are C{server unix:PATH;}.
 """
 
 import asyncio
 import base64
 import hashlib
+import http.client
 import os
+import re
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import ROOT, echo_stream
@@ -41,12 +49,71 @@ def nginx_binary():
 
 def adapt(text, replacements, name):
     """A shipped site with the test's values: each C{(pattern, replacement)} must match once at least."""
-    import re
-
     for pattern, replacement in replacements:
         text, count = re.subn(pattern, replacement, text)
         assert count, f"{name} no longer has {pattern!r}"
     return text
+
+
+#: The gateway's sockets in the shipped site's upstreams (config/nginx/nexusws.conf).
+SHIPPED_HTTP_SOCKET, SHIPPED_WS_SOCKET = "/run/nexusws/http.sock", "/run/nexusws/ws.sock"
+
+
+def adapt_site(text, http_socket, ws_socket, http_port, https_port, cert, key, logs, locations=""):
+    """config/nginx/nexusws.conf with the test's gateway sockets, ports, certificate and log
+    directory, and C{locations} (test-only) added to its TLS server; nothing else changed."""
+    replacements = [
+        (r"access_log +/var/log/nginx/", f"access_log {logs}/"),
+        (rf"server unix:{re.escape(SHIPPED_HTTP_SOCKET)};", f"server unix:{http_socket};"),
+        (rf"server unix:{re.escape(SHIPPED_WS_SOCKET)};", f"server unix:{ws_socket};"),
+        (r"listen +80;", f"listen 127.0.0.1:{http_port};"),
+        (r"listen +443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        (r"listen +\[::\]:\d+( ssl)?;", ""),
+        (r"ssl_certificate +\S+;", f"ssl_certificate {cert};"),
+        (r"ssl_certificate_key +\S+;", f"ssl_certificate_key {key};"),
+        (r"(\n *include nexusws/locations\.conf;\n)", lambda m: m.group(1) + locations),
+    ]
+    return adapt(text, replacements, "nexusws.conf")
+
+
+@contextmanager
+def short_tempdir(prefix="nx-", mode=0o755):
+    """A fresh directory under /tmp with a short path (for UNIX sockets), C{mode}; removed after."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        path.chmod(mode)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def unix_listening(gw, label, path, timeout=15.0):
+    """Wait until gateway C{gw} says its C{label} (--ws_listen...) listens on the UNIX socket C{path}."""
+    return gw.wait_for(rf"{re.escape(label)} listening on .*{re.escape(str(path))}", timeout=timeout)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An C{http.client} connection over a UNIX socket (the Host header is C{host})."""
+
+    def __init__(self, path, host="localhost", timeout=10):
+        super().__init__(host, timeout=timeout)
+        self.path = str(path)
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def unix_get(path, target, headers=None):
+    """GET C{target} over the UNIX socket C{path}: (status, body bytes)."""
+    conn = UnixHTTPConnection(path)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
 
 
 def basic(user, password):
@@ -61,8 +128,9 @@ class Nginx:
     C{n.start(http_block)} where the block's C{listen} directives use the ports.
     """
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, user=None):
         self.prefix = Path(prefix)
+        self.user = user  # the workers' user (as root); None: the current user
         self.conf_dir = self.prefix / "conf"
         self.logs = self.prefix / "logs"
         for d in (self.conf_dir, self.logs, self.prefix / "temp"):
@@ -92,8 +160,10 @@ class Nginx:
     def main_conf(self, http_block):
         temp = self.prefix / "temp"
         # As root the workers would become "nobody", who cannot read the test's
-        # private temporary directory: keep them as the current user.
-        user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+        # private temporary directory: keep them as the current user, unless the
+        # test names theirs (and makes the prefix theirs to read).
+        worker = self.user or pwd.getpwuid(os.geteuid()).pw_name
+        user = f"user {worker};\n" if os.geteuid() == 0 else ""
         return (
             f"{user}"
             "daemon off;\n"

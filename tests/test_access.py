@@ -1,6 +1,7 @@
 """Access control end to end: a real gateway on 127.0.0.1 port 0, real HTTP and
 WebSocket clients sending the user header as a front proxy on loopback would,
-real echo sessions, and a groups file changed while the gateway runs.
+real echo sessions, and a groups file changed while the gateway runs. Such a
+proxy's users are never local callers: they reserve under --allow_remote_api.
 
 The service config has an open service and one whose options carry
 C{"group": "ClusterRendering"}; the echo script is tests/sessions/helper_echo.py.
@@ -98,7 +99,7 @@ def test_a_group_service_is_reserved_and_used_only_by_its_member_and_its_token_o
     """alice (a member, named by the trusted loopback proxy) reserves the group service;
     bob and the anonymous are refused 403, by the API and, with alice's token, at the
     WebSocket, launching nothing; alice's WebSocket tunnels to her session."""
-    gw = start()
+    gw = start("--allow_remote_api")
     assert reserve(gw, "render", user="bob")[0] == 403
     assert reserve(gw, "render")[0] == 403
     status, body = reserve(gw, "render", user="alice", marker=marker)
@@ -122,7 +123,7 @@ def test_a_group_service_is_reserved_and_used_only_by_its_member_and_its_token_o
 
 def test_the_user_header_from_a_peer_that_is_not_a_trusted_proxy_is_ignored(start):
     """With --trusted_proxy 10.0.0.1, loopback is no proxy: its header names nobody."""
-    gw = start("--trusted_proxy", "10.0.0.1")
+    gw = start("--trusted_proxy", "10.0.0.1", "--allow_remote_api")
     status, body = reserve(gw, "render", user="alice")
     assert status == 403 and "the user is unknown" in body["error"]
     gw.wait_for(r"ignored x-remote-user: 'alice' from 127\.0\.0\.1: not a trusted proxy "
@@ -136,7 +137,7 @@ def test_require_group_refuses_reservations_and_a_websocket_of_a_user_dropped_fr
     """--require_group RemoteSession: carol may not reserve; bob may, but once the
     groups file (re-read while running) drops him, his WebSocket is refused 403."""
     _, groups = config
-    gw = start("--require_group", "RemoteSession")
+    gw = start("--require_group", "RemoteSession", "--allow_remote_api")
     assert reserve(gw, "open", user="carol")[0] == 403
     assert reserve(gw, "open")[0] == 403
     status, body = reserve(gw, "open", user="bob", marker=marker)
@@ -151,7 +152,7 @@ def test_require_group_refuses_reservations_and_a_websocket_of_a_user_dropped_fr
 
 def test_a_bad_groups_file_while_running_keeps_the_last_good_version(start, config):
     _, groups = config
-    gw = start()
+    gw = start("--allow_remote_api")
     groups.write_text('{"ClusterRendering": ["alice"')
     time.sleep(1.1)
     assert reserve(gw, "render", user="alice")[0] == 200

@@ -1,7 +1,10 @@
 """Access control of the /v1 API in memory: users from the header of a trusted proxy
 or the C{user} parameter of security-token calls, service groups and
 C{--require_group}, tokens bound to their user, and state-changing calls refused to
-remote clients without the security token.
+remote clients without the security token. A request that came through a proxy
+(the user header, X-Forwarded-For) is never a local caller's, even from a
+loopback or UNIX-socket peer forwarding 127.0.0.1: its users reserve under
+C{--allow_remote_api}, see only their own tokens and never stop the gateway.
 
 Raw HTTP goes through twisted.web's parser and the nexusws Site, on a
 StringTransport whose peer each test chooses; the registry runs on a Clock.
@@ -13,7 +16,7 @@ import pytest
 from test_api import EPOCH, FakeService
 from test_web import Response
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -25,6 +28,8 @@ from nexusws.reservations import Registry
 
 SECRET = "s3cr3t-T0KEN"
 LOCAL, REMOTE = "127.0.0.1", "203.0.113.9"
+#: The peer of a UNIX-socket connection (nginx on the shipped sockets).
+UNIX = object()
 
 
 class Gateway:
@@ -46,15 +51,17 @@ class Gateway:
         self.site = web.make_site(str(tmp_path), root, reactor=MemoryReactorClock())
 
     def get(self, target, peer=LOCAL, user=None, forwarded=None, headers=()):
-        """GET C{target} from C{peer}, with the user header and X-Forwarded-For if given."""
+        """GET C{target} from C{peer} (an IPv4 address, or UNIX: a UNIX-socket peer), with
+        the user header and X-Forwarded-For if given."""
         lines = [b"GET " + target.encode() + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
         if user is not None:
             lines.append(b"X-Remote-User: " + user.encode())
         if forwarded is not None:
             lines.append(b"X-Forwarded-For: " + forwarded.encode())
         lines += [f"{n}: {v}".encode() for n, v in headers]
-        address = IPv4Address("TCP", peer, 40000)
-        transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", LOCAL, 8080))
+        address = UNIXAddress(None) if peer is UNIX else IPv4Address("TCP", peer, 40000)
+        host = UNIXAddress(b"/run/nexusws/http.sock") if peer is UNIX else IPv4Address("TCP", LOCAL, 8080)
+        transport = StringTransport(peerAddress=address, hostAddress=host)
         protocol = self.site.buildProtocol(address)
         protocol.makeConnection(transport)
         protocol.dataReceived(b"\r\n".join([*lines, b"", b""]))
@@ -81,13 +88,13 @@ def warned(events):
 
 
 def test_reserve_records_the_user_named_by_a_trusted_proxy(gw):
-    g = gw()
+    g = gw(allow_remote_api=True)
     status, body = g.reserve(user="alice")
     assert status == 200 and g.registry.get(body["token"]).user == "alice"
 
 
 def test_the_user_header_from_an_untrusted_peer_is_ignored_and_logged(gw, events):
-    g = gw(trusted=TrustedProxies(["10.0.0.1"]))
+    g = gw(trusted=TrustedProxies(["10.0.0.1"]), allow_remote_api=True)
     status, body = g.reserve(user="alice")
     assert status == 200 and g.registry.get(body["token"]).user is None
     assert any("ignored x-remote-user: 'alice' from 127.0.0.1" in line for line in warned(events))
@@ -125,7 +132,7 @@ def test_an_unusable_user_parameter_with_the_security_token_is_400_and_reserves_
 
 
 def test_a_group_service_is_reserved_by_its_members_only_403_with_the_reason_otherwise(gw, events):
-    g = gw()
+    g = gw(allow_remote_api=True)
     assert g.reserve("render", user="alice")[0] == 200
     assert g.reserve("render", user="bob") == (
         403, {"error": "user 'bob' is not a member of group 'ClusterRendering'"})
@@ -138,7 +145,7 @@ def test_a_group_service_is_reserved_by_its_members_only_403_with_the_reason_oth
 
 
 def test_require_group_applies_to_every_reservation(gw):
-    g = gw(require_group="RemoteSession")
+    g = gw(require_group="RemoteSession", allow_remote_api=True)
     assert g.reserve(user="bob")[0] == 200
     assert g.reserve(user="carol")[0] == 403
     assert g.reserve()[0] == 403
@@ -191,14 +198,57 @@ def test_status_shows_remote_clients_only_the_tokens_reserved_as_them(gw):
 
     assert tokens(forwarded=REMOTE, user="alice") == [mine, "***", "***"]
     assert tokens(peer=REMOTE) == ["***", "***", "***"]
-    assert "***" not in tokens(), "a local client sees every token"
+    assert "***" not in tokens(), "a direct local caller sees every token"
+
+
+# --- nobody behind a proxy is a local caller ---------------------------------------------------
+
+
+#: How a request comes through a proxy on this host, for a client on this host too:
+#: nginx on the shipped UNIX socket or on loopback, naming the user, forwarding 127.0.0.1.
+THROUGH_A_PROXY = [
+    {"peer": UNIX, "user": "bob", "forwarded": LOCAL},
+    {"peer": UNIX, "forwarded": LOCAL},
+    {"peer": UNIX, "user": "bob"},
+    {"peer": LOCAL, "user": "bob", "forwarded": LOCAL},
+    {"peer": LOCAL, "forwarded": "127.0.0.2"},
+    {"peer": LOCAL, "user": "bob"},
+]
+
+
+@pytest.mark.parametrize("how", THROUGH_A_PROXY)
+def test_a_client_behind_a_proxy_sees_only_its_own_tokens_whatever_address_is_forwarded(gw, how):
+    g = gw(allow_remote_api=True)
+    alices = g.reserve(user="alice", forwarded=REMOTE)[1]["token"]
+    bobs = g.reserve(user="bob", forwarded=REMOTE)[1]["token"]
+    tokens = [i["token"] for i in g.get("/v1/status", **how).json()[0]["instances"]]
+    assert alices not in tokens
+    assert tokens == ["***", bobs if how.get("user") == "bob" else "***"]
+
+
+@pytest.mark.parametrize("how", THROUGH_A_PROXY)
+def test_a_client_behind_a_proxy_may_not_stop_the_gateway_nor_reserve_without_allow_remote_api(gw, how):
+    g = gw()
+    r = g.get("/v1/stop", **how)
+    assert r.status == 403 and "needs the security token" in r.json()["error"]
+    assert g.reserve(**how)[0] == 403 and g.stops == []
+    assert g.get("/v1/stop", peer=UNIX).status == 200, "a direct caller on the socket may"
+    assert g.stops == [1]
+
+
+def test_a_direct_caller_on_a_unix_socket_or_loopback_is_the_operator(gw):
+    g = gw()
+    token = g.reserve(peer=UNIX)[1]["token"]
+    assert g.reserve(peer=LOCAL)[0] == 200
+    assert token in [i["token"] for i in g.get("/v1/status", peer=UNIX).json()[0]["instances"]]
+    assert g.get(f"/v1/release/{token}", peer=LOCAL).status == 200
 
 
 # --- tokens bound to their user -------------------------------------------------------------------
 
 
 def test_a_token_is_released_only_by_its_user_or_with_the_security_token(gw):
-    g = gw()
+    g = gw(allow_remote_api=True)
     token = g.reserve(user="alice")[1]["token"]
     assert g.get(f"/v1/release/{token}", user="bob").status == 403
     assert g.get(f"/v1/release/{token}").status == 403

@@ -1,6 +1,10 @@
 """Identity and access decisions in memory: trusted proxies, the user header,
-X-Forwarded-For, local callers, listener reachability, the access options, and
-the session WebSocket's checks in L{nexusws.routing.TokenRouter}."""
+X-Forwarded-For, local callers (never a request that came through a proxy),
+listener reachability, the start-up notes about who can pose as anyone, the
+access options, and the session WebSocket's checks in L{nexusws.routing.TokenRouter}."""
+
+import os
+import stat
 
 import json
 import socket
@@ -135,14 +139,51 @@ def test_a_client_forwarded_by_a_local_proxy_is_remote_and_a_direct_local_one_is
     access = Access()
     assert access.identify("tcp4:127.0.0.1:1", {}).local
     assert access.identify("unix", {}).local
+    assert access.identify(UNIXAddress(None), {"x-other": "1"}).local
     assert not access.identify("tcp4:127.0.0.1:1", {"x-forwarded-for": "203.0.113.5"}).local
-    assert access.identify("tcp4:127.0.0.1:1", {"x-forwarded-for": "127.0.0.1"}).local
 
 
-def test_with_no_trusted_proxy_even_loopback_headers_are_ignored_yet_loopback_stays_local():
+@pytest.mark.parametrize("peer", ["unix", UNIXAddress(None), "tcp4:127.0.0.1:1", "tcp6:::1:1"])
+@pytest.mark.parametrize("headers", [
+    {"x-forwarded-for": "127.0.0.1"},                # nginx forwarding a user on this host
+    {"x-forwarded-for": "::1"},
+    {"x-forwarded-for": "127.0.0.1, 127.0.0.1"},
+    {"x-forwarded-for": ""},                         # present, even empty
+    {USER: "alice"},                                 # a user header alone
+    {USER: "alice", "x-forwarded-for": "127.0.0.1"},
+    {"forwarded": "for=127.0.0.1"}, {"x-real-ip": "127.0.0.1"},
+])
+def test_a_request_through_a_local_proxy_is_never_local_whatever_address_it_forwards(peer, headers):
+    """The proxy (nginx on the shipped UNIX socket, or on loopback) acts for its users,
+    and on the host that runs the sessions users with shells reach it too: none of them
+    is the operator, whichever address nginx saw."""
+    who = Access().identify(peer, headers)
+    assert (who.proxied, who.forwarded, who.local) == (True, True, False)
+    assert not Access().may_change(who, "stop", False)
+    assert not Access().may_change(who, "reserve", False)
+    assert Access(allow_remote_api=True).may_change(who, "reserve", False)
+
+
+def test_through_the_shipped_trust_only_the_unix_socket_names_users():
+    """--trusted_proxy unix: nginx on the socket names the user; a loopback peer (any
+    local user, were the listener TCP) names nobody, and sending the header does not
+    make it local either."""
+    access = Access(trusted=TrustedProxies(["unix"]))
+    nginx = access.identify("unix", {USER: "bob", "x-forwarded-for": "127.0.0.1"})
+    assert (nginx.user, nginx.client, nginx.local) == ("bob", "127.0.0.1", False)
+    intruder = access.identify("tcp4:127.0.0.1:5", {USER: "alice", "x-forwarded-for": "127.0.0.1"})
+    assert (intruder.user, intruder.client, intruder.proxied, intruder.local) == (
+        None, "127.0.0.1", False, False)
+
+
+def test_with_no_trusted_proxy_headers_are_ignored_and_a_peer_sending_them_is_not_local():
+    """A proxy left out of --trusted_proxy by mistake would otherwise make all its
+    clients local callers: the headers name nobody, yet say a proxy sent the request."""
     who = Access(trusted=TrustedProxies([])).identify(
         "tcp4:127.0.0.1:1", {USER: "alice", "x-forwarded-for": "203.0.113.5"})
-    assert (who.user, who.client, who.local) == (None, "127.0.0.1", True)
+    assert (who.user, who.client, who.proxied, who.forwarded, who.local) == (
+        None, "127.0.0.1", False, True, False)
+    assert Access(trusted=TrustedProxies([])).identify("tcp4:127.0.0.1:1", {}).local
 
 
 @pytest.mark.parametrize("host, local", [
@@ -156,7 +197,7 @@ def test_is_local_means_loopback_or_a_unix_socket(host, local):
 # --- calls that change something ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("local, token, allow, call, accepted", [
+@pytest.mark.parametrize("local, token, allow, call, accepted", [  # local: a direct caller
     (True, False, False, "reserve", True),
     (True, False, False, "stop", True),
     (False, True, False, "stop", True),       # the security token is accepted from anywhere
@@ -212,16 +253,83 @@ def test_a_unix_socket_from_systemd_is_local(tmp_path):
         assert listener_is_local("systemd:domain=UNIX:name=http", ListenFDs([listening.fileno()], ["http"]))
 
 
+NO_PROXY = TrustedProxies([])
+
+
 def test_start_up_warns_when_the_api_is_reachable_from_other_hosts_without_a_security_token():
-    (note,) = access_notes(Access(), [], "tcp:9090", None)
+    (note,) = access_notes(Access(trusted=NO_PROXY), [], "tcp:9090", None)
     assert note == ("the /v1 API on --http_listen tcp:9090 is reachable from other hosts and "
                     "there is no --security_token: /v1/status is open to them, reserve, release "
                     "and stop are refused to them")
     assert "open to them (--allow_remote_api)" in access_notes(
-        Access(allow_remote_api=True), [], "tcp:9090", None)[0]
-    assert access_notes(Access(), [], "tcp:9090", "s3cret") == []
-    assert access_notes(Access(), [], "tcp:9090:interface=127.0.0.1", None) == []
+        Access(trusted=NO_PROXY, allow_remote_api=True), [], "tcp:9090", None)[0]
+    assert access_notes(Access(trusted=NO_PROXY), [], "tcp:9090", "s3cret") == []
+    assert access_notes(Access(trusted=NO_PROXY), [], "tcp:9090:interface=127.0.0.1", None) == []
     assert access_notes(Access(), [], None, None) == []
+
+
+LOOPBACK_NOTE = ("--http_listen {listen} is TCP and --trusted_proxy trusts loopback ({trusted}): every "
+                 "local user can connect and name any user in x-remote-user; on a host with other "
+                 "users, listen on UNIX sockets only nginx may open and give --trusted_proxy unix "
+                 "(README: Deploying)")
+
+
+@pytest.mark.parametrize("listen", [
+    "tcp:9000:interface=127.0.0.1", "tcp:9000", "tcp6:9000", r"tcp6:9000:interface=\:\:1",
+    "tcp:9000:interface=localhost", "ssl:443:privateKey=k.pem"])
+@pytest.mark.parametrize("trusted", [None, ["127.0.0.1"], ["::1"], ["0.0.0.0/0"], ["127.0.0.0/8", "unix"]])
+def test_start_up_warns_when_loopback_is_trusted_and_the_api_listens_on_tcp(listen, trusted):
+    """Local users (the session host's, with shells) can connect to a TCP listener from
+    loopback: trusted, they could name any user. Also with a security token."""
+    access = Access(trusted=None if trusted is None else TrustedProxies(trusted))
+    expected = LOOPBACK_NOTE.format(listen=listen, trusted=access.trusted)
+    assert expected in access_notes(access, [], listen, "s3cret")
+
+
+@pytest.mark.parametrize("listen, trusted", [
+    ("tcp:9000:interface=127.0.0.1", ["unix"]),       # nobody on loopback is believed
+    ("tcp:9000:interface=127.0.0.1", ["10.0.0.1"]),
+    ("tcp:9000:interface=192.0.2.1", None),           # local users come from 192.0.2.1 there
+    ("unix:/run/nexusws/http.sock:mode=660", None),
+])
+def test_no_loopback_note_where_no_local_user_is_believed_over_tcp(listen, trusted):
+    access = Access(trusted=None if trusted is None else TrustedProxies(trusted))
+    assert access_notes(access, [], listen, "s3cret") == []
+
+
+@pytest.mark.parametrize("listen, mode", [
+    ("unix:/run/x/http.sock", "666"), ("unix:/run/x/http.sock:mode=777", "777"),
+    ("unix:/run/x/http.sock:mode=0662", "662")])
+def test_start_up_warns_when_a_trusted_unix_socket_is_open_to_every_local_user(listen, mode):
+    (note,) = access_notes(Access(trusted=TrustedProxies(["unix"])), [], listen, "s3cret")
+    assert note == (f"--http_listen {listen} is a UNIX socket every local user may open (mode {mode}) "
+                    "and --trusted_proxy trusts UNIX sockets: any of them can name any user in "
+                    "x-remote-user; give it mode 0660 and nginx's group (SocketMode=, SocketGroup=; "
+                    "unix:PATH:mode=660)")
+    assert access_notes(Access(trusted=TrustedProxies(["127.0.0.1"])), [], listen, "s3cret") == [], \
+        "UNIX peers not trusted: nothing to pose as"
+
+
+@pytest.mark.parametrize("mode, warned", [(0o660, False), (0o600, False), (0o666, True), (0o662, True)])
+def test_the_notes_look_at_the_mode_of_a_unix_socket_from_systemd(tmp_path, mode, warned):
+    """The shipped units' sockets: SocketMode=0660, no note; a mode others may write to, one."""
+    path = tmp_path / "http.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        os.chmod(path, mode)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+        inherited = ListenFDs([listening.fileno()], ["http"])
+        notes = access_notes(Access(trusted=TrustedProxies(["unix"])), [],
+                             "systemd:domain=UNIX:name=http", "s3cret", inherited)
+        assert bool(notes) is warned and all(f"(mode {mode:03o})" in n for n in notes)
+        # A loopback TCP socket from systemd, with loopback trusted: the other note.
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            tcp.listen()
+            (note,) = access_notes(Access(), [], "systemd:domain=INET:name=http", "s3cret",
+                                   ListenFDs([tcp.fileno()], ["http"]))
+            assert "is TCP and --trusted_proxy trusts loopback" in note
 
 
 class Service:

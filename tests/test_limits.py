@@ -398,8 +398,15 @@ def test_reserve_quota_is_per_address_for_anonymous_clients(quota_api, monkeypat
     assert quota_api.get("/v1/reserve/demo").status == 200
 
 
-def test_reserve_quota_is_per_user_behind_the_trusted_proxy(quota_api):
-    """Users named by the proxy's header are counted apart though they share its address."""
+def test_reserve_quota_is_per_user_behind_the_trusted_proxy(make_quota_api, monkeypatch):
+    """Users named by the proxy's header are counted apart though they share its address.
+    (A proxy's users are no local callers: they reserve under --allow_remote_api.)"""
+    import functools
+
+    from nexusws import api, auth
+
+    monkeypatch.setattr(api, "Access", functools.partial(auth.Access, allow_remote_api=True))
+    quota_api = make_quota_api()
     alice = [("X-Remote-User", "alice")]
     for _ in range(2):
         assert quota_api.get("/v1/reserve/demo", headers=alice).status == 200

@@ -6,11 +6,14 @@ unmodified; the complete example site config/nginx/nexusws.conf is run too, with
 only its ports and certificate paths changed. Clients are real: Python
 C{websockets}, C{http.client} and curl.
 
-The gateway trusts nginx's user header (C{--user_header X-Remote-User
---trusted_proxy 127.0.0.1}). The test's server block adds, for the test only,
+The gateway listens as the shipped units make it (config/systemd): on two UNIX
+sockets, nginx's upstreams (C{server unix:PATH;}), and trusts nginx's user
+header from UNIX-socket peers only (C{--user_header X-Remote-User
+--trusted_proxy unix}). The test's server block adds, for the test only,
 C{set_real_ip_from 127.0.0.1; real_ip_header X-Test-Client;}: a request
 carrying C{X-Test-Client: 203.0.113.9} stands for a client at that address, as
-a remote browser would be (the sockets themselves are all on 127.0.0.1).
+a remote browser would be; without it a client is what nginx sees, 127.0.0.1: a
+user on the gateway's own host, who is never a local caller through nginx.
 """
 
 import asyncio
@@ -28,7 +31,18 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import have, require
-from nginx_front import CONFIG_DIR, FIXED_SCRIPT, Greeters, Nginx, adapt, basic, nginx_binary
+from nginx_front import (
+    CONFIG_DIR,
+    FIXED_SCRIPT,
+    Greeters,
+    Nginx,
+    adapt_site,
+    basic,
+    nginx_binary,
+    short_tempdir,
+    unix_get,
+    unix_listening,
+)
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -74,9 +88,17 @@ class Front:
         return body["token"]
 
     def instances(self, service, user="alice", headers=()):
+        """The instances of C{service} as C{user} sees them through nginx (tokens: their own only)."""
         status, listing = self.api("/v1/status", user, headers)
         assert status == 200
         return {s["name"]: s["instances"] for s in listing}[service]
+
+    def all_instances(self, service):
+        """The instances of C{service} as the operator sees them: on the gateway's own
+        socket, directly (every token)."""
+        status, body = unix_get(self.gw.http_socket, "/v1/status")
+        assert status == 200
+        return {s["name"]: s["instances"] for s in json.loads(body)}[service]
 
     def ws(self, target, user=None, headers=(), scheme="ws", port=None, **kw):
         """A websockets connect() to C{target} through nginx, as C{user}."""
@@ -118,11 +140,18 @@ def greeters():
 
 
 @pytest.fixture
-def make_front(gateway, greeters, tmp_path):
+def sockets():
+    """A short directory for the gateway's UNIX sockets."""
+    with short_tempdir() as path:
+        yield path
+
+
+@pytest.fixture
+def make_front(gateway, greeters, tmp_path, sockets):
     """C{make_front(gateway_args=(), upstreams="", locations="")}: a gateway with the
     sessions "open" (2 instances) and "render" (1, group ClusterRendering), each a
-    greeting service, and nginx in front of it. C{upstreams} and C{locations} are
-    added to the test's http and server blocks."""
+    greeting service, on UNIX sockets (C{gw.http_socket}, C{gw.ws_socket}), and nginx in
+    front of it. C{upstreams} and C{locations} are added to the test's http and server blocks."""
     require(nginx_binary() is not None, "nginx (apt-get install nginx)")
     nginxes = []
 
@@ -141,19 +170,25 @@ def make_front(gateway, greeters, tmp_path):
         (tmp_path / "services.json").write_text(json.dumps(services))
         groups = tmp_path / "groups.json"
         groups.write_text(json.dumps(GROUPS))
-        gw = gateway(["--http_directory", str(www), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK,
+        http_socket, ws_socket = sockets / f"http{len(nginxes)}.sock", sockets / f"ws{len(nginxes)}.sock"
+        gw = gateway(["--http_directory", str(www),
+                      "--http_listen", f"unix:{http_socket}:mode=600",
+                      "--ws_listen", f"unix:{ws_socket}:mode=600",
                       "--state_file", str(tmp_path / "state.json"),
                       "--remote_session_config", str(tmp_path / "services.json"),
                       "--groups_file", str(groups),
-                      "--user_header", USER_HEADER, "--trusted_proxy", "127.0.0.1",
-                      *gateway_args], http=True)
-        nginx = Nginx(tmp_path / "nginx")
+                      "--user_header", USER_HEADER, "--trusted_proxy", "unix",
+                      *gateway_args], wait=False)
+        unix_listening(gw, "--ws_listen", ws_socket)
+        unix_listening(gw, "--http_listen", http_socket)
+        gw.http_socket, gw.ws_socket = http_socket, ws_socket
+        nginx = Nginx(tmp_path / f"nginx{len(nginxes)}")
         nginxes.append(nginx)
         port = nginx.listen()
         nginx.users(PASSWORDS)
         nginx.start(
-            f"upstream nexusws_http {{ server 127.0.0.1:{gw.http_port}; }}\n"
-            f"upstream nexusws_ws {{ server 127.0.0.1:{gw.ws_port}; }}\n"
+            f"upstream nexusws_http {{ server unix:{http_socket}; }}\n"
+            f"upstream nexusws_ws {{ server unix:{ws_socket}; }}\n"
             f"{upstreams}"
             "server {\n"
             f"    listen 127.0.0.1:{port};\n"
@@ -230,7 +265,7 @@ def test_nginx_names_the_user_and_a_client_cannot_name_another(front):
     claims = [(USER_HEADER, "alice"), (USER_HEADER.lower(), "alice"), ("X_Remote_User", "alice"),
               ("X-REMOTE-USER", "alice")]
     bobs = front.reserve("open", "bob", headers=claims)
-    users = {i["token"]: i["user"] for i in front.instances("open")}
+    users = {i["token"]: i["user"] for i in front.all_instances("open")}
     assert users == {alice: "alice", bobs: "bob"}
     status, body = front.api("/v1/reserve/render", "bob", headers=claims)
     assert (status, body) == (403, {"error": "user 'bob' is not a member of group 'ClusterRendering'"})
@@ -324,7 +359,7 @@ def test_a_group_session_websocket_opens_for_its_member_only(front):
                       r"reserved by another user \('alice'\)")
     assert front.instances("render")[0]["state"] == "reserved", "nothing was launched for bob"
     assert front.greeting(f"/ws/desktop?token={token}", "alice") == "render 0"
-    front.gw.wait_for(r"tunnel open: 127\.0\.0\.1:\d+ /ws/desktop\?token=\*\*\* -> ")
+    front.gw.wait_for(r"tunnel open: .*/ws/desktop\?token=\*\*\* -> ")
 
 
 def test_a_member_removed_from_the_group_is_refused_at_the_websocket(front):
@@ -347,7 +382,7 @@ def test_the_path_only_routes_to_the_ws_port_and_the_token_alone_picks_the_sessi
         status, body = front.refused(f"{target}?token={first}", "alice")
         assert status == 404 and "File not found." in body, target
     assert front.refused(f"/?token={first}", "alice")[0] == 200, "the index page, no WebSocket"
-    front.gw.wait_for(r'http 127\.0\.0\.1 "GET /\?token=\*\*\* HTTP/1.1" 200')
+    front.gw.wait_for(r'http \S+ "GET /\?token=\*\*\* HTTP/1.1" 200')
     assert [i["state"] for i in front.instances("open")] == ["reserved", "reserved"]
 
     async def both():
@@ -361,7 +396,7 @@ def test_the_path_only_routes_to_the_ws_port_and_the_token_alone_picks_the_sessi
             return greetings, info.value.response.status_code
 
     assert run(both()) == (["open 1", "open 0"], 409)
-    front.gw.wait_for(r"tunnel open: 127\.0\.0\.1:\d+ /ws/any/path/at/all\?token=\*\*\* -> ")
+    front.gw.wait_for(r"tunnel open: .*/ws/any/path/at/all\?token=\*\*\* -> ")
     assert len(re.findall(r"tunnel open: ", front.gw.log)) == 2
 
 
@@ -406,48 +441,75 @@ def test_a_remote_client_is_remote_whatever_x_forwarded_for_it_sends(front):
     spoofed = [*remote, ("X-Forwarded-For", "127.0.0.1")]
     assert [i["token"] for i in front.instances("open", "bob", headers=spoofed)] == ["***", bobs], \
         "a remote client sees only its own tokens"
-    assert [i["token"] for i in front.instances("open", "bob")] == [alice, bobs], "a local one sees all"
     assert alice in [i["token"] for i in front.instances("open", "alice", headers=remote)]
     assert front.greeting(f"/websockify?token={alice}", "alice", headers=remote) == "open 0"
 
 
-def test_without_allow_remote_api_remote_clients_need_the_security_token(make_front):
-    front = make_front()
-    status, body = front.api("/v1/reserve/open", "alice", headers=[("X-Test-Client", REMOTE)])
+#: A location the shipped files do not have: everything, /v1/stop included, to the
+#: HTTP listener with the shipped proxy settings, to show what nexusws itself decides.
+UNGUARDED = ("    location /unguarded/ {\n"
+             "        proxy_pass http://nexusws_http/;\n"
+             "        include nexusws/proxy-http.conf;\n"
+             "    }\n")
+
+
+def test_a_user_on_the_gateways_own_host_is_no_local_caller_through_nginx(make_front):
+    """nginx forwards a client on this host as X-Forwarded-For: 127.0.0.1: still one of
+    nginx's users, who sees only their own tokens and may not stop the gateway, even
+    where nginx would let the call through (a location without the /v1/stop rule)."""
+    front = make_front(["--allow_remote_api"], locations=UNGUARDED)
+    alice = front.reserve("open", "alice", headers=[("X-Test-Client", REMOTE)])
+    bobs = front.reserve("open", "bob")
+    forged = [(USER_HEADER, "alice"), ("X-Forwarded-For", "127.0.0.1")]
+    for prefix in ("", "/unguarded"):
+        status, listing = front.api(f"{prefix}/v1/status", "bob", headers=forged)
+        assert status == 200
+        tokens = [i["token"] for s in listing for i in s["instances"]]
+        assert sorted(tokens) == sorted(["***", bobs]) and alice not in tokens, prefix
+    assert front.get("/v1/stop", "bob", headers=forged)[0] == 403  # nginx's own refusal
+    status, body = front.api("/unguarded/v1/stop", "bob", headers=forged)
     assert status == 403 and "needs the security token" in body["error"]
-    assert front.api("/v1/reserve/open", "alice")[0] == 200, "a client on the host itself may"
+    status, body = front.api(f"/unguarded/v1/release/{alice}", "bob", headers=forged)
+    assert (status, body) == (403, {"error": "this token was reserved by another user"})
+    front.gw.wait_for(r"/v1/stop refused: 127\.0\.0\.1 as 'bob'")
+    assert front.gw.proc.poll() is None and alice in [i["token"] for i in front.instances("open", "alice")]
+    # On the gateway's own socket (root here; the shipped one is nginx's group's and
+    # root's only) a direct caller, with no proxy header, is the operator.
+    assert sorted(i["token"] for i in front.all_instances("open")) == sorted([alice, bobs])
+
+
+def test_without_allow_remote_api_nobody_behind_nginx_changes_anything_without_the_token(make_front):
+    """Not a remote client (X-Test-Client), nor one on this host: both came through nginx."""
+    front = make_front()
+    for headers in ([("X-Test-Client", REMOTE)], []):
+        status, body = front.api("/v1/reserve/open", "alice", headers=headers)
+        assert status == 403 and "needs the security token" in body["error"]
+    assert front.all_instances("open") == []
+    # A program on the host, straight to the gateway's socket, is the operator.
+    status, body = unix_get(front.gw.http_socket, "/v1/reserve/open")
+    assert status == 200 and [i["user"] for i in front.all_instances("open")] == [None]
 
 
 def test_the_per_address_tunnel_cap_counts_each_client_behind_nginx(make_front):
+    """Tunnels through nginx (a UNIX-socket peer) count by the X-Forwarded-For address:
+    two clients each get theirs, one client's second is refused 429."""
     front = make_front(["--allow_remote_api", "--max_tunnels_per_address", "1"])
     first, second = front.reserve("open", "alice"), front.reserve("open", "bob")
 
     async def two_clients():
         async with front.ws(f"/websockify?token={first}", "alice", [("X-Test-Client", "203.0.113.1")]) as a, \
                 front.ws(f"/websockify?token={second}", "bob", [("X-Test-Client", "203.0.113.2")]) as b:
-            return [(await asyncio.wait_for(ws.recv(), 10)).decode().strip() for ws in (a, b)]
+            greetings = [(await asyncio.wait_for(ws.recv(), 10)).decode().strip() for ws in (a, b)]
+            with pytest.raises(websockets.InvalidStatus) as info:
+                async with front.ws(f"/websockify?token={first}", "alice", [("X-Test-Client", "203.0.113.1")]):
+                    pass
+            return greetings, info.value.response.status_code
 
-    assert run(two_clients()) == ["open 0", "open 1"]
-    # The tunnel's log lines name the client nginx forwarded, and nginx.
-    front.gw.wait_for(r"tunnel open: 203\.0\.113\.1 via 127\.0\.0\.1:\d+ /websockify\?token=\*\*\* -> ")
+    assert run(two_clients()) == (["open 0", "open 1"], 429)
+    front.gw.wait_for(r"tunnel refused: .*: 429 too many tunnels from 203\.0\.113\.1 ")
 
 
 # --- the complete example site --------------------------------------------------------------
-
-
-def adapt_site(text, gw, http_port, https_port, cert, key, logs):
-    """config/nginx/nexusws.conf with the test's ports, certificate and log directory, nothing else changed."""
-    replacements = [
-        (r"access_log +/var/log/nginx/", f"access_log {logs}/"),
-        (r"server 127\.0\.0\.1:9000;", f"server 127.0.0.1:{gw.http_port};"),
-        (r"server 127\.0\.0\.1:9090;", f"server 127.0.0.1:{gw.ws_port};"),
-        (r"listen +80;", f"listen 127.0.0.1:{http_port};"),
-        (r"listen +443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
-        (r"listen +\[::\]:\d+( ssl)?;", ""),
-        (r"ssl_certificate +\S+;", f"ssl_certificate {cert};"),
-        (r"ssl_certificate_key +\S+;", f"ssl_certificate_key {key};"),
-    ]
-    return adapt(text, replacements, "nexusws.conf")
 
 
 def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listeners(make_front, tmp_path):
@@ -462,8 +524,8 @@ def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listene
         front = make_front(["--allow_remote_api", "--allowed_origin", origin])
         site.users(PASSWORDS)
         (site.conf_dir / "site.conf").write_text(
-            adapt_site((CONFIG_DIR / "nexusws.conf").read_text(), front.gw, http_port, https_port, cert, key,
-                       site.logs))
+            adapt_site((CONFIG_DIR / "nexusws.conf").read_text(), front.gw.http_socket, front.gw.ws_socket,
+                       http_port, https_port, cert, key, site.logs))
         site.start("include site.conf;\n")
         base = f"https://127.0.0.1:{https_port}"
 
@@ -495,7 +557,7 @@ def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listene
         assert status == 403 and "origin" in body.lower()
         assert front.greeting(f"/websockify?token={token}", "alice", scheme="wss", port=https_port,
                               ssl=context, origin=origin) == "render 0"
-        front.gw.wait_for(r"tunnel open: 127\.0\.0\.1:\d+ /websockify\?token=\*\*\* -> ")
+        front.gw.wait_for(r"tunnel open: .*/websockify\?token=\*\*\* -> ")
         # The site's access log has every request, and no secret.
         status, _ = curl("-u", f"alice:{PASSWORDS['alice']}", "-e", f"{base}/v.html?password=hunter2",
                          f"{base}/v1/status?security_token=s3cret")

@@ -98,6 +98,14 @@ def test_a_session_reserved_through_the_front_opens_through_the_front_on_its_nod
     placed = json.loads(body)
     node = next(n for n in nodes if n.http == placed["node"])
     assert placed["ws_url"] == f"ws://{front}/{node.name}/ws/"
+    # /<node>/... is the node's own HTTP port, the prefix taken off: the reservation is
+    # there, not on the other node. Through the front nobody is the node's operator, so
+    # the balancer's (anonymous) token is not shown.
+    status, listing = fetch(f"http://{front}/{node.name}/v1/status")
+    assert status == 200 and [i["state"] for i in json.loads(listing)[0]["instances"]] == ["reserved"]
+    assert placed["token"] not in listing
+    other = next(n for n in nodes if n is not node)
+    assert json.loads(fetch(f"http://{front}/{other.name}/v1/status")[1])[0]["instances"] == []
 
     async def echo():
         async with websockets.connect(f"{placed['ws_url']}?token={placed['token']}",
@@ -106,11 +114,6 @@ def test_a_session_reserved_through_the_front_opens_through_the_front_on_its_nod
             return await asyncio.wait_for(ws.recv(), 10)
 
     assert asyncio.run(echo()) == b"through the front"
-    # /<node>/... is the node's own HTTP port, the prefix taken off.
-    status, listing = fetch(f"http://{front}/{node.name}/v1/status")
-    assert status == 200 and placed["token"] in listing
-    other = next(n for n in nodes if n is not node)
-    assert placed["token"] not in fetch(f"http://{front}/{other.name}/v1/status")[1]
     assert fetch(f"http://{front}/n9/v1/status")[0] == 404, "an unknown node"
     assert fetch(f"http://{front}/n9/ws/")[0] == 404
     wait_until(lambda: get(f"http://{node.http}/v1/status") is not None, 5, "node alive")

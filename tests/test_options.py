@@ -302,13 +302,15 @@ def test_under_twistd_a_usage_error_is_one_line_and_exit_2(capfd):
 
 def test_make_service_assembles_tunnels_then_listeners(tmp_path):
     """makeService: a GatewayService holding TunnelsService first, then ws and http listeners;
-    its one note: the API listens on every interface without a security token."""
+    its notes: loopback is trusted as a proxy on a TCP API listener, and the API listens on
+    every interface without a security token."""
     options = parse("--http_directory", str(tmp_path), "--http_port", "0",
                     "--client_port", "5900", "--verbose", "1", "--log_file", "x.log", "0")
     top = tap.makeService(options, MemoryReactorClock())
     assert isinstance(top, GatewayService)
     assert (top.verbose, top.log_file) == (1, "x.log")
-    assert len(top.notes) == 1 and "reachable from other hosts" in top.notes[0]
+    assert len(top.notes) == 2 and "reachable from other hosts" in top.notes[1]
+    assert "is TCP and --trusted_proxy trusts loopback" in top.notes[0]
     children = list(top)
     assert [type(c) for c in children] == [TunnelsService, ListenerService, ListenerService]
     assert [(c.label, c.scheme, c.description) for c in children[1:]] == [

@@ -174,7 +174,7 @@ def runner():
 def site():
     """A directory the gateway's user can read and write (pytest's tmp_path is root's only)."""
     path = Path(tempfile.mkdtemp(prefix="nexusws-secrets-", dir="/tmp"))
-    path.chmod(0o777)
+    path.chmod(0o1777)  # sticky, as /tmp: the state file check refuses a directory open to all
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

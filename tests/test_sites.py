@@ -59,11 +59,15 @@ def test_a_page_of_another_origin_is_refused(origin):
     assert "may not call the API" in refusal("127.0.0.1:9000", origin, "cross-site")
 
 
-def test_a_cross_site_request_without_origin_is_refused():
-    """An <img src=http://127.0.0.1:9000/v1/stop> on another site: no Origin, but marked."""
+def test_a_cross_site_or_same_site_request_without_origin_is_refused():
+    """An <img src=http://127.0.0.1:9000/v1/stop> on another site, or on another port of
+    this host (same-site to a browser): no Origin, but marked."""
     assert "cross-site" in refusal("127.0.0.1:9000", None, "cross-site")
-    assert refusal("127.0.0.1:9000", None, "same-site") is None
+    assert "same-site" in refusal("127.0.0.1:9000", None, "same-site")
+    assert "request (Sec-Fetch-Site)" in refusal("127.0.0.1:9000", None, "cross-site, none")
     assert refusal("127.0.0.1:9000", None, "none") is None  # typed into the address bar
+    assert refusal("127.0.0.1:9000", None, "same-origin") is None
+    assert refusal("127.0.0.1:9000", "http://127.0.0.1:9000", "same-origin") is None
 
 
 def test_a_listed_origin_may_call_even_cross_site():

@@ -4,95 +4,59 @@
   (``--root``) that holds this machine's own system units and, where the
   service's ExecStart= expects it, the real ``twistd`` script: any output fails.
 * ``systemd-analyze security``: the service's exposure score stays low.
-* Socket activation for real: ``systemd-socket-activate`` listens as the two
-  socket units would (their FileDescriptorName=s, free loopback ports) and,
-  on the first connection, execs the service's ExecStart= command line, read
-  from the file with only the install prefix and the site directories moved
-  into a temporary tree. A WebSocket through the adopted ws socket reaches a
-  backend (basic mode) and a session, HTTP through the adopted http socket
-  answers, the gateway holds no listening socket but the two it was given,
-  and SIGTERM closes the tunnels with 1001, ends the session's process and
-  exits 0. The security token is a credential (LoadCredential=, read through
+* The listeners are UNIX sockets only root and nginx's group may open
+  (SocketMode=0660, SocketGroup=www-data), and the user header is believed
+  from them alone (--trusted_proxy unix): no local user reaches the gateway
+  around nginx, nor poses as another user (tests/test_local_users.py tries).
+* Socket activation for real (L{shipped_units}): ``systemd-socket-activate``
+  listens as the two socket units would (their FileDescriptorName=s, their
+  paths under a temporary root, their owner, group and mode) and, on the first
+  connection, execs the service's ExecStart= command line, read from the file
+  with only the install prefix and the site directories moved into a temporary
+  tree. A WebSocket through the adopted ws socket reaches a backend (basic
+  mode) and a session, HTTP through the adopted http socket answers, the
+  gateway holds no listening socket but the two it was given, and SIGTERM
+  closes the tunnels with 1001, ends the session's process and exits 0. The
+  security token is a credential (LoadCredential=, read through
   --security_token_file): it is in no environment, the gateway's or a session's.
 """
 
 import asyncio
+import grp
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import unix_connect
 
 from conftest import BIN, ROOT, require
 from nexusws import procs
+from nginx_front import short_tempdir, unix_get
+from shipped_units import ACTIVATE, SERVICE, UNITS, activate, exec_start_words, one, read_unit, stage
 
-UNITS = ROOT / "config" / "systemd"
-SERVICE = "nexusws.service"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")  # this machine's own units (Debian: usrmerge)
 ANALYZE = shutil.which("systemd-analyze")
-ACTIVATE = shutil.which("systemd-socket-activate")
 WITH_SYSTEMD = "systemd-analyze and systemd-socket-activate (Debian: apt-get install systemd)"
 
-#: Where the service's ExecStart= expects things (see L{moved}): the install
-#: prefix is this virtualenv; the site's directories are made under the test's
-#: temporary directory.
-PREFIX = "/opt/nexusws/"
-SITE_DIRS = ("/etc/nexusws/", "/srv/nexusws/")
 TOKEN_ENV = "WEBSOCKETSERVER_SECURITY_TOKEN"
+TOKEN = "systemd-test-token"
 #: A MAXIMUM for systemd-analyze security's exposure level (0 best, 10 worst).
 MAX_EXPOSURE = 2.0
-
-
-def read_unit(path):
-    """{(section, key): [values]} as systemd reads a unit file (systemd.syntax(5)):
-    comment lines are skipped, even inside a line continued with a backslash."""
-    entries, section, pending = {}, None, None
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if line.startswith(("#", ";")) or (not line and pending is None):
-            continue
-        if pending is not None:
-            line = f"{pending} {line}"
-        if line.endswith("\\"):
-            pending = line[:-1].rstrip()
-            continue
-        pending = None
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, _, value = line.partition("=")
-        entries.setdefault((section, key.strip()), []).append(value.strip())
-    return entries
-
-
-def one(unit, section, key):
-    values = unit.get((section, key), [])
-    assert len(values) == 1, f"expected one {key}= in [{section}], got {values}"
-    return values[0]
+#: The group Debian's nginx workers run as: the only one, besides root, that may
+#: open the gateway's sockets.
+NGINX_GROUP = "www-data"
 
 
 def shipped_units():
     found = sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".socket"))
     assert (UNITS / SERVICE).is_file(), f"no {SERVICE} in {UNITS}"
     return found
-
-
-def exec_start_words():
-    """ExecStart= of the service, split into words (no systemd specifiers or prefixes used)."""
-    line = one(read_unit(UNITS / SERVICE), "Service", "ExecStart")
-    assert "%" not in line, f"ExecStart= uses a specifier this test does not resolve: {line}"
-    words = shlex.split(line)
-    assert words[0].startswith(PREFIX), f"ExecStart= does not run from {PREFIX}: {words[0]}"
-    return words
 
 
 def run_analyze(*args):
@@ -161,54 +125,46 @@ def test_service_exposure_is_low(tmp_path):
     assert float(m.group(1)) <= MAX_EXPOSURE, out
 
 
+# Who may connect ---------------------------------------------------------------
+
+
+def test_the_listeners_are_unix_sockets_only_root_and_nginx_s_group_may_open():
+    """Each socket unit: a path under /run/nexusws, owner root, group www-data, mode 0660
+    (nobody else may connect: other local users get EACCES); the service picks them as
+    UNIX sockets and believes the user header from UNIX-socket peers only."""
+    service = read_unit(UNITS / SERVICE)
+    names = one(service, "Service", "Sockets").split()
+    assert sorted(names) == sorted(p.name for p in shipped_units() if p.suffix == ".socket")
+    fdnames = []
+    for name in names:
+        unit = read_unit(UNITS / name)
+        listen = one(unit, "Socket", "ListenStream")
+        assert re.fullmatch(r"/run/nexusws/\w+\.sock", listen), \
+            f"{name} listens on {listen}: every local user can connect to a TCP port"
+        assert one(unit, "Socket", "SocketUser", "root") == "root"
+        assert one(unit, "Socket", "SocketGroup", "root") == NGINX_GROUP
+        mode = int(one(unit, "Socket", "SocketMode", "0666"), 8)
+        assert mode & 0o007 == 0 and mode & 0o060 == 0o060, f"{name}: SocketMode={mode:04o}"
+        fdnames.append(one(unit, "Socket", "FileDescriptorName"))
+    words = exec_start_words()
+    for label, fdname in zip(("--ws_listen", "--http_listen"), fdnames, strict=True):
+        assert words[words.index(label) + 1] == f"systemd:domain=UNIX:name={fdname}", label
+    trusted = [words[i + 1] for i, w in enumerate(words) if w == "--trusted_proxy"]
+    assert trusted == ["unix"], f"--trusted_proxy {trusted}: the gateway would believe others"
+
+
 # Socket activation -----------------------------------------------------------
 
 
-def free_ports(count):
-    """Ports nothing listens on right now on 127.0.0.1 (the caller retries on a race)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def read_env_file(path):
-    """KEY=VALUE lines, as systemd's EnvironmentFile= (unquoted values only)."""
-    env = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith(("#", ";")):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    return env
-
-
-def expand(words, env):
-    """systemd's expansion in ExecStart=: a word C{$NAME} becomes the value's
-    words (none if unset), split as a command line; C{${NAME}} is replaced in place."""
-    out = []
-    for word in words:
-        m = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
-        if m:
-            out += shlex.split(env.get(m.group(1), ""))
-        else:
-            out.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), word))
-    return out
-
-
-def moved(word, tmp):
-    """Paths of the unit, as they are in this test: the prefix is this
-    virtualenv, the site directories are under C{tmp}."""
-    if word.startswith(PREFIX):
-        return str(BIN.parent) + "/" + word[len(PREFIX):]
-    for site in SITE_DIRS:
-        if word.startswith(site):
-            return str(tmp) + site.rstrip("/") + "/" + word[len(site):]
-    assert not word.startswith("/"), f"a path this test does not know how to stage: {word}"
-    return word
+def unix_listeners():
+    """{inode: path} of every listening UNIX stream socket in this network namespace."""
+    found = {}
+    with open("/proc/net/unix") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[3], 16) & 0x10000 and len(fields) > 7:  # __SO_ACCEPTCON: listening
+                found[int(fields[6])] = fields[7]
+    return found
 
 
 def socket_inode(pid, fd):
@@ -242,105 +198,63 @@ def held_sockets(pid):
     return inodes
 
 
-def http_get(url, headers=None):
-    request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return answer.status, answer.read()
-
-
 def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_path):
     require(ACTIVATE is not None, WITH_SYSTEMD)
     service = read_unit(UNITS / SERVICE)
-
-    # The sockets, as the socket units describe them, in the service's Sockets= order.
-    sockets = []
-    for name in one(service, "Service", "Sockets").split():
-        unit = read_unit(UNITS / name)
-        host, _, _ = one(unit, "Socket", "ListenStream").rpartition(":")
-        assert host == "127.0.0.1", f"{name} does not listen on loopback only"
-        sockets.append((name, one(unit, "Socket", "FileDescriptorName")))
-    names = [fdname for _, fdname in sockets]
-    assert names == ["ws", "http"], names
-
-    # The site: /etc/nexusws (the environment file, a service), /srv/nexusws (pages).
+    # The site: /etc/nexusws (a service, the environment file), /srv/nexusws (pages).
     etc = tmp_path / "etc" / "nexusws"
     etc.mkdir(parents=True)
     for script in ("demo_session.py", "backend.py"):
         shutil.copy(ROOT / "config" / "demo" / script, etc)
     (etc / "sessions.json").write_text(json.dumps(
         {"Demo Session": {"script": "demo_session.py", "count": 1, "options": {}}}))
-    token = "systemd-test-token"
-    env_file = Path(moved(one(service, "Service", "EnvironmentFile").lstrip("-"), tmp_path))
-    assert env_file.parent == etc, env_file
-    env_file.write_text(
-        f"NEXUSWS_OPTIONS=--client_hostname 127.0.0.1 --client_port {echo_port} "
-        f"--remote_session_config {etc / 'sessions.json'}\n")
-    env_file.chmod(0o600)
-    # LoadCredential=ID:PATH: systemd copies PATH to $CREDENTIALS_DIRECTORY/ID.
-    credential, _, source = one(service, "Service", "LoadCredential").partition(":")
-    Path(moved(source, tmp_path)).write_text(token + "\n")
-    credentials = tmp_path / "run" / "credentials" / SERVICE
-    credentials.mkdir(parents=True)
-    shutil.copyfile(moved(source, tmp_path), credentials / credential)
-    (credentials / credential).chmod(0o400)
+    options = (f"--client_hostname 127.0.0.1 --client_port {echo_port} "
+               f"--remote_session_config {etc / 'sessions.json'}")
+    with short_tempdir() as socket_root:
+        run_activation(gateway, stage(tmp_path, socket_root, options, token=TOKEN), service)
 
-    # The environment systemd gives the service: Environment=, the file,
-    # $STATE_DIRECTORY (StateDirectory=, mode StateDirectoryMode=).
-    env = {}
-    for assignments in service.get(("Service", "Environment"), []):
-        env.update(word.partition("=")[::2] for word in shlex.split(assignments))
-    env.update(read_env_file(env_file))
-    state_dir = tmp_path / "var" / "lib" / one(service, "Service", "StateDirectory")
-    state_dir.mkdir(parents=True, mode=int(one(service, "Service", "StateDirectoryMode"), 8))
-    env["STATE_DIRECTORY"] = str(state_dir)
-    env["CREDENTIALS_DIRECTORY"] = str(credentials)
 
-    argv = expand([moved(word, tmp_path) for word in exec_start_words()], env)
-    www = Path(argv[argv.index("--http_directory") + 1])
-    www.mkdir(parents=True)
-    (www / "index.html").write_text("<p>served through the adopted http socket</p>\n")
+def run_activation(gateway, staged, service):
+    token = TOKEN
+    (staged.www / "index.html").write_text("<p>served through the adopted http socket</p>\n")
+    argv, names = staged.argv, [entry.fdname for entry in staged.listeners]
+    assert names == ["ws", "http"], names
     endpoints = {"ws": argv[argv.index("--ws_listen") + 1], "http": argv[argv.index("--http_listen") + 1]}
-    assert endpoints == {name: f"systemd:domain=INET:name={name}" for name in names}, endpoints
+    assert endpoints == {name: f"systemd:domain=UNIX:name={name}" for name in names}, endpoints
 
-    for attempt in range(5):
-        ports = free_ports(len(sockets))
-        activate = [ACTIVATE, *(f"--listen=127.0.0.1:{port}" for port in ports),
-                    "--fdname=" + ":".join(names), *(f"--setenv={k}={v}" for k, v in env.items())]
-        gw = gateway(argv, via=activate, wait=False, cwd="/")
-        try:
-            gw.wait_for(rf"Listening on 127\.0\.0\.1:{ports[-1]} as {2 + len(ports)}\.", timeout=10)
-            break
-        except AssertionError:
-            gw.kill()
-            if "Address already in use" not in gw.log or attempt == 4:
-                raise
-    port = dict(zip(names, ports, strict=True))
+    gw = activate(gateway, staged)
+    path = {entry.fdname: entry.path for entry in staged.listeners}
+    for entry in staged.listeners:  # as the unit says: root, nginx's group, 0660
+        info = entry.path.stat()
+        assert stat.S_IMODE(info.st_mode) == entry.mode == 0o660
+        if os.geteuid() == 0:
+            assert (info.st_uid, info.st_gid) == (0, grp.getgrnam(NGINX_GROUP).gr_gid)
     pid = gw.proc.pid
     # Before any connection systemd-socket-activate holds the sockets (fd 3, 4, as
     # systemd would pass them); on the first one it execs the gateway, same pid.
-    given = {socket_inode(pid, 3 + i): p for i, p in enumerate(ports)}
-    assert {ino: tcp_listeners().get(ino) for ino in given} == given
+    given = {socket_inode(pid, 3 + i): str(entry.path) for i, entry in enumerate(staged.listeners)}
+    assert {ino: unix_listeners().get(ino) for ino in given} == given
 
     async def scenario():
-        async with connect(f"ws://127.0.0.1:{port['ws']}/websockify", subprotocols=["binary"],
-                           open_timeout=15) as basic:
+        async with unix_connect(str(path["ws"]), "ws://localhost/websockify", subprotocols=["binary"],
+                                open_timeout=15) as basic:
             await basic.send(b"through the adopted ws socket")
             assert await asyncio.wait_for(basic.recv(), 10) == b"through the adopted ws socket"
 
             for name in names:
-                gw.wait_for(rf"--{name}_listen listening on {name}://127\.0\.0\.1:{port[name]}/ "
+                gw.wait_for(rf"--{name}_listen listening on .*{re.escape(str(path[name]))}.* "
                             + re.escape(f"({endpoints[name]})"))
             assert "nexusws" in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
 
-            status, page = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port['http']}/")
+            status, page = await asyncio.to_thread(unix_get, path["http"], "/")
             assert status == 200 and b"adopted http socket" in page
 
             bearer = {"Authorization": f"Bearer {token}"}
-            status, body = await asyncio.to_thread(
-                http_get, f"http://127.0.0.1:{port['http']}/v1/reserve/Demo%20Session", bearer)
+            status, body = await asyncio.to_thread(unix_get, path["http"], "/v1/reserve/Demo%20Session", bearer)
+            assert status == 200, body
             reserved = json.loads(body)["token"]
-            async with connect(f"ws://127.0.0.1:{port['ws']}/?token={reserved}",
-                               subprotocols=["binary"], open_timeout=15) as session:
+            async with unix_connect(str(path["ws"]), f"ws://localhost/?token={reserved}",
+                                    subprotocols=["binary"], open_timeout=15) as session:
                 assert (await asyncio.wait_for(session.recv(), 10)).startswith(b"hello from the nexusws demo")
                 children = {(p, procs.start_time(p)) for p in procs.descendants(pid)}
                 assert children, "the session runs no process"
@@ -350,10 +264,11 @@ def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_p
                     assert token.encode() not in Path(f"/proc/{process}/environ").read_bytes(), process
 
                 # The gateway listens on the two sockets it was given and on nothing else.
-                assert held_sockets(pid) & set(tcp_listeners()) == set(given)
+                listening = set(tcp_listeners()) | set(unix_listeners())
+                assert held_sockets(pid) & listening == set(given)
 
                 # The state file is where StateDirectory= puts it, private.
-                state_file = state_dir / "nexusws-state.json"
+                state_file = staged.state_dir / "nexusws-state.json"
                 assert reserved in state_file.read_text()
                 assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
 
@@ -380,3 +295,5 @@ def test_socket_activation_with_the_units_command_line(gateway, echo_port, tmp_p
     assert not left, f"session processes outlived the gateway: {left}\n{gw.log}"
     assert "SIGTERM received: stopping" in gw.log
     assert "Traceback" not in gw.log, gw.log
+    # Trusting UNIX-socket peers, on sockets only nginx's group may open: no warning about it.
+    assert "every local user" not in gw.log, gw.log
