@@ -49,7 +49,8 @@ def echo_backend():
         nonlocal count
         count += 1
         n = count
-        peer = "%s:%d" % writer.get_extra_info("peername")[:2]
+        host, port = writer.get_extra_info("peername")[:2]
+        peer = f"{host}:{port}"
         note("open", n, peer)
         got = 0
         how = "eof"

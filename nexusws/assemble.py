@@ -13,7 +13,6 @@ from nexusws.load import NodeLoad, listener_url
 from nexusws.metrics import Metrics
 from nexusws.reservations import Registry
 from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
-from nexusws.statefile import StateFile
 from nexusws.service import (
     GatewayService,
     ListenerService,
@@ -22,6 +21,7 @@ from nexusws.service import (
     is_tls_endpoint,
     parse_endpoint,
 )
+from nexusws.statefile import StateFile
 from nexusws.viewer import viewer_resource
 from nexusws.web import make_site
 

@@ -37,9 +37,9 @@ import txaio
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,

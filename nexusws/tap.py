@@ -12,11 +12,10 @@ from twisted.python import usage
 
 from nexusws import __version__, admission, credentials, limits, load, tls, viewer, web
 from nexusws.auth import AccessOptions
+from nexusws.convert import _coerced, _level, _local_session, _port, _positive_seconds, _seconds
 from nexusws.credentials import SECURITY_TOKEN_ENV
 from nexusws.errors import TWISTD_PROG, StartupError, say
-from nexusws.convert import _coerced, _level, _local_session, _port, _positive_seconds, _seconds
 from nexusws.service import is_tls_endpoint, parse_endpoint
-
 
 EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 

@@ -30,7 +30,6 @@ import collections
 import errno
 import os
 import re
-
 from importlib import resources
 
 from OpenSSL import SSL

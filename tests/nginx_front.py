@@ -22,8 +22,8 @@ import base64
 import hashlib
 import http.client
 import os
-import re
 import pwd
+import re
 import shutil
 import signal
 import socket

@@ -15,6 +15,8 @@ import urllib.parse
 
 import pytest
 import websockets
+from websockets.asyncio.client import connect
+
 from conftest import BIN
 from sessions.harness import (
     HERE,
@@ -29,7 +31,6 @@ from sessions.harness import (
     run,
     session_url,
 )
-from websockets.asyncio.client import connect
 
 GROUPS = {"ClusterRendering": ["alice"], "RemoteSession": ["alice", "bob"]}
 

@@ -9,7 +9,6 @@ The status calls are in test_api_status.py, which uses the harness below.
 import uuid
 
 import pytest
-from test_web import PEER, Response
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -20,6 +19,7 @@ from twisted.python.failure import Failure
 from nexusws import web
 from nexusws.api import ApiRoot
 from nexusws.reservations import Registry
+from test_web import PEER, Response
 
 SECRET = "s3cr3t-T0KEN"
 EPOCH = 1767225600.0  # what the wall clock reads at Clock time 0: 2026-01-01T00:00:00Z

@@ -13,8 +13,6 @@ StringTransport whose peer each test chooses; the registry runs on a Clock.
 import json
 
 import pytest
-from test_api import EPOCH, FakeService
-from test_web import Response
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.task import Clock
@@ -25,6 +23,8 @@ from nexusws.api import ApiRoot
 from nexusws.auth import Access, TrustedProxies
 from nexusws.groups import GroupsFile
 from nexusws.reservations import Registry
+from test_api import EPOCH, FakeService
+from test_web import Response
 
 SECRET = "s3cr3t-T0KEN"
 LOCAL, REMOTE = "127.0.0.1", "203.0.113.9"

@@ -4,8 +4,9 @@ import html.parser
 import json
 
 import pytest
-from test_api import JSON_TYPE, SECRET, Api, FakeService
 from twisted.internet import defer
+
+from test_api import JSON_TYPE, SECRET, Api, FakeService
 
 SERVICE_KEYS = {"name", "count", "common_options", "instances"}
 INSTANCE_KEYS = {"index", "token", "timestamp", "state", "options"}

@@ -3,11 +3,10 @@ X-Forwarded-For, local callers (never a request that came through a proxy),
 listener reachability, the start-up notes about who can pose as anyone, the
 access options, and the session WebSocket's checks in L{nexusws.routing.TokenRouter}."""
 
-import os
-import stat
-
 import json
+import os
 import socket
+import stat
 
 import pytest
 from autobahn.websocket.types import ConnectionDeny

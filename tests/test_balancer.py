@@ -5,9 +5,9 @@ import json
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionDone
 from twisted.web.client import ResponseDone
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+
 from conftest import BIN
 from smtp_server import SmtpServer
 from test_tls import make_cert

@@ -22,6 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+from nexusws import procs
+from nexusws.reservations import StartFailed
+from nexusws.service import SessionsService
+from nexusws.statefile import StateFile
 from sessions.harness import (
     assert_gone,
     echo,
@@ -38,12 +44,6 @@ from sessions.harness import (
     wait_until,
 )
 from test_api import Api
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-
-from nexusws import procs
-from nexusws.reservations import StartFailed
-from nexusws.service import SessionsService
-from nexusws.statefile import StateFile
 
 HERE = Path(__file__).resolve().parent / "crash"
 

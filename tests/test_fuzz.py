@@ -11,8 +11,6 @@ from urllib.parse import quote
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_api import Api
-from test_bridge import ControlledEndpoint, Transport
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
@@ -23,6 +21,8 @@ from nexusws.bridge import BridgeFactory
 from nexusws.errors import StartupError
 from nexusws.routing import FixedRouter, Target
 from nexusws.services import load_config
+from test_api import Api
+from test_bridge import ControlledEndpoint, Transport
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

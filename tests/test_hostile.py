@@ -60,7 +60,7 @@ def exchange(port, data, timeout=10):
                 received += chunk
                 if complete(received):
                     break
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
     return received
 

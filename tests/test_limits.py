@@ -14,10 +14,6 @@ import time
 
 import pytest
 import websockets
-from sessions.harness import gateway_args, get
-from tcp_peers import Backend
-from test_api import SECRET, Api, FakeService
-from test_bridge import Harness, Transport, lines
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
@@ -28,6 +24,10 @@ from websockets.asyncio.client import connect
 from nexusws import limits, tap
 from nexusws.api import ApiRoot
 from nexusws.limits import QuotaExceeded, Refused, TunnelCounter
+from sessions.harness import gateway_args, get
+from tcp_peers import Backend
+from test_api import SECRET, Api, FakeService
+from test_bridge import Harness, Transport, lines
 
 MiB = 1024 * 1024
 REQUEST = (b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -8,16 +8,16 @@ import signal
 import subprocess
 
 import pytest
-from conftest import BIN
-from smtp_server import SmtpServer
-from test_cluster import LOOPBACK, Node, get, wait_until
-from test_tls import make_cert
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from conftest import BIN
 from nexusws.balancer import config
 from nexusws.balancer.mail import Mailer, message
 from nexusws.balancer.nodes import BACK, DOWN, FULL
+from smtp_server import SmtpServer
+from test_cluster import LOOPBACK, Node, get, wait_until
+from test_tls import make_cert
 
 MAIL = {"administrator": "admin@example.com", "mailServer": "127.0.0.1", "mailServerPort": 25,
         "mailSender": "balancer@example.com", "mailSenderUser": "bot", "mailSenderPassword": "pw"}

@@ -5,9 +5,6 @@ import urllib.request
 
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
-from test_api import Api
-from test_bridge import open_tunnel
-from test_reservations import ADDRESS, FakeService, World
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
@@ -15,6 +12,9 @@ from nexusws import web
 from nexusws.api import ApiRoot
 from nexusws.metrics import Metrics
 from nexusws.reservations import NoFreeInstance
+from test_api import Api
+from test_bridge import open_tunnel
+from test_reservations import ADDRESS, FakeService, World
 
 
 def samples(text):

@@ -13,9 +13,10 @@ import urllib.request
 
 import pytest
 import websockets
+
 from conftest import require
 from nginx_front import Nginx, adapt, basic, nginx_binary
-from test_cluster import LOOPBACK, HERE, get, wait_until
+from test_cluster import HERE, LOOPBACK, get, wait_until
 from test_mail import start_balancer, stop
 
 PASSWORDS = {"alice": "alice-pw"}

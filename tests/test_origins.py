@@ -7,14 +7,14 @@ import re
 import pytest
 import websockets
 from autobahn.websocket.types import ConnectionDeny
-from tcp_peers import Backend
-from test_bridge import Harness, lines
 from twisted.python import usage
 from websockets.asyncio.client import connect
 
 from nexusws import tap
 from nexusws.limits import OriginPattern, OriginPolicy, Refused, parse_origin
 from nexusws.routing import Target
+from tcp_peers import Backend
+from test_bridge import Harness, lines
 
 # --- the matcher ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import contextlib
 import signal
 
 import pytest
+
 from sessions.harness import (
     assert_gone,
     echo,

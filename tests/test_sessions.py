@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT
+from nexusws.statefile import StateFile
 from sessions.harness import (
     all_instances,
     assert_gone,
@@ -37,8 +39,6 @@ from sessions.harness import (
     state_path,
     wait_until,
 )
-
-from nexusws.statefile import StateFile
 
 #: A log line of the launcher saying it started a process.
 STARTED = r"nexusws\.launcher#info\].*(started pid|\) started)"

@@ -9,8 +9,8 @@ Certificates are generated here with C{cryptography}; no key is committed.
 """
 
 import datetime
-import io
 import http.client
+import io
 import ipaddress
 import os
 import socket
@@ -63,7 +63,7 @@ class Authority:
 
 
 def _build(subject, public_key, issuer, signing_key, ca, client=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
         .serial_number(x509.random_serial_number())

@@ -31,7 +31,7 @@ def message(mail, subject, text, monitor_url):
             f"Subject: {subject}\n"
             "Content-Type: text/plain; charset=utf-8\n\n"
             f"Hello,\n\n{text}.\nCheck it at {monitor_url}\n\n-Simulation Server\n"
-            ).encode("utf-8")
+            ).encode()
 
 
 def why(error):

@@ -17,11 +17,11 @@ import json
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, task
-from twisted.web import client
 from twisted.internet.protocol import Protocol
+from twisted.web import client
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from nexusws.logs import logger, one_line, printable
 

@@ -13,8 +13,8 @@ from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
 from nexusws.errors import StartupError, say
 from nexusws.logs import logger
-from nexusws.web import log_request
 from nexusws.service import GatewayService, ListenerService, parse_endpoint
+from nexusws.web import log_request
 
 _log = logger("nexusws.balancer")
 
