@@ -48,9 +48,9 @@ from autobahn.websocket.types import ConnectionDeny
 from OpenSSL import SSL
 from twisted.internet import defer, error
 
-from nexusws import limits, pipes
+from nexusws import internals, limits, pipes
 from nexusws.logs import Quieter, logger, printable, redact_text
-from nexusws.pipes import Backend, OneShot, QuietIO, ReactorTimer, Valve, describe, request_target
+from nexusws.pipes import Backend, OneShot, QuietIO, Valve, describe, request_target
 from nexusws.routing import Launch
 from nexusws.tls import openssl_reason
 
@@ -136,7 +136,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         self._early = bytearray()
         if self.openHandshakeTimeoutCall is not None:
             self.openHandshakeTimeoutCall.cancel()
-        self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(
+        self.openHandshakeTimeoutCall = self.factory.reactor.callLater(
             self._phase[1], self.onOpenHandshakeTimeout
         )
 
@@ -210,7 +210,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
             # error (Autobahn logs it at error): one line, as the HTTP listener has.
             self._log.info("wss {client} TLS failed: {why}", client=self.client,
                            why=openssl_reason(reason.value))
-            self._connectionLost(reason)  # the rest of Autobahn's connectionLost
+            internals.connection_lost_unlogged(self, reason)
             return
         super().connectionLost(reason)
 
@@ -292,19 +292,16 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                     self._hold_client("launch")
             return
         self.bytes_up += len(payload)
-        pipes.write_now(self.backend.transport, payload)
+        internals.write_now(self.backend.transport, payload)
 
     def dataReceived(self, data):
         # Whole binary frames (nearly all a tunnel gets) are forwarded here;
         # anything else, and what follows it, goes through Autobahn.
         if (
             self.state == self.STATE_OPEN
-            and not self.data
-            and self.current_frame is None
-            and not self.inside_message
-            and self._perMessageCompress is None
             and not self.logFrames
             and not self.logOctets
+            and internals.between_frames(self)
         ):
             if self._max_frame is None:  # the size options, once a tunnel
                 limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n > 0]
@@ -325,7 +322,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
                 return
             if self._head_too_large(data):
                 return
-        self._dataReceived(data)
+        internals.raw_receive(self, data)
 
     def _head_too_large(self, data):
         """Refuse (431) a request head that does not end within C{max_request_size} bytes.
@@ -364,7 +361,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         if self._frames_plain():
             # What sendMessage would write, without its copy and bookkeeping.
             for piece in pieces:
-                pipes.write_now(self.transport, piece, pipes.frame_header(len(piece)))
+                internals.write_now(self.transport, piece, pipes.frame_header(len(piece)))
             return
         for piece in pieces:
             self.sendMessage(piece, isBinary=True)
@@ -376,11 +373,14 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         if self._backend_valve is not None and self._backend_valve.paused:
             self._hold_client("replies")
 
+    # processControlFrame and _fail_connection are Autobahn's internal methods
+    # (nexusws.internals checks at start-up that they are still there).
+
     def processControlFrame(self):
         # An unsolicited pong is legal (a heartbeat); while a keep-alive ping is
         # pending Autobahn warns of each one: a client could fill the log at
         # will. Those lines go to debug.
-        if self.current_frame.opcode == 10 and self.autoPingPending:
+        if self.autoPingPending and internals.receiving_pong(self):
             self.log = Quieter(type(self).log)
             try:
                 return super().processControlFrame()
@@ -398,7 +398,7 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
 
     def client_keeps_up(self):
         """Whether everything sent to the client so far has left (nothing queued)."""
-        return pipes.queued(self.transport) == 0
+        return internals.queued(self.transport) == 0
 
     def _frames_plain(self):
         """Whether a message is sent as one plain frame: open, no compression, no
@@ -406,12 +406,10 @@ class BridgeProtocol(QuietIO, WebSocketServerProtocol):
         a queue of synchronous writes, frame logging)."""
         return (
             self.state == self.STATE_OPEN
-            and self._perMessageCompress is None
             and not self.autoFragmentSize
-            and self.send_state == self.SEND_STATE_GROUND
-            and not self.send_queue
             and not self.logFrames
             and not self.trackedTimings
+            and internals.sending_idle(self)
         )
 
     # --- close ----------------------------------------------------------------
@@ -562,7 +560,7 @@ class BridgeFactory(WebSocketServerFactory):
     ):
         super().__init__(reactor=reactor)
         self.noisy = False
-        self._batched_timer = ReactorTimer(reactor)
+        internals.use_reactor(self, reactor)
         self.router = router
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout

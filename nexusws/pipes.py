@@ -1,20 +1,22 @@
-"""Transport plumbing for the bridge: producer valves, the backend protocol, timers."""
+"""Transport plumbing for the bridge: producer valves, the backend protocol, frames.
+
+What it needs of Twisted's and Autobahn's internals it asks L{nexusws.internals}.
+"""
 
 import ipaddress
 import os
-import pprint
 import struct
 from urllib.parse import urlencode
 
-import autobahn.websocket.protocol as _autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket.xormasker import create_xor_masker
-from twisted.internet import defer, error, tcp
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from nexusws import internals
 from nexusws.logs import printable, redact
 
 SUBPROTOCOL = "binary"
@@ -75,64 +77,12 @@ class QuietIO:
     """
 
     def dataReceived(self, data):
-        self._dataReceived(data)
+        internals.raw_receive(self, data)
 
     def sendData(self, data, sync=False, chopsize=None):
-        if sync or chopsize or self.send_queue:
+        if sync or chopsize or not internals.send_queue_empty(self):
             return super().sendData(data, sync, chopsize)
         self.transport.write(data)
-
-
-def queued(transport):
-    """Bytes Twisted holds for C{transport} (a TLS transport: also its TCP transport's)."""
-    total = 0
-    for _ in range(3):  # the transport, a TLS layer's TCP transport
-        buffer = getattr(transport, "dataBuffer", None)
-        if buffer is not None:
-            total += len(buffer) - transport.offset + transport._tempDataLen
-        total += sum(len(b) for b in getattr(transport, "_appSendBuffer", None) or ())
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            break
-    return total
-
-
-def write_now(transport, data, head=b""):
-    """C{transport.write(head + data)}, sent at once when nothing is queued.
-
-    Twisted queues every write and sends it when the reactor next finds the
-    socket writable: per 64 KiB of a tunnel that is an epoll round, two
-    C{epoll_ctl}s to watch for writability, and (the queue being over the
-    producer's 64 KiB mark) two more to pause and resume the other side. A
-    tunnel's socket is nearly always writable, so this sends at once, C{head}
-    and C{data} in one C{sendmsg} with no copy, and queues only what the
-    kernel did not take (where Twisted's flow control goes on as ever). Any
-    transport but a plain TCP one (TLS, a test's), or one with data queued or
-    closing, is written to as usual, which also keeps the order of bytes.
-    """
-    if (
-        type(transport) not in _PLAIN_TCP
-        or transport._tempDataLen
-        or len(transport.dataBuffer) > transport.offset
-        or not transport.connected
-        or transport.disconnecting
-        or transport._writeDisconnected
-    ):
-        transport.write(head + data if head else data)
-        return
-    try:
-        sent = transport.socket.sendmsg((head, data)) if head else transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        sent = 0  # the queued write meets the error again and closes the connection as usual
-    if sent < len(head):
-        transport.write(head[sent:] + data)
-    elif sent < len(head) + len(data):
-        transport.write(data[sent - len(head):])
-
-
-_PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def frame_header(length):
@@ -142,33 +92,6 @@ def frame_header(length):
     if length < 65536:
         return struct.pack("!BBH", 0x82, 126, length)
     return struct.pack("!BBQ", 0x82, 127, length)
-
-
-class LazyFormat:
-    """C{pprint.pformat(value)}, computed only when a log observer formats it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __str__(self):
-        return pprint.pformat(self.value)
-
-    __repr__ = __str__
-
-    def __format__(self, spec):
-        return format(str(self), spec)
-
-
-def lazy_pformat(value, *args, **kwargs):
-    return LazyFormat(value) if not (args or kwargs) else pprint.pformat(value, *args, **kwargs)
-
-
-# Autobahn pretty-prints its ~40 settings for a debug line at every connection,
-# logged or not: 7% of a tunnel set-up's CPU. Its only other use of pformat is
-# in debug-only code (Timings.__str__, connection details), unused here.
-_autobahn_protocol.pformat = lazy_pformat
 
 
 def backend_endpoint(reactor, host, port, timeout, attempt_delay=0.3):
@@ -335,17 +258,3 @@ def describe(exc):
     for prefix in ("Connection was refused by other side: ", "An error occurred while connecting: "):
         text = text.replace(prefix, "")
     return printable(text or type(exc).__name__)
-
-
-class ReactorTimer:
-    """Autobahn's protocol timers (handshake, ping, close) on the injected reactor.
-
-    Autobahn's default batched timer always uses the global reactor; this keeps
-    every timeout on the factory's reactor, so tests can drive them with a Clock.
-    """
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def call_later(self, delay, fn, *args, **kwargs):
-        return self._reactor.callLater(delay, fn, *args, **kwargs)

@@ -24,7 +24,7 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 
-from nexusws import __version__, launcher, procs
+from nexusws import __version__, internals, launcher, procs
 from nexusws.errors import StartupError, install_excepthook
 from nexusws.logs import logger, open_log_file, set_verbosity, text_file_observer
 from nexusws.statefile import NotRecorded
@@ -92,6 +92,19 @@ def check_nvx():
     return False
 
 
+def check_internals():
+    """Check the library internals the tunnels' fast paths use (L{nexusws.internals});
+    warn in one line, naming what is missing, when they fall back to the public APIs."""
+    missing = internals.check()
+    if missing:
+        _log.warn(
+            "library internals missing in {versions}: {missing}; tunnels use the public APIs "
+            "only (correct, slower); install the versions in constraints.txt to fix this",
+            versions=internals.versions(), missing=", ".join(missing),
+        )
+    return not missing
+
+
 class GatewayService(service.MultiService):
     """The whole gateway: applies C{--verbose}, opens C{--log_file}, starts its children.
 
@@ -125,6 +138,7 @@ class GatewayService(service.MultiService):
             self._open_log_file()
             _log.info("nexusws {version} starting", version=__version__)
             check_nvx()
+            check_internals()
             old, new = procs.raise_open_files_limit()
             if new != old:
                 _log.info("open files limit raised from {old} to {new}", old=old, new=new)

@@ -16,7 +16,7 @@ from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from nexusws import pipes
+from nexusws import internals, pipes
 
 
 class Recorder(Protocol):
@@ -57,7 +57,7 @@ def receive(sock, n, timeout=5.0):
 
 def test_with_nothing_queued_head_and_data_are_sent_at_once_and_nothing_is_queued(pair):
     transport, peer, reactor = pair
-    pipes.write_now(transport, b"payload" * 1000, b"\x82\x7e\x1b\x58")
+    internals.write_now(transport, b"payload" * 1000, b"\x82\x7e\x1b\x58")
     assert receive(peer, 7004) == b"\x82\x7e\x1b\x58" + b"payload" * 1000
     assert transport._tempDataLen == 0 and transport not in reactor.getWriters()
 
@@ -65,7 +65,7 @@ def test_with_nothing_queued_head_and_data_are_sent_at_once_and_nothing_is_queue
 def test_behind_queued_data_a_write_is_queued_so_the_order_is_kept(pair):
     transport, peer, reactor = pair
     transport.write(b"first ")
-    pipes.write_now(transport, b"second", b"H")
+    internals.write_now(transport, b"second", b"H")
     assert transport in reactor.getWriters(), "left to the reactor, after what is queued"
     transport.doWrite()
     assert receive(peer, 13) == b"first Hsecond"
@@ -91,7 +91,7 @@ def test_what_the_kernel_does_not_take_is_queued_and_flow_control_pauses_the_pro
     producer = Producer()
     transport.registerProducer(producer, True)
     data = bytes(range(256)) * 8192  # 2 MiB: far more than the two socket buffers hold
-    pipes.write_now(transport, data, b"HEAD")
+    internals.write_now(transport, data, b"HEAD")
     queued = transport._tempDataLen
     assert 0 < queued < len(data), "part sent now, the rest queued"
     assert producer.paused and transport in reactor.getWriters()
@@ -111,7 +111,7 @@ def test_what_the_kernel_does_not_take_is_queued_and_flow_control_pauses_the_pro
 @given(head_len=st.integers(0, 14), cut=st.integers(0, 100))
 def test_a_partial_send_anywhere_in_head_or_data_queues_exactly_the_rest(head_len, cut):
     """Whatever the kernel takes (simulated), the queue holds exactly what it did not."""
-    original = pipes._PLAIN_TCP
+    original = internals._PLAIN_TCP
 
     class Sock:
         def sendmsg(self, buffers):
@@ -131,11 +131,11 @@ def test_a_partial_send_anywhere_in_head_or_data_queues_exactly_the_rest(head_le
 
     head, data = bytes(range(100, 100 + head_len)), bytes(range(50))
     t = Transport()
-    pipes._PLAIN_TCP = (Transport,)
+    internals._PLAIN_TCP = (Transport,)
     try:
-        pipes.write_now(t, data, head)
+        internals.write_now(t, data, head)
     finally:
-        pipes._PLAIN_TCP = original
+        internals._PLAIN_TCP = original
     sent = min(cut, len(head) + len(data))
     assert b"".join(t.queued) == (head + data)[sent:]
     assert len(t.queued) <= 1
@@ -146,7 +146,7 @@ def test_a_connection_reset_is_left_to_twisted_to_report(pair):
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     peer.close()  # RST
     for _ in range(5):
-        pipes.write_now(transport, b"x" * 65536, b"H")  # never raises
+        internals.write_now(transport, b"x" * 65536, b"H")  # never raises
     assert transport in reactor.getWriters()
     assert transport.doWrite() is not None, "Twisted's own write meets the error and says so"
 
@@ -155,7 +155,7 @@ def test_a_connection_reset_is_left_to_twisted_to_report(pair):
 def test_a_closing_transport_is_written_to_as_twisted_would(pair, closing):
     transport, peer, reactor = pair
     setattr(transport, closing, True)
-    pipes.write_now(transport, b"data", b"H")
+    internals.write_now(transport, b"data", b"H")
     peer.setblocking(False)
     with pytest.raises(BlockingIOError):
         peer.recv(10)  # nothing sent behind Twisted's back
@@ -163,8 +163,8 @@ def test_a_closing_transport_is_written_to_as_twisted_would(pair, closing):
 
 def test_other_transports_get_one_ordinary_write():
     transport = StringTransport()
-    pipes.write_now(transport, b"data", b"HEAD")
-    pipes.write_now(transport, b"more")
+    internals.write_now(transport, b"data", b"HEAD")
+    internals.write_now(transport, b"more")
     assert transport.value() == b"HEADdatamore"
 
 
@@ -234,12 +234,12 @@ def test_the_backend_read_size_grows_while_reads_come_back_full_and_shrinks_when
 
 def test_queued_counts_what_twisted_holds_for_a_transport_and_under_tls(pair):
     transport, peer, reactor = pair
-    assert pipes.queued(transport) == 0
+    assert internals.queued(transport) == 0
     transport.write(b"abc")
     transport.write(b"defg")
-    assert pipes.queued(transport) == 7
+    assert internals.queued(transport) == 7
     transport.doWrite()
-    assert pipes.queued(transport) == 0
+    assert internals.queued(transport) == 0
 
     class TLSLayer:  # as TLSMemoryBIOProtocol: cleartext waiting, and its TCP transport
         _appSendBuffer = [b"12345"]
@@ -247,7 +247,7 @@ def test_queued_counts_what_twisted_holds_for_a_transport_and_under_tls(pair):
     tls = TLSLayer()
     tls.transport = transport
     transport.write(b"xy")
-    assert pipes.queued(tls) == 7
+    assert internals.queued(tls) == 7
 
 
 def test_the_backend_socket_sends_small_messages_at_once_no_nagle(pair):

@@ -1,0 +1,171 @@
+"""The library internals the data path uses (L{nexusws.internals}): the start-up check,
+and the tunnel's behaviour on the public-API fallback it switches to.
+
+The key bridge and pipes tests run here again with the fallback forced: bytes
+flow exactly both ways, flow control, the close rules.
+"""
+
+import inspect
+
+import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import abstract
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+import test_bridge
+import test_pipes
+from nexusws import internals, pipes
+from nexusws.service import check_internals
+from test_bridge import open_tunnel
+from test_pipes import pair  # noqa: F401 (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def _restore():
+    yield
+    assert internals.check() == [], "the installed libraries' internals again"
+
+
+@pytest.fixture
+def public_apis():
+    """The module switched to its public-API fallback, as when an internal is missing."""
+    internals.set_fast(False)
+    yield
+
+
+def _events_of(fn):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        result = fn()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return result, events
+
+
+# --- the check ----------------------------------------------------------------
+
+
+def test_the_installed_twisted_and_autobahn_have_every_internal_used():
+    """Fails when an upstream release renames or retypes one (and names it)."""
+    assert internals.check() == []
+    assert internals.FAST
+    assert internals.raw_receive is WebSocketServerProtocol._dataReceived
+
+
+def test_with_every_internal_there_the_start_up_check_logs_nothing():
+    ok, events = _events_of(check_internals)
+    assert ok is True and events == []
+
+
+def _without_inside_message(monkeypatch):
+    on_open = WebSocketServerProtocol._onOpen
+
+    def opened(self):  # as if Autobahn had renamed it
+        del self.inside_message
+        return on_open(self)
+
+    monkeypatch.setattr(WebSocketServerProtocol, "_onOpen", opened)
+
+
+@pytest.mark.parametrize("remove, name", [
+    (lambda mp: mp.delattr(abstract.FileDescriptor, "_writeDisconnected"), "tcp.Server._writeDisconnected"),
+    (lambda mp: mp.setattr(abstract.FileDescriptor, "dataBuffer", []), "tcp.Server.dataBuffer"),
+    (lambda mp: mp.delattr(WebSocketProtocol, "processControlFrame"), "WebSocketServerProtocol.processControlFrame"),
+    (lambda mp: mp.delattr(WebSocketProtocol, "_fail_connection"), "WebSocketServerProtocol._fail_connection"),
+    (_without_inside_message, "WebSocketServerProtocol.inside_message"),
+])
+def test_a_missing_internal_is_named_and_the_public_apis_are_used(monkeypatch, remove, name):
+    """Missing, or of another type: named, and the module falls back."""
+    remove(monkeypatch)
+    assert internals.check() == [name]
+    assert not internals.FAST
+    assert internals.raw_receive is not WebSocketServerProtocol._dataReceived
+
+
+def test_the_start_up_warning_is_one_line_naming_what_is_missing_and_the_versions(monkeypatch):
+    monkeypatch.delattr(abstract.FileDescriptor, "_writeDisconnected")
+    _without_inside_message(monkeypatch)
+    ok, events = _events_of(check_internals)
+    assert ok is False
+    assert [e["log_level"] for e in events] == [LogLevel.warn]
+    line = formatEvent(events[0])
+    assert "\n" not in line
+    assert "tcp.Server._writeDisconnected, WebSocketServerProtocol.inside_message" in line
+    assert internals.versions() in line and "public APIs" in line
+
+
+def test_a_probe_that_fails_outright_is_reported_not_raised(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("changed\nupstream")
+
+    monkeypatch.setattr(internals.tcp, "Server", broken)
+    missing = internals.check()
+    assert missing == ["twisted probe (RuntimeError: changed upstream)"]
+    assert not internals.FAST
+
+
+# --- the fallback -------------------------------------------------------------
+
+
+def test_on_the_public_apis_a_write_is_an_ordinary_twisted_write(public_apis, pair):  # noqa: F811
+    transport, peer, reactor = pair
+    internals.write_now(transport, b"data", b"HEAD")
+    assert transport in reactor.getWriters(), "queued for the reactor, not sent behind its back"
+    transport.doWrite()
+    assert test_pipes.receive(peer, 8) == b"HEADdata"
+
+
+def test_on_the_public_apis_queued_is_unknown_and_the_client_is_taken_not_to_keep_up(public_apis):
+    h = open_tunnel(greeting=b"")
+    assert internals.queued(h.server.transport) is None
+    assert not h.server.client_keeps_up()
+    backend = h.server.backend
+    backend.dataReceived(b"x" * backend.transport.bufferSize)
+    assert backend.transport.bufferSize == pipes.READ_MIN, "reads do not grow"
+
+
+def test_on_the_public_apis_every_frame_goes_through_autobahn(public_apis, monkeypatch):
+    """No frame fast path either way: client frames are parsed by Autobahn, backend
+    data is sent with sendMessage."""
+    monkeypatch.setattr(pipes, "simple_frames", None)  # called: a TypeError
+    h = open_tunnel(greeting=b"")
+    sent = []
+    send_message = h.server.sendMessage
+    h.server.sendMessage = lambda payload, isBinary: sent.append(payload) or send_message(payload, isBinary)
+    h.client.sendMessage(b"up" * 1000, isBinary=True)
+    h.backend.transport.write(b"down")
+    h.flush()
+    assert bytes(h.backend.received) == b"up" * 1000
+    assert h.client.received == b"down" and sent == [b"down"]
+
+
+KEY_TESTS = [
+    test_bridge.test_bytes_flow_both_ways_exactly_and_in_order,
+    test_bridge.test_text_frames_are_forwarded_as_their_utf8_bytes,
+    test_bridge.test_fragmented_message_is_streamed_frame_by_frame,
+    test_bridge.test_backend_greeting_is_held_until_open_then_delivered_first,
+    test_bridge.test_flow_control_is_wired_both_ways,
+    test_bridge.test_backend_close_delivers_every_byte_then_closes_1000,
+    test_bridge.test_backend_close_waits_for_the_client_buffer_to_drain,
+    test_bridge.test_a_client_that_never_takes_the_backends_last_data_is_cut_off_after_close_timeout,
+    test_bridge.test_a_client_that_takes_the_last_data_in_time_is_closed_1000_and_not_cut_off,
+    test_bridge.test_client_close_delivers_every_byte_to_the_backend_then_eof,
+    test_bridge.test_after_the_client_closes_the_backend_is_half_closed_and_read_until_it_closes,
+    test_bridge.test_backend_data_while_the_websocket_is_closing_is_dropped_without_error,
+    test_bridge.test_close_all_closes_open_tunnels_with_1001,
+    test_bridge.test_ping_keepalive_drops_a_silent_peer_after_the_timeout,
+    test_bridge.test_unsolicited_pongs_while_a_keepalive_ping_is_pending_do_not_fill_the_log,
+    test_bridge.test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_margin,
+    test_pipes.test_behind_queued_data_a_write_is_queued_so_the_order_is_kept,
+    test_pipes.test_other_transports_get_one_ordinary_write,
+    test_pipes.test_the_fast_path_forwards_and_fails_exactly_as_autobahn_alone_does,
+]
+
+
+@pytest.mark.parametrize("test", KEY_TESTS, ids=lambda t: t.__name__)
+def test_key_behaviours_hold_on_the_public_apis(public_apis, request, test):
+    fixtures = {name: request.getfixturevalue(name) for name in inspect.signature(test).parameters}
+    test(**fixtures)
+    assert not internals.FAST, "run on the fallback throughout"
