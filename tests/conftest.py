@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from twisted.logger import globalLogPublisher
 
+from support.pipes import pair  # noqa: F401 (a fixture: test_pipes, test_internals)
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / ".artifacts"
 BIN = Path(sys.executable).parent

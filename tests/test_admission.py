@@ -27,8 +27,8 @@ from twisted.web.http import HTTPChannel
 from nexusws import tap
 from nexusws.admission import LOG_INTERVAL, ConnectionCap
 from nexusws.bridge import BridgeFactory, BridgeProtocol
-from test_bridge import Transport, lines
-from test_tls import make_cert
+from support.bridge import Transport, lines
+from support.tls import make_cert
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 TOO_MANY = b"HTTP/1.1 429 Too Many Requests\r\n"

@@ -23,8 +23,8 @@ from nexusws.api import ApiRoot
 from nexusws.auth import Access, TrustedProxies
 from nexusws.groups import GroupsFile
 from nexusws.reservations import Registry
-from test_api import EPOCH, FakeService
-from test_web import Response
+from support.api import EPOCH, FakeService
+from support.http import Response
 
 SECRET = "s3cr3t-T0KEN"
 LOCAL, REMOTE = "127.0.0.1", "203.0.113.9"

@@ -1,4 +1,4 @@
-"""/v1/status and /v1/status_view in memory, through the harness of test_api.py."""
+"""/v1/status and /v1/status_view in memory, through the harness of support/api.py."""
 
 import html.parser
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 from twisted.internet import defer
 
-from test_api import JSON_TYPE, SECRET, Api, FakeService
+from support.api import JSON_TYPE, SECRET, Api, FakeService
 
 SERVICE_KEYS = {"name", "count", "common_options", "instances"}
 INSTANCE_KEYS = {"index", "token", "timestamp", "state", "options"}

@@ -13,49 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import websockets
 
 from conftest import BIN
 from smtp_server import SmtpServer
-from test_tls import make_cert
+from support.cluster import LOOPBACK, Node, get
+from support.tls import make_cert
+from support.waiting import wait_until
 
-HERE = Path(__file__).parent
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 POLL, TIMEOUT = 1.0, 0.5
-
-
-def get(url, parse=True):
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        raw = answer.read()
-    return json.loads(raw) if parse else raw.decode()
-
-
-def wait_until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
-class Node:
-    def __init__(self, gateway, tmp_path, name, http_listen=LOOPBACK):
-        www = tmp_path / name
-        www.mkdir(exist_ok=True)
-        services = tmp_path / "services.json"  # one service of two instances: 2 in use is load 100
-        services.write_text(json.dumps({"echo": {"script": str(HERE / "sessions" / "helper_echo.py"),
-                                                 "count": 2, "options": {"kind": "helpers"}}}))
-        self.args = ["--ws_listen", LOOPBACK, "--http_listen", http_listen, "--http_directory", str(www),
-                     "--remote_session_config", str(services),
-                     "--state_file", str(tmp_path / f"{name}.state")]
-        self.gw = gateway(self.args, http=True)
-        self.http = f"127.0.0.1:{self.gw.http_port}"
 
 
 @pytest.fixture

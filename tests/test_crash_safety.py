@@ -43,7 +43,7 @@ from sessions.harness import (
     state_path,
     wait_until,
 )
-from test_api import Api
+from support.api import Api
 
 HERE = Path(__file__).resolve().parent / "crash"
 

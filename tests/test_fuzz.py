@@ -21,8 +21,8 @@ from nexusws.bridge import BridgeFactory
 from nexusws.errors import StartupError
 from nexusws.routing import FixedRouter, Target
 from nexusws.services import load_config
-from test_api import Api
-from test_bridge import ControlledEndpoint, Transport
+from support.api import Api
+from support.bridge import ControlledEndpoint, Transport
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

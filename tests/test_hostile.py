@@ -7,13 +7,13 @@ reservation left over.
 
 import json
 import os
-import socket
 import subprocess
 import time
 
 import pytest
 
 from conftest import BIN, ROOT
+from support.raw_http import exchange, status_of
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 SERVICES = ROOT / "tests" / "sessions" / "services.json"
@@ -44,43 +44,6 @@ WS_CASES = {
     "plain HTTP on the ws port": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     "garbage": b"\x00\x01\x02\xff" * 64 + b"\r\n\r\n",
 }
-
-
-def exchange(port, data, timeout=10):
-    """Send C{data} on a fresh connection; return the answer: one whole response, or
-    what came before the server closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before everything was sent: what matters is the answer
-        received = b""
-        try:
-            while chunk := s.recv(65536):
-                received += chunk
-                if complete(received):
-                    break
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return received
-
-
-def complete(answer):
-    """Whether C{answer} holds a whole HTTP response (headers and Content-Length body)."""
-    head, sep, body = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value.strip() or 0)
-    return False
-
-
-def status_of(answer):
-    line = answer.split(b"\r\n", 1)[0]
-    parts = line.split()
-    return int(parts[1]) if len(parts) >= 2 and parts[0].startswith(b"HTTP/") else None
 
 
 def fd_count(pid):
@@ -149,7 +112,7 @@ def test_hostile_option_values_stop_start_up_with_one_line(args, expected):
 
 def test_a_huge_instance_count_reserves_and_releases_without_scanning_it(tmp_path):
     """count 10**30 is accepted (no reservation walks every index) and costs nothing."""
-    from test_api import Api, FakeService
+    from support.api import Api, FakeService
 
     api = Api(tmp_path, services=[FakeService(count=10**30)])
     token = api.reserve()

@@ -357,7 +357,7 @@ def test_real_gateway_drops_a_stalled_half_request_after_its_idle_timeout(limite
 def test_real_https_gateway_drops_a_client_that_never_finishes_the_tls_handshake(gateway, tmp_path):
     """The idle timeout runs from the TCP connection: a client that connects to the https
     listener and sends nothing (no ClientHello) is dropped after --http_idle_timeout."""
-    from test_tls import make_cert
+    from support.tls import make_cert
 
     cert, key = make_cert(tmp_path)
     gw = gateway(["--cert", str(cert), "--key", str(key), "--http_directory", str(tmp_path),

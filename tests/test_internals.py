@@ -17,8 +17,7 @@ import test_bridge
 import test_pipes
 from nexusws import internals, pipes
 from nexusws.service import check_internals
-from test_bridge import open_tunnel
-from test_pipes import pair  # noqa: F401 (a fixture)
+from support.bridge import open_tunnel
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +108,7 @@ def test_a_probe_that_fails_outright_is_reported_not_raised(monkeypatch):
 # --- the fallback -------------------------------------------------------------
 
 
-def test_on_the_public_apis_a_write_is_an_ordinary_twisted_write(public_apis, pair):  # noqa: F811
+def test_on_the_public_apis_a_write_is_an_ordinary_twisted_write(public_apis, pair):
     transport, peer, reactor = pair
     internals.write_now(transport, b"data", b"HEAD")
     assert transport in reactor.getWriters(), "queued for the reactor, not sent behind its back"

@@ -6,7 +6,7 @@ from twisted.internet import defer, error
 
 from nexusws.reservations import TokenInUse, UnknownToken
 from nexusws.routing import FixedRouter, Launch, NoRouter, Target, TokenRouter
-from test_bridge import Harness, lines
+from support.bridge import Harness, lines
 
 
 class LaunchRouter:

@@ -25,9 +25,9 @@ from nexusws import limits, tap
 from nexusws.api import ApiRoot
 from nexusws.limits import QuotaExceeded, Refused, TunnelCounter
 from sessions.harness import gateway_args, get
+from support.api import SECRET, Api, FakeService
+from support.bridge import Harness, Transport, lines
 from tcp_peers import Backend
-from test_api import SECRET, Api, FakeService
-from test_bridge import Harness, Transport, lines
 
 MiB = 1024 * 1024
 REQUEST = (b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -389,12 +389,12 @@ def test_reserve_beyond_the_quota_answers_429_and_reserves_nothing(quota_api, ev
 
 
 def test_reserve_quota_is_per_address_for_anonymous_clients(quota_api, monkeypatch):
-    import test_api
+    import support.api
 
     quota_api.reserve()
     quota_api.reserve()
     assert quota_api.get("/v1/reserve/demo").status == 429
-    monkeypatch.setattr(test_api, "PEER", IPv4Address("TCP", "127.0.0.2", 40000))
+    monkeypatch.setattr(support.api, "PEER", IPv4Address("TCP", "127.0.0.2", 40000))
     assert quota_api.get("/v1/reserve/demo").status == 200
 
 

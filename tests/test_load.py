@@ -9,8 +9,8 @@ from twisted.internet.testing import MemoryReactorClock
 from nexusws import web
 from nexusws.api import ApiRoot
 from nexusws.load import NodeLoad, check_ws_url, cpu_pressure, memory_in_use
-from test_api import Api
-from test_reservations import FakeService, World
+from support.api import Api
+from support.reservations import FakeService, World
 
 PSI = """some avg10=12.34 avg60=7.45 avg300=7.78 total=1341708107
 full avg10=0.00 avg60=0.00 avg300=0.00 total=0

@@ -192,7 +192,7 @@ def deploy(gateway, tmp_path, local_users):
     left out (the README's other way: browsers reserve through nginx, --allow_remote_api)."""
     require(ACTIVATE is not None, "systemd-socket-activate (apt-get install systemd)")
     require(nginx_binary() is not None, "nginx (apt-get install nginx)")
-    from test_tls import make_cert
+    from support.tls import make_cert
 
     greeters, nginxes = Greeters(), []
     with short_tempdir() as root:  # 0755, like /run: the socket's own mode decides

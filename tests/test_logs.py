@@ -211,7 +211,7 @@ def test_release_tokens_are_masked_in_percent_encoded_paths_too(uri, shown):
 def test_a_release_through_an_encoded_path_works_and_logs_no_token(tmp_path):
     """/v1/%72elease/<token> releases the reservation (twisted.web decodes the path),
     and no log line, nor any field of any event, holds the token."""
-    from test_api import Api
+    from support.api import Api
 
     api = Api(tmp_path)
     token = api.reserve()
@@ -300,7 +300,7 @@ def _refusals(events):
 def test_a_refused_handshake_is_one_line_ours_with_the_os_message(events):
     """A backend refusing the connection: one line at --verbose 0, 'Connection refused', not '111';
     Autobahn's 'failing WebSocket opening handshake' and 'dropping connection' are debug lines."""
-    from test_bridge import Harness
+    from support.bridge import Harness
 
     logs.set_verbosity(0)
     h = Harness()
@@ -315,7 +315,7 @@ def test_a_refused_handshake_is_one_line_ours_with_the_os_message(events):
 
 def test_a_handshake_autobahn_refuses_itself_is_one_line_ours_too(events):
     """A request without the Upgrade header (Autobahn's own check): one line, ours."""
-    from test_bridge import Harness
+    from support.bridge import Harness
 
     logs.set_verbosity(0)
     h = Harness()
@@ -326,7 +326,7 @@ def test_a_handshake_autobahn_refuses_itself_is_one_line_ours_too(events):
 
 
 def test_autobahns_refusal_lines_are_debug_lines_at_verbose_2(events):
-    from test_bridge import Harness
+    from support.bridge import Harness
 
     logs.set_verbosity(2)
     try:

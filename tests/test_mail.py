@@ -2,22 +2,18 @@
 sent with Twisted's SMTP client (STARTTLS and login) to a real SMTP server on loopback."""
 
 import email
-import json
-import re
-import signal
-import subprocess
 
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from conftest import BIN
 from nexusws.balancer import config
 from nexusws.balancer.mail import Mailer, message
 from nexusws.balancer.nodes import BACK, DOWN, FULL
 from smtp_server import SmtpServer
-from test_cluster import LOOPBACK, Node, get, wait_until
-from test_tls import make_cert
+from support.cluster import Node, get, start_balancer, stop
+from support.tls import make_cert
+from support.waiting import wait_until
 
 MAIL = {"administrator": "admin@example.com", "mailServer": "127.0.0.1", "mailServerPort": 25,
         "mailSender": "balancer@example.com", "mailSenderUser": "bot", "mailSenderPassword": "pw"}
@@ -96,28 +92,6 @@ def smtp(tmp_path):
     yield start
     for s in servers:
         s.close()
-
-
-def start_balancer(tmp_path, nodes, mail):
-    cfg = tmp_path / "session.json"
-    cfg.write_text(json.dumps({"port": 0, "ssl": False, "debug": True, "server": "balancer.test",
-                               "pollInterval": 0.5, "pollTimeout": 0.3, "mailInterval": 0,
-                               "simulationServers": [n.http for n in nodes], **mail}))
-    log = tmp_path / "balancer.log"
-    with open(log, "w") as out:
-        p = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "nexusws-balancer", "--config",
-                              str(cfg), "--listen", LOOPBACK], stdout=out, stderr=subprocess.STDOUT)
-    m = wait_until(lambda: re.search(r"--listen listening on http://127\.0\.0\.1:(\d+)/", log.read_text()),
-                   15, "the balancer listens")
-    url = f"http://127.0.0.1:{m.group(1)}"
-    wait_until(lambda: get(url + "/", parse=False) == "1", 10, "a node answers")
-    return p, url, log
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    p.wait(15)
-    return p.returncode
 
 
 def test_a_dead_node_and_its_return_are_mailed_over_starttls_with_login(gateway, tmp_path, smtp):

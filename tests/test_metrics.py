@@ -12,9 +12,9 @@ from nexusws import web
 from nexusws.api import ApiRoot
 from nexusws.metrics import Metrics
 from nexusws.reservations import NoFreeInstance
-from test_api import Api
-from test_bridge import open_tunnel
-from test_reservations import ADDRESS, FakeService, World
+from support.api import Api
+from support.bridge import open_tunnel
+from support.reservations import ADDRESS, FakeService, World
 
 
 def samples(text):

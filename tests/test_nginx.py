@@ -513,7 +513,7 @@ def test_the_per_address_tunnel_cap_counts_each_client_behind_nginx(make_front):
 
 
 def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listeners(make_front, tmp_path):
-    from test_tls import make_cert
+    from support.tls import make_cert
 
     require(have("curl"), "curl")
     cert, key = make_cert(tmp_path)

@@ -16,8 +16,8 @@ import websockets
 
 from conftest import require
 from nginx_front import Nginx, adapt, basic, nginx_binary
-from test_cluster import HERE, LOOPBACK, get, wait_until
-from test_mail import start_balancer, stop
+from support.cluster import LOOPBACK, TESTS, get, start_balancer, stop
+from support.waiting import wait_until
 
 PASSWORDS = {"alice": "alice-pw"}
 AUTH = {"Authorization": basic("alice", "alice-pw")}
@@ -39,7 +39,7 @@ class NodeBehind:
         www = tmp_path / name
         www.mkdir()
         services = tmp_path / "services.json"
-        services.write_text(json.dumps({"echo": {"script": str(HERE / "sessions" / "helper_echo.py"),
+        services.write_text(json.dumps({"echo": {"script": str(TESTS / "sessions" / "helper_echo.py"),
                                                  "count": 2, "options": {"kind": "helpers"}}}))
         self.gw = gateway(["--ws_listen", LOOPBACK, "--http_listen", LOOPBACK, "--http_directory", str(www),
                            "--remote_session_config", str(services),
@@ -124,7 +124,7 @@ def test_the_shipped_cluster_site_runs_with_only_addresses_certificate_and_logs_
         gateway, tmp_path):
     """config/nginx/cluster.conf itself (TLS, the maps, the balancer upstream), with the
     test's ports, certificate and log directory put in, nothing else changed."""
-    from test_tls import make_cert
+    from support.tls import make_cert
 
     require(nginx_binary() is not None, "nginx (apt-get install nginx)")
     cert, key = make_cert(tmp_path)
@@ -132,7 +132,7 @@ def test_the_shipped_cluster_site_runs_with_only_addresses_certificate_and_logs_
     port = nginx.listen()
     nodes = [NodeBehind(gateway, tmp_path, name, port) for name in ("n1", "n2")]
     balancer, url, _ = start_balancer(tmp_path, nodes, {})
-    text = (HERE.parent / "config" / "nginx" / "cluster.conf").read_text()
+    text = (TESTS.parent / "config" / "nginx" / "cluster.conf").read_text()
     replacements = [
         (r"access_log +/var/log/nginx/", f"access_log {nginx.logs}/"),
         (r"server 127\.0\.0\.1:1999;", f"server {url.removeprefix('http://')};"),

@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from nexusws import tap
 from nexusws.limits import OriginPattern, OriginPolicy, Refused, parse_origin
 from nexusws.routing import Target
+from support.bridge import Harness, lines
 from tcp_peers import Backend
-from test_bridge import Harness, lines
 
 # --- the matcher ----------------------------------------------------------------
 

@@ -13,46 +13,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import StringTransport
 
 from nexusws import internals, pipes
-
-
-class Recorder(Protocol):
-    lost = None
-
-    def connectionLost(self, reason):
-        self.lost = reason
-
-
-@pytest.fixture
-def pair():
-    """A Twisted TCP server transport over a loopback socket, and the raw socket at its other end."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    ours = socket.create_connection(listener.getsockname())
-    peer, _ = listener.accept()
-    listener.close()
-    ours.setblocking(False)
-    reactor, protocol = MemoryReactor(), Recorder()
-    transport = tcp.Server(ours, protocol, ours.getpeername(), None, 1, reactor)
-    protocol.makeConnection(transport)
-    yield transport, peer, reactor
-    peer.close()
-    ours.close()
-
-
-def receive(sock, n, timeout=5.0):
-    sock.settimeout(timeout)
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
+from support.pipes import receive
 
 
 def test_with_nothing_queued_head_and_data_are_sent_at_once_and_nothing_is_queued(pair):
@@ -261,7 +225,6 @@ def test_the_backend_socket_sends_small_messages_at_once_no_nagle(pair):
 # --- whole binary frames from the client, forwarded without Autobahn's frame machinery ---
 
 
-
 def client_frame(payload, opcode=2, fin=True, masked=True, rsv=0, length_form=None, mask=None):
     """A client frame as on the wire (C{length_form}: force 126 or 127 encoding)."""
     n = len(payload)
@@ -327,7 +290,7 @@ def test_the_fast_path_forwards_and_fails_exactly_as_autobahn_alone_does(frames,
     """Any client byte stream, cut anywhere (at frame boundaries, mostly): the backend
     gets the same bytes and the tunnel ends the same way with the fast path as with
     Autobahn's parser alone."""
-    from test_bridge import open_tunnel
+    from support.bridge import open_tunnel
 
     stream = b"".join(frames)
     bounds = list(itertools.accumulate(len(f) for f in frames))

@@ -32,6 +32,7 @@ from nexusws.services import (
     check_names,
     load_config,
 )
+from support.deferreds import result_of
 
 HERE = Path(__file__).resolve().parent / "services"
 
@@ -133,15 +134,6 @@ def make(script_class, count=2, system=None, tracker=None, name="demo", options=
     service = Service(name, script_class, count, options or {}, clock, launcher,
                       system=system, tracker=tracker or Tracker())
     return service, system, clock, launcher
-
-
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def failure_of(d):

@@ -11,8 +11,8 @@ from twisted.python import usage
 
 from nexusws import tap
 from nexusws.auth import Sites, split_host
-from test_api import Api
-from test_hostile import exchange, status_of
+from support.api import Api
+from support.raw_http import exchange, status_of
 
 
 def refusal(host, origin=None, fetch_site=None, **kw):

@@ -3,8 +3,6 @@ TLS 1.2 at least, and bad files stop start-up with one line naming the file.
 
 Certificates are generated here with C{cryptography}; no key is committed."""
 
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -15,10 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -27,6 +22,7 @@ from websockets.sync.client import connect
 
 from nexusws import tap, tls
 from nexusws.errors import StartupError
+from support.tls import make_cert, pem_key
 
 BIN = Path(sys.executable).parent
 COMMANDS = {
@@ -34,36 +30,6 @@ COMMANDS = {
     "twistd": [str(BIN / "twistd"), "-n", "--pidfile=", "nexusws"],
 }
 LOOPBACK = "tcp:0:interface=127.0.0.1"
-
-
-def _pem_key(key, password=None):
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-
-
-def make_cert(directory, name="server"):
-    """Write a fresh self-signed certificate for 127.0.0.1 and its key; return both paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = Path(directory) / f"{name}.crt", Path(directory) / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_key(key))
-    return cert_path, key_path
 
 
 @pytest.fixture
@@ -114,7 +80,7 @@ def _bad_files(tmp_path, cert):
     not_pem.write_text("this is not PEM\n")
     encrypted = tmp_path / "encrypted.key"
     key = serialization.load_pem_private_key(cert[1].read_bytes(), password=None)
-    encrypted.write_bytes(_pem_key(key, b"secret"))
+    encrypted.write_bytes(pem_key(key, b"secret"))
     return {
         "missing cert": ((tmp_path / "missing.crt", cert[1]), "--cert {cert!r}: cannot read: No such file or directory"),
         "cert is a directory": ((tmp_path, cert[1]), "--cert {cert!r}: cannot read: Is a directory"),

@@ -7,9 +7,6 @@ a real listener does. The response bytes are parsed by L{http.client}.
 
 import hashlib
 import html.parser
-import http.client
-import io
-import json
 import os
 from pathlib import Path
 
@@ -25,36 +22,12 @@ from twisted.web import resource
 from nexusws import api as api_module
 from nexusws import logs, tap, web
 from nexusws.api import ApiRoot
+from support.http import PEER, Response
 
-PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 SECRET = "s3cr3t-T0KEN"
 COUNTING = b"".join(b"%03d" % i for i in range(100))  # 300 bytes, each offset distinct
 OUTSIDE_TEXT = b"TOP SECRET: outside the served root\n"
 PACKAGE_ANSYS = web.ANSYS_ROOT
-
-
-class _Socket:
-    """Just enough of a socket for L{http.client.HTTPResponse} to parse bytes."""
-
-    def __init__(self, data):
-        self._file = io.BytesIO(data)
-
-    def makefile(self, *args, **kwargs):
-        return self._file
-
-
-class Response:
-    def __init__(self, raw, method):
-        parsed = http.client.HTTPResponse(_Socket(raw), method=method.decode("ascii"))
-        parsed.begin()
-        self.status = parsed.status
-        self.headers = parsed.headers
-        self.body = parsed.read()
-        self.raw = raw
-
-    def json(self):
-        assert self.headers["content-type"] == "application/json; charset=utf-8"
-        return json.loads(self.body)
 
 
 class Client:
