@@ -20,6 +20,8 @@ from pathlib import Path
 import websockets
 from websockets.asyncio.client import connect
 
+from support.waiting import wait_until  # noqa: F401 - the sessions tests import it from here
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "services.json"
 LOOPBACK = ["--http_listen", "tcp:0:interface=127.0.0.1", "--ws_listen", "tcp:0:interface=127.0.0.1"]
@@ -131,18 +133,6 @@ def kill_marked(marker):
         except ProcessLookupError:
             pass
     return left
-
-
-def wait_until(predicate, timeout, what):
-    """Poll C{predicate} until it is true; fail after C{timeout} seconds naming C{what}."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def assert_gone(marker, timeout=8.0, what="session processes"):
