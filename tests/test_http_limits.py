@@ -5,8 +5,6 @@ Mostly in memory: raw bytes into the real L{web.Site} over a L{StringTransport},
 its timeouts driven by a L{MemoryReactorClock}; then a real gateway on loopback.
 """
 
-import http.client
-import io
 import socket
 import time
 
@@ -20,24 +18,12 @@ from twisted.web.http import HTTPChannel
 
 from nexusws import tap, web
 from nexusws.api import ApiRoot
+from support.http import parse
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
-class _Socket:
-    def __init__(self, data):
-        self._file = io.BytesIO(data)
-
-    def makefile(self, *args, **kwargs):
-        return self._file
-
-
-def parse(raw):
-    """(status, headers, body) of the first response in C{raw}."""
-    response = http.client.HTTPResponse(_Socket(raw))
-    response.begin()
-    return response.status, response.headers, response.read()
 
 
 class Connection:

@@ -10,7 +10,6 @@ L{StringTransport}, static.File's pull producer driven by a Clock), then
 over real sockets against a gateway on 127.0.0.1 port 0.
 """
 
-import http.client
 import io
 import os
 import re
@@ -25,6 +24,7 @@ from twisted.web import resource
 
 from nexusws import web
 from nexusws.api import ApiRoot
+from support.http import parse
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -170,18 +170,6 @@ def pump(clock, steps=10_000):
         clock.advance(STEP)
 
 
-class _Socket:
-    def __init__(self, data):
-        self._file = io.BytesIO(data)
-
-    def makefile(self, *args, **kwargs):
-        return self._file
-
-
-def parse(raw):
-    response = http.client.HTTPResponse(_Socket(raw))
-    response.begin()
-    return response.status, response.headers, response.read()
 
 
 def multipart(headers, body):

@@ -11,13 +11,14 @@ import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import abstract
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 
 import test_bridge
 import test_pipes
 from nexusws import internals, pipes
 from nexusws.service import check_internals
 from support.bridge import open_tunnel
+from support.events import events_of
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +34,6 @@ def public_apis():
     yield
 
 
-def _events_of(fn):
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        result = fn()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    return result, events
 
 
 # --- the check ----------------------------------------------------------------
@@ -54,7 +47,7 @@ def test_the_installed_twisted_and_autobahn_have_every_internal_used():
 
 
 def test_with_every_internal_there_the_start_up_check_logs_nothing():
-    ok, events = _events_of(check_internals)
+    ok, events = events_of(check_internals)
     assert ok is True and events == []
 
 
@@ -86,7 +79,7 @@ def test_a_missing_internal_is_named_and_the_public_apis_are_used(monkeypatch, r
 def test_the_start_up_warning_is_one_line_naming_what_is_missing_and_the_versions(monkeypatch):
     monkeypatch.delattr(abstract.FileDescriptor, "_writeDisconnected")
     _without_inside_message(monkeypatch)
-    ok, events = _events_of(check_internals)
+    ok, events = events_of(check_internals)
     assert ok is False
     assert [e["log_level"] for e in events] == [LogLevel.warn]
     line = formatEvent(events[0])

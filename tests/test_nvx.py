@@ -1,31 +1,22 @@
 """Start-up checks that Autobahn's C accelerators (NVX) are in use."""
 
 from autobahn import websocket as autobahn_websocket
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from nexusws.service import check_nvx
-
-
-def _events_of(fn):
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        result = fn()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    return result, events
+from support.events import events_of
 
 
 def test_nvx_on_is_reported_at_info(monkeypatch):
     monkeypatch.setattr(autobahn_websocket, "USES_NVX", True)
-    ok, events = _events_of(check_nvx)
+    ok, events = events_of(check_nvx)
     assert ok is True
     assert [e["log_level"] for e in events] == [LogLevel.info]
 
 
 def test_nvx_off_is_a_loud_warning(monkeypatch):
     monkeypatch.setattr(autobahn_websocket, "USES_NVX", False)
-    ok, events = _events_of(check_nvx)
+    ok, events = events_of(check_nvx)
     assert ok is False
     assert [e["log_level"] for e in events] == [LogLevel.warn]
     assert "100 times slower" in events[0]["log_format"]

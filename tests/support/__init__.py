@@ -9,6 +9,7 @@ C{test_*}, so pytest collects nothing from this package.
 - L{support.api}: the in-memory /v1 API harness over a Registry of fake services.
 - L{support.reservations}: the in-memory reservation registry harness.
 - L{support.deferreds}: C{result_of}, the result of a fired Deferred.
+- L{support.events}: C{events_of}, the log events a call publishes.
 - L{support.waiting}: C{wait_until}, polling real processes with a deadline.
 - L{support.tls}: fresh self-signed certificates.
 - L{support.raw_http}: raw bytes to a real listener and the status of the answer.

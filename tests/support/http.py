@@ -19,6 +19,13 @@ class _Socket:
         return self._file
 
 
+def parse(raw):
+    """(status, headers, body) of the first response in C{raw}."""
+    response = http.client.HTTPResponse(_Socket(raw))
+    response.begin()
+    return response.status, response.headers, response.read()
+
+
 class Response:
     def __init__(self, raw, method):
         parsed = http.client.HTTPResponse(_Socket(raw), method=method.decode("ascii"))
