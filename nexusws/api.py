@@ -11,6 +11,9 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
   /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
   /v1/load                      200 the node's load, 0-100, as text; ?format=json: its parts (nexusws.load)
 
+Each call is declared once, in L{CALLS}: its arity, whether it changes something,
+who may make it, its metric label and its handler; dispatch, 404, 405, HEAD, that
+access rule and the labels of C{nexusws_http_requests_total} all follow from it.
 HEAD is answered for status, status_view, metrics and load only; the calls that change
 something answer it 405. Other methods get 405 everywhere.
 
@@ -32,44 +35,35 @@ C{--require_group} (403); a reservation records its user, and only that user
 (or a call with the security token and no C{user}) may release it (403).
 """
 
+import enum
 import hashlib
 import hmac
-import json
-from html import escape
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from nexusws.answers import HTML, TEXT, Answers
 from nexusws.auth import Access
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import SECRET_PARAMS, logger, printable, redact
 from nexusws.metrics import CONTENT_TYPE
-from nexusws.reservations import NoFreeInstance, NotRecorded, UnknownService, UnknownToken
-from nexusws.statefile import check_options
-from nexusws.web import READ_METHODS, respond
-
-JSON = b"application/json; charset=utf-8"
-HTML = b"text/html; charset=utf-8"
-METRICS = CONTENT_TYPE
-TEXT = b"text/plain; charset=utf-8"
+from nexusws.responses import respond
+from nexusws.sessions.records import check_options
+from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownService, UnknownToken
+from nexusws.status_page import status_page
 
 #: Query parameters that are not options of a reservation: the API's own, and
 #: the names nexusws itself sets in the options a script receives (a client
 #: must not be able to pose as a known C{user}).
 CONTROL_PARAMS = frozenset({"security_token", "token", "user"})
 
-#: Calls that change something: a HEAD, whose answer has no body, would
-#: reserve an instance nobody learns the token of, or stop the server.
-MUTATING_CALLS = frozenset({"reserve", "release", "stop"})
-
 _log = logger("nexusws.api")
 
-
-def json_response(request, code, body):
-    """Answer C{body} as JSON with status C{code}; return the bytes for C{render}."""
-    request.setHeader(b"cache-control", b"no-store")
-    return respond(request, code, JSON, json.dumps(body).encode("utf-8") + b"\n")
+#: Every /v1 answer: never cached, its length set, no body to a HEAD (L{nexusws.answers}).
+answer = Answers(respond)
 
 
 def presented_token(request):
@@ -102,11 +96,44 @@ def reservation_options(request):
     return options
 
 
+class Who(enum.Enum):
+    """Who may make a call (with a security token configured, every call needs it besides)."""
+
+    ANYONE = "anyone"
+    LOCAL = "local"  # a local client, or a call with the security token
+    REMOTE_API = "remote_api"  # those, and anyone else under --allow_remote_api
+
+
+@dataclass(frozen=True)
+class Call:
+    """One /v1 call, as L{CALLS} declares it: its C{name}; its C{arity}, the number of
+    path segments after the name (an empty one counts: /v1/status/ is 404); whether it is C{mutating}
+    (then GET only: a HEAD, whose answer has no body, would reserve an instance
+    nobody learns the token of, or stop the server); L{Who} may make it; its
+    C{handler}, an L{ApiRoot} method called C{(api, request, caller, *args)}; its
+    C{metric}, its C{call} label in C{nexusws_http_requests_total}."""
+
+    name: str
+    arity: int
+    mutating: bool
+    who: Who
+    handler: Callable
+    metric: str
+
+    @property
+    def methods(self):
+        return (b"GET",) if self.mutating else (b"GET", b"HEAD")
+
+    def takes(self, args):
+        """Whether C{args}, the path segments after the name, fit the arity."""
+        return len(args) == self.arity
+
+
 class ApiRoot(resource.Resource):
     """The /v1 namespace: checks the security token, then dispatches.
 
     @param security_token: the shared secret every call must carry, or None.
-    @param registry: the L{nexusws.reservations.Registry}, or None when no
+    @param registry: the L{nexusws.sessions.registry.Registry}, or None when no
         service is configured (then /v1/status is an empty list and every
         reservation is for an unknown service).
     @param stop: called (once, after the answer is written) by /v1/stop.
@@ -142,51 +169,45 @@ class ApiRoot(resource.Resource):
         return offered is not None and hmac.compare_digest(_digest(offered), self._token_digest)
 
     def render(self, request):
+        path = [p.decode("utf-8", "replace") for p in request.postpath]
+        name, args = (path[0], path[1:]) if path else ("", [])
+        call = CALLS.get(name)
         if self.metrics is not None:
             request.notifyFinish().addCallbacks(  # a client gone before its answer: not counted
-                lambda _: self.metrics.api_answered(request.postpath, request.code), lambda _: None)
+                lambda _: self.metrics.api_answered(call and call.metric, request.code), lambda _: None)
         # Every value of each (getHeader gives the last): two Hosts are no one Host.
         refusal = self.access.sites.refusal(*(
-            ", ".join(v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(name, [])) or None
-            for name in (b"host", b"origin", b"sec-fetch-site")))
+            ", ".join(v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(header, [])) or None
+            for header in (b"host", b"origin", b"sec-fetch-site")))
         if refusal is not None:
             _log.warn("/v1 refused: {client}: {reason}",
                       client=printable(getattr(request.getClientAddress(), "host", "-")), reason=refusal)
-            return json_response(request, 403, {"error": refusal})
+            return answer.error(request, 403, refusal)
         if not self.authorized(request):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
-            return json_response(request, 401, {"error": "missing or wrong security_token"})
-        if request.method not in READ_METHODS:
-            request.setHeader(b"allow", b"GET, HEAD")
-            return json_response(request, 405, {"error": "the /v1 API answers GET only"})
-        path = [p.decode("utf-8", "replace") for p in request.postpath]
-        call, args = (path[0], path[1:]) if path else ("", [])
-        handler = {
-            "reserve": self._reserve,
-            "release": self._release,
-            "status": self._status,
-            "status_view": self._status_view,
-            "stop": self._stop_server,
-            "metrics": self._metrics,
-            "load": self._load,
-        }.get(call)
-        if handler is None or (call in ("reserve", "release")) != (len(args) == 1) or (
-            call not in ("reserve", "release") and args not in ([], [""])
-        ):
-            shown = printable("/".join(path))
-            return json_response(request, 404, {"error": f"no such API call: /v1/{shown}"})
-        if request.method != b"GET" and call in MUTATING_CALLS:
-            request.setHeader(b"allow", b"GET")
-            return json_response(request, 405, {"error": f"/v1/{call} answers GET only"})
+            return answer.error(request, 401, "missing or wrong security_token")
+        if request.method not in API_METHODS:
+            request.setHeader(b"allow", b", ".join(API_METHODS))
+            return answer.error(request, 405, "the /v1 API answers GET only")
+        if call is None or not call.takes(args):
+            return answer.error(request, 404, f"no such API call: /v1/{printable('/'.join(path))}")
+        if request.method not in call.methods:
+            request.setHeader(b"allow", b", ".join(call.methods))
+            return answer.error(request, 405, f"/v1/{name} answers {b' and '.join(call.methods).decode()} only")
         caller = self._caller(request)
         if isinstance(caller, bytes):
             return caller
-        if call in MUTATING_CALLS and not self.access.may_change(caller, call, caller.with_token):
-            self._refused(caller, call, "a client on another host without the security token")
-            more = "" if call == "stop" else " (or the server's --allow_remote_api)"
-            return json_response(request, 403, {
-                "error": f"/v1/{call} from another host needs the security token{more}"})
-        return handler(request, caller, *args)
+        if not self._may_call(call, caller):
+            self._refused(caller, name, "a client on another host without the security token")
+            more = " (or the server's --allow_remote_api)" if call.who is Who.REMOTE_API else ""
+            return answer.error(request, 403, f"/v1/{name} from another host needs the security token{more}")
+        return call.handler(self, request, caller, *args)
+
+    def _may_call(self, call, caller):
+        """Whether C{caller} may make C{call}, by its L{Who} (see L{Access.may_change})."""
+        if call.who is Who.ANYONE:
+            return True
+        return self.access.may_change(caller, caller.with_token, call.who is Who.REMOTE_API)
 
     def _caller(self, request):
         """The caller's L{nexusws.auth.Identity}, with C{with_token} set; or the
@@ -208,7 +229,7 @@ class ApiRoot(resource.Resource):
             if len(named) > 1:
                 problem = "given more than once"
             if problem:
-                return json_response(request, 400, {"error": f"user parameter: {problem}"})
+                return answer.error(request, 400, f"user parameter: {problem}")
             caller.user = user
         return caller
 
@@ -222,34 +243,32 @@ class ApiRoot(resource.Resource):
     def _reserve(self, request, caller, name):
         service = None if self.registry is None else find_service(self.registry, name)
         if service is None:
-            return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
+            return answer.error(request, 404, f"unknown service {printable(name)!r}")
         refusal = self.access.refusal(caller.user, service)
         if refusal is not None:
             self._refused(caller, "reserve", refusal)
-            return json_response(request, 403, {"error": refusal})
+            return answer.error(request, 403, refusal)
         try:  # a caller with the security token is counted by the user it names only
             check_reservation_quota(self.registry, caller.user, None if caller.with_token else caller.client,
                                     self.max_reservations_per_user)
         except QuotaExceeded as e:
             self._refused(caller, "reserve", str(e))
-            return json_response(request, 429, {"error": str(e)})
+            return answer.error(request, 429, str(e))
         options = reservation_options(request)
         try:
             check_options(options)
         except ValueError as e:
-            return json_response(request, 400, {"error": f"reservation options: {e}"})
+            return answer.error(request, 400, f"reservation options: {e}")
         try:
             reservation = self.registry.reserve(name, options, user=caller.user,
                                                 client=caller.client)
         except UnknownService:
-            return json_response(request, 404, {"error": f"unknown service {printable(name)!r}"})
+            return answer.error(request, 404, f"unknown service {printable(name)!r}")
         except NoFreeInstance:
-            return json_response(
-                request, 503, {"error": f"no free instance of service {printable(name)!r}"}
-            )
+            return answer.error(request, 503, f"no free instance of service {printable(name)!r}")
         except NotRecorded as e:  # a token that might not survive a crash is never handed out
-            return json_response(request, 503, {"error": f"reservation refused: {e}"})
-        return json_response(
+            return answer.error(request, 503, f"reservation refused: {e}")
+        return answer.json(
             request,
             200,
             {"token": reservation.token, "service": reservation.service.name, "index": reservation.index},
@@ -257,26 +276,26 @@ class ApiRoot(resource.Resource):
 
     def _release(self, request, caller, token):
         if self.registry is None:
-            return json_response(request, 404, {"error": "unknown token"})
+            return answer.error(request, 404, "unknown token")
         reservation = self.registry.get(token)
         owner = None if reservation is None else reservation.user
         # The security token without a user parameter is the operator's: it may release any.
         if owner is not None and caller.user != owner and not (
                 caller.with_token and not request.args.get(b"user")):
             self._refused(caller, "release", f"the token was reserved by {printable(owner)!r}")
-            return json_response(request, 403, {"error": "this token was reserved by another user"})
+            return answer.error(request, 403, "this token was reserved by another user")
         d = defer.maybeDeferred(self.registry.release, token)
 
         def done(_):
-            return json_response(request, 200, {"released": token})
+            return answer.json(request, 200, {"released": token})
 
         def failed(failure):
             if failure.check(UnknownToken):
-                return json_response(request, 404, {"error": "unknown token"})
+                return answer.error(request, 404, "unknown token")
             if failure.check(NotRecorded):
-                return json_response(request, 503, {"error": f"release refused: {failure.value}"})
+                return answer.error(request, 503, f"release refused: {failure.value}")
             _log.failure("release failed", failure)
-            return json_response(request, 500, {"error": "the release failed; see the server log"})
+            return answer.error(request, 500, "the release failed; see the server log")
 
         d.addCallbacks(done, failed)
         return answer_later(request, d)
@@ -285,8 +304,8 @@ class ApiRoot(resource.Resource):
         # A token opens its session: the operator (the security token, a local
         # client) sees every token, anyone else only those reserved as them.
         if caller.with_token or caller.local:
-            return json_response(request, 200, self._status_list())
-        return json_response(request, 200, self._status_list(
+            return answer.json(request, 200, self._status_list())
+        return answer.json(request, 200, self._status_list(
             lambda instance: caller.user is not None and instance.get("user") == caller.user))
 
     def _status_list(self, token_shown=lambda instance: True):
@@ -304,24 +323,21 @@ class ApiRoot(resource.Resource):
         return listing
 
     def _status_view(self, request, caller):
-        request.setHeader(b"cache-control", b"no-store")
-        return respond(request, 200, HTML, status_page(self._status_list()).encode("utf-8"))
+        return answer(request, 200, HTML, status_page(self._status_list()).encode("utf-8"))
 
     def _metrics(self, request, caller):
         if self.metrics is None:
-            return json_response(request, 404, {"error": "no metrics here"})
-        request.setHeader(b"cache-control", b"no-store")
-        return respond(request, 200, METRICS, self.metrics.exposition())
+            return answer.error(request, 404, "no metrics here")
+        return answer(request, 200, CONTENT_TYPE, self.metrics.exposition())
 
     def _load(self, request, caller):
         if self.load is None:
-            return json_response(request, 404, {"error": "no load here"})
+            return answer.error(request, 404, "no load here")
         report = self.load.report()
         if request.args.get(b"format") == [b"json"]:
-            return json_response(request, 200, report)
-        request.setHeader(b"cache-control", b"no-store")
+            return answer.json(request, 200, report)
         # As a Webots simulation server answers: the number alone.
-        return respond(request, 200, TEXT, f"{report['load']:g}".encode("ascii"))
+        return answer(request, 200, TEXT, f"{report['load']:g}".encode("ascii"))
 
     def _stop_server(self, request, caller):
         if self._stop is not None and not self._stopping:
@@ -329,7 +345,25 @@ class ApiRoot(resource.Resource):
             _log.info("stop requested through /v1/stop")
             # After this answer has gone out.
             request.notifyFinish().addBoth(lambda _: self._reactor.callLater(0, self._stop))
-        return json_response(request, 200, {"stopping": True})
+        return answer.json(request, 200, {"stopping": True})
+
+
+#: The /v1 calls by name: the one list of them. A new call is one entry here plus
+#: its handler (an L{ApiRoot} method); routing, 404/405, HEAD, who may make it and
+#: its metric label all follow from the entry.
+CALLS = {call.name: call for call in (
+    #    name           arity  mutating  who              handler                metric
+    Call("reserve",     1,     True,     Who.REMOTE_API,  ApiRoot._reserve,      "reserve"),
+    Call("release",     1,     True,     Who.REMOTE_API,  ApiRoot._release,      "release"),
+    Call("status",      0,     False,    Who.ANYONE,      ApiRoot._status,       "status"),
+    Call("status_view", 0,     False,    Who.ANYONE,      ApiRoot._status_view,  "status_view"),
+    Call("stop",        0,     True,     Who.LOCAL,       ApiRoot._stop_server,  "stop"),
+    Call("metrics",     0,     False,    Who.ANYONE,      ApiRoot._metrics,      "metrics"),
+    Call("load",        0,     False,    Who.ANYONE,      ApiRoot._load,         "load"),
+)}
+
+#: The methods some call answers (C{Allow} of the 405 to any other).
+API_METHODS = tuple(dict.fromkeys(m for call in CALLS.values() for m in call.methods))
 
 
 def find_service(registry, name):
@@ -358,34 +392,3 @@ def answer_later(request, d):
 def mask_secrets(options):
     """A copy of reservation options with secret values (passwords...) masked."""
     return {k: "***" if k.lower() in SECRET_PARAMS else v for k, v in options.items()}
-
-
-def status_page(services):
-    """The /v1/status list as a human-readable HTML page (everything escaped)."""
-    rows = []
-    for service in services:
-        instances = service["instances"] or [None]
-        for i, instance in enumerate(instances):
-            cells = [escape(service["name"]) if i == 0 else "", str(service["count"]) if i == 0 else ""]
-            if instance is None:
-                cells += ["", "free", "", "", ""]
-            else:
-                cells += [
-                    str(instance["index"]),
-                    escape(str(instance.get("state", ""))),
-                    escape(str(instance.get("user") or "")),
-                    escape(str(instance.get("timestamp", ""))),
-                    escape(json.dumps(instance.get("options", {}), sort_keys=True)),
-                ]
-            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    body = "\n".join(rows) or '<tr><td colspan="7">no services configured</td></tr>'
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>nexusws status</title>
-<style>body{{font-family:system-ui,sans-serif}} td,th{{border:1px solid #ccc;padding:.2em .5em}}
-table{{border-collapse:collapse}}</style></head>
-<body><h1>nexusws status</h1>
-<table><tr><th>service</th><th>count</th><th>index</th><th>state</th><th>user</th><th>reserved at</th>
-<th>options</th></tr>
-{body}
-</table></body></html>
-"""

@@ -1,32 +1,38 @@
 """makeService's helpers: each builds one part; build_service only assembles.
 
-Nothing here does I/O or logs: the options were checked by L{nexusws.tap.Options}
-and everything that happens at start-up happens in L{nexusws.service}.
+Everything is built with the reactor given (a test passes a memory reactor and
+no global reactor is touched). Nothing here listens or logs: the options were
+checked by L{nexusws.tap.Options} (which builds nothing), and everything that
+happens at start-up happens in L{nexusws.gateway}. Building runs the service
+scripts' C{__init__} and reads a groups file again, nothing more.
 """
 
-from nexusws import procs, tls
+from nexusws import tls
 from nexusws.admission import TOO_MANY, ConnectionCap
 from nexusws.api import ApiRoot
-from nexusws.auth import TrustedProxies, access_notes
+from nexusws.auth import TrustedProxies, access_from_options, access_notes
 from nexusws.bridge import BridgeFactory
-from nexusws.load import NodeLoad, listener_url
-from nexusws.metrics import Metrics
-from nexusws.reservations import Registry
-from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
-from nexusws.service import (
+from nexusws.gateway import (
     GatewayService,
     ListenerService,
-    SessionsService,
     TunnelsService,
     is_tls_endpoint,
     parse_endpoint,
 )
-from nexusws.statefile import StateFile
+from nexusws.load import NodeLoad, listener_url
+from nexusws.metrics import Metrics
+from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
+from nexusws.sessions import procs
+from nexusws.sessions.config import build_services
+from nexusws.sessions.keeper import SessionsService
+from nexusws.sessions.launcher import Launcher
+from nexusws.sessions.registry import Registry
+from nexusws.sessions.statefile import StateFile
 from nexusws.viewer import viewer_resource
 from nexusws.web import make_site
 
 
-def make_router(options, registry, notes):
+def make_router(options, registry, notes, access=None):
     """Basic mode (--client_port), behind the token router when there are sessions."""
     if options["client_port"] is not None:
         router = FixedRouter(Target(options["client_hostname"], options["client_port"]))
@@ -34,12 +40,12 @@ def make_router(options, registry, notes):
         router = NoRouter()
         if registry is None:
             notes.append("no --client_port and no services: every WebSocket will be refused")
-    return router if registry is None else TokenRouter(registry, router, options.get("access"))
+    return router if registry is None else TokenRouter(registry, router, access)
 
 
-def make_bridge(options, reactor, registry, notes):
+def make_bridge(options, reactor, registry, notes, access=None):
     factory = BridgeFactory(
-        make_router(options, registry, notes),
+        make_router(options, registry, notes, access),
         reactor,
         connect_timeout=options["connect_timeout"],
         close_timeout=options["close_timeout"],
@@ -59,21 +65,28 @@ def make_bridge(options, reactor, registry, notes):
         notes.append(f"--max_tunnels {options['max_tunnels']} needs about {2 * options['max_tunnels'] + 64} "
                      f"open files and the limit is {hard}: raise it (ulimit -Hn, LimitNOFILE= under "
                      "systemd) or lower --max_tunnels")
-    if options.get("access") is not None:  # tunnels per address: the client behind nginx
-        factory.client_address = options["access"].client
+    if access is not None:  # tunnels per address: the client behind nginx
+        factory.client_address = access.client
     return factory
 
 
 def make_sessions(options, reactor, notes, metrics=None):
-    """The registry and its service, or (None, None) when no service is configured."""
+    """The registry and its service, or (None, None) when no service is configured.
+
+    The services checked by the options (L{nexusws.sessions.config.ServiceSpec}s)
+    are built here, with C{reactor} and one launcher: their scripts' objects are
+    created now.
+
+    @raise StartupError: a script's C{__init__} raised."""
     if not options["services"]:
         return None, None
     if options["http_directory"] is None:
         notes.append("services are configured but there is no --http_directory: without "
                      "the /v1 API nothing can reserve them")
+    services = build_services(options["services"], reactor, Launcher(reactor))
     sessions = []
     registry = Registry(
-        options["services"], reactor, timeout=options["timeout"],
+        services, reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], on_change=lambda: sessions[0].save(),
         metrics=metrics,
     )
@@ -112,14 +125,16 @@ def make_listener(label, description, factory, reactor, tls_options, scheme, cap
     return ListenerService(label, description, endpoint, factory, scheme)
 
 
-def build_service(options, reactor=None):
-    """The gateway's service tree for parsed L{nexusws.tap.Options}."""
-    if reactor is None:
-        from twisted.internet import reactor
+def build_service(options, reactor):
+    """The gateway's service tree for parsed L{nexusws.tap.Options}, on C{reactor}.
+
+    @raise StartupError: a service script's C{__init__} raised, or the groups file
+        became unreadable since the options were checked."""
+    access = access_from_options(options, reactor)
     notes = []
     metrics = Metrics()
     registry, sessions = make_sessions(options, reactor, notes, metrics)
-    bridge = make_bridge(options, reactor, registry, notes)
+    bridge = make_bridge(options, reactor, registry, notes, access)
     metrics.watch_tunnels(bridge)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws",
                                cap=make_connection_cap(options, "--ws_listen", reactor))]
@@ -137,7 +152,7 @@ def build_service(options, reactor=None):
     node_load = NodeLoad(registry, bridge, options["max_tunnels"], ws_url=advertised)
     if options["http_directory"] is not None:
         api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
-                      access=options.get("access"), metrics=metrics, load=node_load)
+                      access=access, metrics=metrics, load=node_load)
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
                          viewer=viewer_resource(options["novnc_dir"]), allow_dotfiles=options["http_allow_dotfiles"],
@@ -149,9 +164,8 @@ def build_service(options, reactor=None):
         )
     elif {"http_port", "http_listen"} & options.given:
         notes.append("--http_port/--http_listen given without --http_directory: no HTTP server (as documented)")
-    if options.get("access") is not None:  # access control: warnings about its configuration
-        http = options["http_listen"] if options["http_directory"] is not None else None
-        notes += access_notes(options["access"], options["services"], http, options["security_token"])
+    http = options["http_listen"] if options["http_directory"] is not None else None
+    notes += access_notes(access, options["services"], http, options["security_token"])  # warnings
 
     top = GatewayService(
         verbose=options["verbose"], log_file=options["log_file"], notes=notes, reactor=reactor
@@ -164,3 +178,4 @@ def build_service(options, reactor=None):
     for listener in listeners:
         listener.setServiceParent(top)
     return top
+

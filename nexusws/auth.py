@@ -18,29 +18,34 @@ Groups come from a JSON file (C{--groups_file}, re-read when it changes) and
 optionally from the operating system (C{--os_groups}). A service whose
 options carry C{"group"} is for that group's members; C{--require_group}
 makes every session need one more group.
+
+The pieces: L{nexusws.addresses} reads peer, network and listener addresses;
+L{nexusws.sites} judges which names and web pages may call the API.
 """
 
-import functools
 import ipaddress
-import os
-import re
-import socket
 from urllib.parse import urlsplit
 
-from twisted.internet.address import UNIXAddress
 from twisted.python import usage
-from twisted.python.systemd import ListenFDs
 
+from nexusws.addresses import (
+    UNIX,
+    is_local,
+    listener_address,
+    listener_is_local,
+    parse_address,
+    parse_network,
+    peer_host,
+)
 from nexusws.errors import StartupError
 from nexusws.groups import GroupsFile, check_user, os_member
 from nexusws.logs import logger, printable
+from nexusws.sites import HOST_NAME, Sites, is_address_literal
 
 _log = logger("nexusws.auth")
 
 #: The proxies trusted without C{--trusted_proxy}: this host only.
 DEFAULT_TRUSTED = ("127.0.0.0/8", "::1", "unix")
-#: The peer of a UNIX-socket connection (it has no address).
-UNIX = "unix"
 #: Headers a proxy adds (lower case): a request carrying one (or the user header) came
 #: through a proxy, trusted or not, and is not a local caller's.
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -48,69 +53,7 @@ FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-# --- addresses ----------------------------------------------------------------------
-
-
-def parse_address(text):
-    """C{text} as an C{ipaddress} address (IPv4-mapped IPv6 as IPv4), or None."""
-    return _parse_address(str(text))
-
-
-@functools.lru_cache(maxsize=4096)  # a request asks twice, and clients come back
-def _parse_address(text):
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        address = ipaddress.ip_address(text.partition("%")[0])  # no zone: it is local to a host
-    except ValueError:
-        return None
-    mapped = getattr(address, "ipv4_mapped", None)
-    return mapped if mapped is not None else address
-
-
-def parse_network(text):
-    """One C{--trusted_proxy} value: an address, a CIDR network, or C{unix}.
-
-    @raise ValueError: a one-line reason."""
-    text = text.strip()
-    if text == UNIX:
-        return UNIX
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address, a CIDR network (10.0.0.0/8) "
-                         f"or 'unix'") from None
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:  # ::ffff:10.0.0.1 means 10.0.0.1, as parse_address sees it
-            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
-    return network
-
-
-def peer_host(peer):
-    """The host of a peer: an Autobahn C{request.peer} (C{tcp4:1.2.3.4:5678},
-    C{tcp6:::1:5678}, C{unix:...}) or a Twisted address; C{unix} for a UNIX socket."""
-    if peer is None:
-        return ""
-    if isinstance(peer, UNIXAddress):
-        return UNIX
-    if not isinstance(peer, str):
-        return str(getattr(peer, "host", None) or "")
-    kind, _, rest = peer.partition(":")
-    if kind in ("tcp4", "tcp6"):
-        return rest.rpartition(":")[0]
-    if kind == UNIX:
-        return UNIX
-    return peer
-
-
-def is_local(host):
-    """Whether C{host} (a L{peer_host}, or a client address) is this machine."""
-    if host == UNIX:
-        return True
-    address = parse_address(host)
-    return address is not None and address.is_loopback
+# --- trusted proxies ----------------------------------------------------------------
 
 
 class TrustedProxies:
@@ -182,96 +125,6 @@ def check_header_name(name):
     if not name or not set(name) <= _TCHAR:
         raise ValueError(f"{name!r} is not an HTTP header name")
     return name.lower()
-
-
-# --- where a request comes from: cross-site pages, DNS rebinding ------------------------
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
-_HOST = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::(\d{1,5}))?")
-
-
-def split_host(value):
-    """A C{Host} header as C{(name, port)}: name lower-cased without a final dot
-    (an IPv6 literal keeps its brackets), port an int or None; None if malformed."""
-    m = _HOST.fullmatch(value.strip())
-    if m is None:
-        return None
-    return m[1].lower().rstrip("."), int(m[2]) if m[2] else None
-
-
-def is_address_literal(name):
-    try:
-        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return False
-    return True
-
-
-def default_host_names():
-    """The names a gateway answers to without --allowed_host: localhost and this host's name."""
-    names = {"localhost", socket.gethostname().lower()}
-    return {n for n in names if n}
-
-
-class Sites:
-    """Which names the gateway answers to, and which web pages may call its API.
-
-    A browser says which page a request comes from: C{Sec-Fetch-Site} on every
-    request of a current browser, C{Origin} on cross-origin fetches. A page on
-    another site must not drive the API of a gateway its user can reach (an
-    C{<img src=".../v1/stop">}, a fetch of /v1/status from a loopback-trusted
-    browser): a request marked C{cross-site}, or whose C{Origin} is neither the
-    gateway's own (the name and port it was sent to) nor on C{--allowed_origin},
-    is refused. DNS rebinding (a name of the attacker's, made to resolve to the
-    gateway) is same-origin to the browser, but the request's C{Host} then
-    names the attacker's domain: a C{Host} that is neither an address literal
-    nor one of the gateway's names (C{--allowed_host}, plus localhost and this
-    host's name; C{*}: any) is refused. curl, the Nexus server and the
-    balancer send no C{Origin} nor C{Sec-Fetch-Site}.
-
-    @param hosts: the --allowed_host names (None: none given).
-    @param origins: the --allowed_origin patterns (an L{nexusws.limits.OriginPolicy}'s).
-    """
-
-    def __init__(self, hosts=None, origins=()):
-        from nexusws.limits import OriginPolicy
-
-        hosts = [h.strip().lower().rstrip(".") for h in hosts or ()]
-        self.any_host = "*" in hosts
-        self.hosts = default_host_names() | {h for h in hosts if h and h != "*"}
-        self.origins = OriginPolicy(origins)
-
-    def refusal(self, host, origin, fetch_site):
-        """Why a request with these headers (str, or None when absent) is refused, or None."""
-        from nexusws.limits import parse_origin
-
-        named = split_host(host) if host else ("", None)
-        if named is None:
-            return f"malformed Host {printable(host, limit=80)!r}"
-        name, port = named
-        if name and not self.any_host and name not in self.hosts and not is_address_literal(name):
-            return (f"Host {printable(name, limit=80)!r} is not a name of this gateway "
-                    "(--allowed_host; a DNS rebinding attempt?)")
-        listed = same = False
-        if origin:
-            try:
-                parsed = parse_origin(origin)
-            except ValueError:
-                parsed = None
-            listed = parsed is not None and bool(self.origins.patterns) and any(
-                p.matches(parsed) for p in self.origins.patterns)
-            same = (parsed is not None and parsed != "null" and parsed[1] == name
-                    and (port is None or parsed[2] == port))
-            if not (same or listed):
-                return (f"a page of origin {printable(origin, limit=100)!r} may not call the API "
-                        "(--allowed_origin)")
-        # A page of another port of this host, or of a sibling domain, is "same-site"
-        # but no origin of ours, and an <img> sends no Origin: only the gateway's own
-        # pages (same-origin) and typed-in addresses (none) need no Origin.
-        site = fetch_site.strip().lower() if fetch_site else None
-        if site not in (None, "none", "same-origin") and not (same or listed):
-            return f"a {printable(site, limit=40)} request (Sec-Fetch-Site) may not call the API"
-        return None
 
 
 # --- decisions -----------------------------------------------------------------------
@@ -349,15 +202,16 @@ class Access:
                 return f"user {printable(user)!r} is not a member of group {printable(group)!r}"
         return None
 
-    def may_change(self, identity, call, with_token):
-        """Whether a call that changes something (reserve, release, stop) is accepted.
+    def may_change(self, identity, with_token, remote_api):
+        """Whether a call kept from other hosts is accepted (which calls: L{nexusws.api.CALLS}).
 
         With the security token: always. Without: from a direct local caller
-        (L{Identity.local}; never one that came through a proxy); reserve and
-        release also from anywhere under C{allow_remote_api} (stop never)."""
+        (L{Identity.local}; never one that came through a proxy); from anywhere
+        under C{allow_remote_api} if the call is one it opens (C{remote_api}:
+        reserve and release; stop never)."""
         if with_token or identity.local:
             return True
-        return self.allow_remote_api and call != "stop"
+        return self.allow_remote_api and remote_api
 
 
 # --- the options -------------------------------------------------------------------------
@@ -388,7 +242,7 @@ class AccessOptions(usage.Options):
         """A name of this gateway that /v1 requests may carry in Host (besides address literals,
         localhost and this host's name; * for any); repeatable."""
         value = value.strip()
-        if value != "*" and not _HOST_NAME.fullmatch(value) and not is_address_literal(value):
+        if value != "*" and not HOST_NAME.fullmatch(value) and not is_address_literal(value):
             raise usage.UsageError(f"--allowed_host: {value!r} is not a host name (no port), or *")
         self.setdefault("allowed_host", []).append(value)
 
@@ -410,7 +264,6 @@ class AccessOptions(usage.Options):
             self["access"] = access_from_options(self, clock)
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
-
 
 
 def access_from_options(options, clock):
@@ -444,71 +297,7 @@ def access_from_options(options, clock):
                   bool(options.get("allow_remote_api")), sites)
 
 
-def split_endpoint(description):
-    """An endpoint string's parts, split on unescaped colons and unescaped."""
-    parts, current, chars = [], [], iter(description)
-    for c in chars:
-        if c == "\\":
-            current.append(next(chars, ""))
-        elif c == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(c)
-    return parts + ["".join(current)]
-
-
-def _endpoint_args(description):
-    kind, *args = split_endpoint(description)
-    return kind, [a for a in args if "=" not in a], dict(a.partition("=")[::2] for a in args if "=" in a)
-
-
-def listener_is_local(description, inherited=None):
-    """Whether a listener endpoint string accepts connections from this host only
-    (a UNIX socket, or TCP bound to a loopback interface; for C{systemd:...},
-    the socket systemd passed, looked up in C{inherited}, default: this
-    process's L{ListenFDs}). Other kinds count as reachable from other hosts."""
-    bound = listener_address(description, inherited)
-    return bound is not None and (bound[0] == UNIX or bound[1] == "localhost" or is_local(bound[1]))
-
-
-def listener_address(description, inherited=None):
-    """What a listener endpoint string listens on: C{("unix", path, mode)} for a
-    UNIX socket (mode: its permission bits, None if unknown; path None if unknown
-    or abstract), C{("tcp", interface)} for TCP (C{""}: every interface), or None
-    if unknown. C{systemd:...} is the socket systemd passed, looked up in
-    C{inherited} (default: this process's L{ListenFDs})."""
-    kind, positional, named = _endpoint_args(description)
-    if kind == UNIX:
-        try:
-            mode = int(named.get("mode", "666"), 8)  # Twisted's default
-        except ValueError:
-            mode = None
-        return UNIX, named.get("address", (positional or [None])[0]), mode
-    if kind == "systemd":
-        return _inherited_address(named, inherited or ListenFDs.fromEnvironment())
-    if kind not in ("tcp", "tcp6", "ssl"):
-        return None
-    return "tcp", named.get("interface", positional[2] if kind != "ssl" and len(positional) > 2 else "")
-
-
-def _inherited_address(named, inherited):
-    try:
-        fd = (inherited.inheritedNamedDescriptors()[named["name"]] if "name" in named
-              else inherited.inheritedDescriptors()[int(named.get("index", ""))])
-        with socket.socket(fileno=os.dup(fd)) as listening:
-            address = listening.getsockname()
-            family = listening.family
-    except (KeyError, IndexError, ValueError, OSError):
-        return None
-    if family != socket.AF_UNIX:
-        return "tcp", address[0]
-    if not address or isinstance(address, bytes) or address.startswith("\0"):
-        return UNIX, None, 0o777  # abstract: no file, no permissions, anyone may connect
-    try:
-        return UNIX, address, os.stat(address).st_mode & 0o777
-    except OSError:
-        return UNIX, address, None
+# --- start-up notes ----------------------------------------------------------------------
 
 
 def _trusts_loopback(trusted):

@@ -14,8 +14,8 @@ from twisted.python import usage
 
 from nexusws import tap
 from nexusws.errors import StartupError, say
+from nexusws.gateway import log_observer
 from nexusws.logs import open_log_file
-from nexusws.service import log_observer
 
 PROG = "nexus-websocketserver"
 
@@ -35,7 +35,11 @@ def main(argv=None):
     # logged meanwhile (options, assembly) reaches it once, replayed, and the
     # start-up lines too, directly.
     log_file, options["log_file"] = options["log_file"], None
-    top = tap.makeService(options, reactor)
+    try:
+        top = tap.makeService(options, reactor)
+    except usage.UsageError as e:  # a service script's __init__ raised
+        say(PROG, e)
+        return 2
     if log_file is not None:
         try:
             stream = open_log_file(log_file)

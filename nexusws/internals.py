@@ -6,9 +6,9 @@ when a client keeps up), and Autobahn's receive and send state (to forward
 whole binary frames without its frame machinery, and to send a message as one
 plain frame). This module is the only one that knows those names; the data
 path calls its functions. Also Autobahn's, overridden in
-L{nexusws.bridge.BridgeProtocol} by name: C{_fail_connection} and
-C{processControlFrame}; and set here: C{factory._batched_timer} and the
-module's C{pformat}.
+L{nexusws.bridge.BridgeProtocol} by name: C{_fail_connection} (in its
+L{nexusws.closing} part) and C{processControlFrame}; and set here:
+C{factory._batched_timer} and the module's C{pformat}.
 
 L{check}, run once at start-up, verifies against the installed libraries that
 every one of them is still there with the expected type (on a real

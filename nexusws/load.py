@@ -86,7 +86,7 @@ def _percent(value):
 class NodeLoad:
     """The load of this gateway.
 
-    @param registry: the L{nexusws.reservations.Registry}, or None (no services).
+    @param registry: the L{nexusws.sessions.registry.Registry}, or None (no services).
     @param bridge: the L{nexusws.bridge.BridgeFactory} (its C{tunnels}).
     @param max_tunnels: C{--max_tunnels} (0: no limit, not part of the load).
     @param ws_url: a callable giving the ws(s):// URL clients connect to (or None).

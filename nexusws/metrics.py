@@ -13,7 +13,7 @@ metric.
   nexusws_reservations_total{service,outcome}     reserved, released, expired, no_free_instance
   nexusws_launches_total{service,outcome}         started, failed, cancelled
   nexusws_launch_seconds{service}                 token presented -> instance accepting (histogram)
-  nexusws_http_requests_total{call,code}          /v1 answers by call and status
+  nexusws_http_requests_total{call,code}          /v1 answers by call (nexusws.api.CALLS) and status
 """
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,8 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 #: The Content-Type of the text exposition format C{generate_latest} writes.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-#: The /v1 calls counted by name; any other path is counted as "other".
-API_CALLS = frozenset({"reserve", "release", "status", "status_view", "stop", "load", "metrics"})
+#: The C{call} label of a /v1 answer whose path names no call.
+OTHER_CALL = "other"
 
 LAUNCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -51,10 +51,10 @@ class Metrics:
         """Report C{bridge}'s tunnels (read at each scrape)."""
         self.registry.register(_Tunnels(bridge))
 
-    def api_answered(self, postpath, code):
-        """Count one /v1 answer; C{postpath}: the request's path below /v1 (bytes segments)."""
-        call = postpath[0].decode("utf-8", "replace") if postpath else ""
-        self.requests.labels(call if call in API_CALLS else "other", str(code)).inc()
+    def api_answered(self, call, code):
+        """Count one /v1 answer; C{call}: the metric label of the call its path names
+        (L{nexusws.api.CALLS} declares them), or None for a path that names none."""
+        self.requests.labels(call or OTHER_CALL, str(code)).inc()
 
     def exposition(self):
         """The text exposition of every metric (bytes)."""

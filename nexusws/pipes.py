@@ -17,7 +17,8 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from nexusws import internals
-from nexusws.logs import printable, redact
+from nexusws.logs import printable
+from nexusws.scrub import redact
 
 SUBPROTOCOL = "binary"
 

@@ -9,14 +9,13 @@ A router has C{route(request)} returning one of:
 or raises L{ConnectionDeny} with the HTTP status to refuse with.
 """
 
-import re
-
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 
 from nexusws.auth import Access
 from nexusws.logs import logger, printable
-from nexusws.reservations import TokenInUse, UnknownToken
+from nexusws.sessions.backend import StartFailure
+from nexusws.sessions.registry import TokenInUse, UnknownToken
 
 _log = logger("nexusws.routing")
 
@@ -143,12 +142,22 @@ def _who(user):
 
 
 class LaunchFailed(Exception):
-    """Why an instance did not start, without the service and index the client knows."""
+    """Why an instance did not start, without the service and index the client knows.
 
+    Its text is the tunnel's close reason and the end of its "tunnel failed" line.
 
-_PREFIX = re.compile(r"^service '.*?' instance \d+(: start failed)?: |^service '.*?' instance \d+ ")
+    @ivar what, why, exit_status: those of the L{StartFailure} (None if the
+        start failed otherwise).
+    """
+
+    def __init__(self, reason, what=None, why=None, exit_status=None):
+        super().__init__(reason)
+        self.what, self.why, self.exit_status = what, why, exit_status
 
 
 def _cause(failure):
-    message = failure.getErrorMessage()
-    raise LaunchFailed(_PREFIX.sub("", message, count=1) or message)
+    """The registry's failure as the tunnel tells it (see L{StartFailure.reason})."""
+    value = failure.value
+    if isinstance(value, StartFailure):
+        raise LaunchFailed(value.reason, value.what, value.why, value.exit_status)
+    raise LaunchFailed(failure.getErrorMessage())

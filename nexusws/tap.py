@@ -7,20 +7,28 @@ mistake stops start-up with one line before anything listens.
 
 import os
 import sys
+import types
 
-from twisted.python import usage
+from twisted.python import runtime, usage
 
 from nexusws import __version__, admission, credentials, limits, load, tls, viewer, web
 from nexusws.auth import AccessOptions
+from nexusws.cmdline import ReferenceStyleOptions
 from nexusws.convert import _coerced, _level, _local_session, _port, _positive_seconds, _seconds
 from nexusws.credentials import SECURITY_TOKEN_ENV
 from nexusws.errors import TWISTD_PROG, StartupError, say
-from nexusws.service import is_tls_endpoint, parse_endpoint
+from nexusws.gateway import is_tls_endpoint, parse_endpoint
+from nexusws.sessions import timeouts
+from nexusws.sessions.builtin import builtin_specs
+from nexusws.sessions.config import check_names, read_config
 
 EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 
+#: What option checks that need a clock get: the wall clock, not a reactor.
+WALL_CLOCK = types.SimpleNamespace(seconds=runtime.seconds)
 
-class Options(AccessOptions, usage.Options):
+
+class Options(AccessOptions, ReferenceStyleOptions):
     """Options of C{twistd nexusws} and C{nexus-websocketserver}.
 
     Beyond Twisted's usage rules, as the reference's argparse allows: names
@@ -54,7 +62,7 @@ class Options(AccessOptions, usage.Options):
         ["client_port", None, None,
          "Port number of the socket to serve using the websocket protocol on ws_server_port.",
          _coerced(_port, "client_port")],
-        ["timeout", None, 300,
+        ["timeout", None, int(timeouts.RESERVATION_TIMEOUT),
          "Number of seconds before an unused reservation is reclaimed.",
          _coerced(_positive_seconds, "timeout")],
         ["local_session", None, None,
@@ -84,7 +92,7 @@ class Options(AccessOptions, usage.Options):
         ["state_file", None, None,
          "The session state file (default: $STATE_DIRECTORY/nexusws-state.json under systemd, "
          "else ~/.local/state/nexusws/<ws listener>.json); used when services are configured."],
-        ["start_timeout", None, 30.0,
+        ["start_timeout", None, timeouts.START_TIMEOUT,
          "Seconds a session instance may take to start and accept connections.",
          _coerced(_positive_seconds, "start_timeout")],
         ["ensight_executable", None, None,
@@ -176,13 +184,6 @@ class Options(AccessOptions, usage.Options):
         self["ws_server_port"] = None
         self["local_session"] = []
         self["tls"] = None
-        #: Names (underscore spelling) of the options given on the command line.
-        self.given = set()
-
-    def getSynopsis(self):
-        if self.parent is None:
-            return f"Usage: {os.path.basename(sys.argv[0])} [options] ws_server_port"
-        return super().getSynopsis()
 
     opt_h = usage.Options.opt_help
 
@@ -191,79 +192,15 @@ class Options(AccessOptions, usage.Options):
         print(f"nexusws {__version__}")
         sys.exit(0)
 
-    # --- parsing --------------------------------------------------------------
-
-    def parseOptions(self, options=None):
-        """Parse C{options} (default: C{sys.argv[1:]}).
-
-        Under twistd a L{usage.UsageError} is printed as one line and exits
-        with 2: twistd itself would print its whole usage text and exit 0.
-        """
-        if options is None:
-            options = sys.argv[1:]
-        try:
-            super().parseOptions(self._normalize(list(options)))
-        except usage.UsageError as e:
-            if self.parent is None:
-                raise
-            say(TWISTD_PROG, e)
-            raise SystemExit(2) from None
-
-    def _normalize(self, args):
-        """Rewrite C{args} into what Twisted's getopt-based parser accepts.
-
-        Long options become C{--name=value} in their declared spelling and go
-        before the positional arguments; C{--local_session}'s values are taken
-        out here (getopt cannot take two words) and collected in order.
-        """
-        declared = {}  # underscore spelling -> (declared spelling, takes a value)
-        for name in self.longOpt:
-            bare = name.rstrip("=")
-            declared[bare.replace("-", "_")] = (bare, name.endswith("="))
-        front, positional = [], []
-        rest = iter(args)
-        for arg in rest:
-            if arg == "--":
-                positional.extend(rest)
-                break
-            if not arg.startswith("--"):
-                # Short flags (-h) go to getopt; a lone "-" is positional.
-                (front if arg.startswith("-") and arg != "-" else positional).append(arg)
-                continue
-            name, eq, value = arg[2:].partition("=")
-            key = self._resolve(name.replace("-", "_"), declared)
-            spelling, takes_value = declared[key]
-            self.given.add(key)
-            if not takes_value:
-                if eq:
-                    raise usage.UsageError(f"--{key} takes no value")
-                front.append(f"--{spelling}")
-                continue
-            if not eq:
-                value = next(rest, None)
-                if value is None:
-                    raise usage.UsageError(f"--{key} needs a value")
-            if key == "local_session":
-                if len(value.split()) == 1:
-                    count = next(rest, "")
-                    value = f"{value} {count}"
-                self["local_session"].append(_coerced(_local_session, key)(value))
-                continue
-            front.append(f"--{spelling}={value}")
-        # "--" so that getopt takes a positional such as "-1" as an argument.
-        return front + ["--"] + positional
-
-    @staticmethod
-    def _resolve(key, declared):
-        """The declared option C{key} names, exactly or as a unique prefix."""
-        if key in declared:
-            return key
-        matches = sorted(name for name in declared if name.startswith(key))
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise usage.UsageError(f"--{key} is ambiguous: " + ", ".join(f"--{m}" for m in matches))
-        raise usage.UsageError(f"no such option --{key}")
+    def take_words(self, key, value, rest):
+        """C{--local_session} takes two words (getopt cannot): collected here, in order."""
+        if key != "local_session":
+            return False
+        if len(value.split()) == 1:
+            count = next(rest, "")
+            value = f"{value} {count}"
+        self["local_session"].append(_coerced(_local_session, key)(value))
+        return True
 
     def parseArgs(self, ws_server_port=None):
         if ws_server_port is not None:
@@ -287,9 +224,9 @@ class Options(AccessOptions, usage.Options):
             self["novnc_dir"] = viewer.find_novnc()
         self._check_tls()
         self._check_sessions()
-        from twisted.internet import reactor
-
-        self.check_access(reactor)  # nexusws.auth.AccessOptions
+        # nexusws.auth.AccessOptions: checked with the wall clock (a groups file
+        # is read now); makeService builds the gateway's own with its reactor.
+        self.check_access(WALL_CLOCK)
 
     def _check_listeners(self):
         if self["ws_listen"] is not None and self["ws_server_port"] is not None:
@@ -310,12 +247,10 @@ class Options(AccessOptions, usage.Options):
                         "give --http_port another port"
                     )
                 self["http_listen"] = f"tcp:{self['http_port']}"
-        from twisted.internet import reactor
-
         for key in ("ws_listen", "http_listen"):
             if self[key] is not None:
-                try:
-                    parse_endpoint(reactor, f"--{key}", self[key])
+                try:  # parsed only: no reactor (makeService parses again with its own)
+                    parse_endpoint(None, f"--{key}", self[key])
                 except StartupError as e:
                     raise usage.UsageError(str(e)) from None
 
@@ -340,24 +275,21 @@ class Options(AccessOptions, usage.Options):
 
 
     def _check_sessions(self):
-        """Load the services (scripts run now, so their errors are option errors)."""
-        from twisted.internet import reactor
+        """Read and check the services (scripts run now, so their errors are option errors).
 
-        from nexusws.launcher import Launcher
-        from nexusws.services import builtin_services, check_names, load_config
-
-        self["launcher"] = launcher = Launcher(reactor)
+        C{self["services"]} holds L{ServiceSpec}s: C{makeService} builds them
+        with its reactor (L{nexusws.assemble.make_sessions})."""
         services = []
         try:
             if self["remote_session_config"] is not None:
-                services += load_config(self["remote_session_config"], reactor, launcher)
+                services += read_config(self["remote_session_config"])
             if self["local_session"]:
                 executables = {
                     app: self[f"{app}_executable"] or os.environ.get(env) or None
                     for app, env in EXECUTABLE_ENV.items()
                 }
                 executables["vnc_port_base"] = self["vnc_port_base"]
-                services += builtin_services(self["local_session"], reactor, launcher, executables)
+                services += builtin_specs(self["local_session"], executables)
             check_names(services)
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
@@ -398,7 +330,13 @@ def makeService(options, reactor=None):
 
     if reactor is None:
         from twisted.internet import reactor
-    top = build_service(options, reactor)
+    try:
+        top = build_service(options, reactor)
+    except StartupError as e:  # a script's __init__ raised: an option error, as before
+        if options.parent is None:
+            raise usage.UsageError(str(e)) from None
+        say(TWISTD_PROG, e)
+        raise SystemExit(2) from None
     if isinstance(reactor, ReactorBase) and not options.get("dumpable"):
         why = credentials.set_dumpable(False)
         if why is not None:

@@ -15,8 +15,10 @@ import os
 
 from twisted.web import resource
 
-from nexusws import web
+from nexusws.files import ConfinedFile
 from nexusws.logs import logger
+from nexusws.responses import NOT_FOUND, TEXT, respond
+from nexusws.web import ANSYS_ROOT
 
 _log = logger("nexusws.viewer")
 
@@ -28,7 +30,7 @@ CANDIDATES = (
     "/usr/local/share/novnc",
 )
 #: Our pages, served first.
-PAGES = os.path.join(web.ANSYS_ROOT, "nexus", "novnc")
+PAGES = os.path.join(ANSYS_ROOT, "nexus", "novnc")
 #: What a noVNC tree must hold: the RFB module our pages import.
 RFB_MODULE = os.path.join("core", "rfb.js")
 #: The page that stands in for a missing vnc.html.
@@ -72,11 +74,11 @@ def describe(path):
     return f"noVNC {version + ' ' if version else ''}({kind}) at {path}"
 
 
-class UnlistedFile(web.ConfinedFile):
+class UnlistedFile(ConfinedFile):
     """A confined tree whose directories are not listed (404): only named files are served."""
 
     def directoryListing(self):
-        return web.NOT_FOUND
+        return NOT_FOUND
 
 
 class ViewerTree(UnlistedFile):
@@ -106,7 +108,7 @@ class NoViewer(resource.Resource):
     isLeaf = True
 
     def render(self, request):
-        return web.respond(request, 404, web.TEXT, (
+        return respond(request, 404, TEXT, (
             b"The VNC viewer is not available: noVNC is not installed on this server.\n"
             b"Install Debian's novnc package (apt-get install novnc) or npm's @novnc/novnc,\n"
             b"or start nexusws with --novnc_dir pointing at a noVNC tree.\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from twisted.logger import globalLogPublisher
 
+from support.data_path import data_path  # noqa: F401 (a fixture: @both_paths in test_bridge, test_pipes)
 from support.pipes import pair  # noqa: F401 (a fixture: test_pipes, test_internals)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +280,7 @@ def events():
 @pytest.fixture
 def popen():
     """Start processes with C{popen(argv, **kw)}; whatever is left is killed and waited for."""
-    from nexusws import procs
+    from nexusws.sessions import procs
 
     started = []
 

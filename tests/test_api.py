@@ -1,4 +1,5 @@
-"""The /v1 REST API in memory: reserve, release, stop, errors, methods, the security token.
+"""The /v1 REST API in memory: reserve, release, stop, errors, methods, the security token,
+and the table of calls (L{nexusws.api.CALLS}) as the one source of routes, methods and metric labels.
 
 Raw HTTP bytes go through twisted.web's real parser and L{nexusws.web} Site
 (one L{StringTransport} connection per request, no sockets) to an L{ApiRoot}
@@ -10,7 +11,11 @@ import uuid
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
 
+from nexusws import web
+from nexusws.api import API_METHODS, CALLS, ApiRoot, Call, Who, answer
+from nexusws.metrics import Metrics
 from support.api import JSON_TYPE, SECRET, Api, FakeService
 
 
@@ -239,13 +244,13 @@ def test_head_of_a_call_that_changes_something_is_405_and_changes_nothing(api, c
 # --- security token -----------------------------------------------------------
 
 
-CALLS = ["reserve/demo?mode=1", "release/TOKEN", "status", "status_view", "stop", "nope"]
+TARGETS = ["reserve/demo?mode=1", "release/TOKEN", "status", "status_view", "stop", "nope"]
 
 
 @pytest.mark.parametrize("credentials", [
     ("", []), ("?security_token=wrong", []), ("", [("Authorization", "Bearer wrong")]),
 ], ids=["none", "wrong-query", "wrong-bearer"])
-@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("call", TARGETS)
 def test_with_a_security_token_every_call_without_it_is_401_and_has_no_effect(make_api, call, credentials):
     api = make_api(security_token=SECRET)
     token = api.reserve(f"?security_token={SECRET}")
@@ -283,3 +288,77 @@ def test_reserve_refuses_options_the_state_file_could_not_give_back_with_400(api
     assert_json_error(r, 400)
     assert problem in r.json()["error"]
     assert api.live() == {}
+
+
+# --- the table of calls -------------------------------------------------------
+
+
+def path_of(call, *extra):
+    """A path naming C{call} with as many arguments as it takes (then C{extra} ones)."""
+    return "/v1/" + "/".join([call.name, *["demo"] * call.arity, *extra])
+
+
+def test_every_call_of_the_table_is_routed_and_only_with_its_arity(api):
+    for call in CALLS.values():
+        r = api.get(path_of(call))
+        assert r.status != 404 or not r.json()["error"].startswith("no such API call"), call.name
+        short = "/v1/" + call.name + ("" if call.arity else "/")  # /v1/stop/ is stop with an argument
+        for target in [path_of(call, "x"), short]:
+            r = api.get(target)
+            assert_json_error(r, 404)
+            assert r.json()["error"] == f"no such API call: {target}"
+    assert api.get("/v1/nope").json()["error"] == "no such API call: /v1/nope"
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=list(CALLS))
+def test_head_and_the_405s_follow_the_table(api, call):
+    """A call that changes something answers GET only; the others HEAD too; nothing else is answered."""
+    assert call.methods == ((b"GET",) if call.mutating else (b"GET", b"HEAD"))
+    r = api.get(path_of(call), method=b"HEAD")
+    if call.mutating:
+        assert (r.status, r.headers["allow"], r.body) == (405, "GET", b"")
+    else:
+        assert r.status in (200, 404) and r.body == b""
+    r = api.get(path_of(call), method=b"POST")
+    assert_json_error(r, 405)
+    assert r.headers["allow"] == "GET, HEAD" == ", ".join(m.decode() for m in API_METHODS)
+    api.clock.advance(10)
+    assert api.live() == {} and api.stop_calls == []
+
+
+class MeteredApi(Api):
+    """The harness, its ApiRoot counting its answers into a L{Metrics}."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.metrics = Metrics()
+        root = ApiRoot(None, registry=self.registry, stop=self._stop, reactor=self.clock, metrics=self.metrics)
+        self.site = web.make_site(str(directory), root, reactor=MemoryReactorClock())
+
+    def labels(self):
+        """The C{call} labels of the answers counted so far."""
+        return {s.labels["call"] for family in self.metrics.requests.collect() for s in family.samples}
+
+
+def test_the_metric_labels_are_those_the_table_declares(tmp_path):
+    api = MeteredApi(tmp_path)
+    for call in CALLS.values():
+        api.get(path_of(call))
+        api.get(path_of(call, "x"))  # a 404 still counts as its call
+    api.get("/v1/nope")
+    assert api.labels() == {call.metric for call in CALLS.values()} | {"other"}
+    assert {call.metric for call in CALLS.values()} == set(CALLS)
+    assert all(name == call.name for name, call in CALLS.items())
+
+
+def test_a_new_call_is_one_entry_of_the_table_and_its_handler(tmp_path, monkeypatch):
+    def echo(root, request, caller, word):
+        return answer.json(request, 200, {"echo": word})
+
+    monkeypatch.setitem(CALLS, "echo", Call("echo", 1, False, Who.LOCAL, echo, "echoes"))
+    api = MeteredApi(tmp_path)
+    r = api.get("/v1/echo/hi")
+    assert (r.status, r.json(), r.headers["cache-control"]) == (200, {"echo": "hi"}, "no-store")
+    assert api.get("/v1/echo/hi", method=b"HEAD").status == 200
+    assert_json_error(api.get("/v1/echo"), 404)
+    assert "echoes" in api.labels()

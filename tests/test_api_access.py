@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from nexusws import web
-from nexusws.api import ApiRoot
+from nexusws.api import CALLS, ApiRoot, Who
 from nexusws.auth import Access, TrustedProxies
 from nexusws.groups import GroupsFile
-from nexusws.reservations import Registry
+from nexusws.sessions.registry import Registry
 from support.api import EPOCH, FakeService
 from support.http import Response
 
@@ -185,6 +185,20 @@ def test_allow_remote_api_opens_reserve_and_release_to_remote_clients_but_not_st
     assert status == 200
     assert g.get(f"/v1/release/{body['token']}", forwarded=REMOTE, user="alice").status == 200
     assert g.get("/v1/stop", forwarded=REMOTE).status == 403 and g.stops == []
+
+
+@pytest.mark.parametrize("allow_remote_api", [False, True], ids=["plain", "allow_remote_api"])
+@pytest.mark.parametrize("call", CALLS.values(), ids=list(CALLS))
+def test_who_may_make_a_call_is_what_the_table_declares(gw, call, allow_remote_api):
+    g = gw(allow_remote_api=allow_remote_api)
+    target = "/v1/" + "/".join([call.name, *["open"] * call.arity])
+    refused = call.who is Who.LOCAL or (call.who is Who.REMOTE_API and not allow_remote_api)
+    r = g.get(target, peer=REMOTE)
+    assert (r.status == 403) == refused, r.raw
+    if refused:
+        more = " (or the server's --allow_remote_api)" if call.who is Who.REMOTE_API else ""
+        assert r.json()["error"] == f"/v1/{call.name} from another host needs the security token{more}"
+    assert g.get(target).status != 403, "a local client may make every call"
 
 
 def test_status_shows_remote_clients_only_the_tokens_reserved_as_them(gw):

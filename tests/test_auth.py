@@ -16,15 +16,9 @@ from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
 from nexusws import tap
-from nexusws.auth import (
-    Access,
-    TrustedProxies,
-    access_notes,
-    is_local,
-    listener_is_local,
-    parse_network,
-    peer_host,
-)
+from nexusws.addresses import is_local, listener_is_local, parse_network, peer_host
+from nexusws.api import CALLS, Who
+from nexusws.auth import Access, TrustedProxies, access_notes
 from nexusws.groups import GroupsFile
 from nexusws.routing import Launch, NoRouter, TokenRouter
 
@@ -158,9 +152,9 @@ def test_a_request_through_a_local_proxy_is_never_local_whatever_address_it_forw
     is the operator, whichever address nginx saw."""
     who = Access().identify(peer, headers)
     assert (who.proxied, who.forwarded, who.local) == (True, True, False)
-    assert not Access().may_change(who, "stop", False)
-    assert not Access().may_change(who, "reserve", False)
-    assert Access(allow_remote_api=True).may_change(who, "reserve", False)
+    assert not Access().may_change(who, False, remote_api=False)  # stop
+    assert not Access().may_change(who, False, remote_api=True)  # reserve
+    assert Access(allow_remote_api=True).may_change(who, False, remote_api=True)
 
 
 def test_through_the_shipped_trust_only_the_unix_socket_names_users():
@@ -210,7 +204,8 @@ def test_is_local_means_loopback_or_a_unix_socket(host, local):
 def test_state_changing_calls_need_a_local_client_the_security_token_or_allow_remote_api(
         local, token, allow, call, accepted):
     who = Access().identify("tcp4:127.0.0.1:1" if local else "tcp4:203.0.113.9:1", {})
-    assert Access(allow_remote_api=allow).may_change(who, call, token) is accepted
+    remote_api = CALLS[call].who is Who.REMOTE_API
+    assert Access(allow_remote_api=allow).may_change(who, token, remote_api) is accepted
 
 
 # --- listeners and start-up notes -------------------------------------------------------------------

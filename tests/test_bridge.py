@@ -1,12 +1,17 @@
-"""In-memory tests of the WebSocket⇄TCP bridge: iosim pumps, a memory reactor, no sockets."""
+"""In-memory tests of the WebSocket⇄TCP bridge: iosim pumps, a memory reactor, no sockets.
+
+The key ones (C{@both_paths}) run on both data paths: the library internals and
+the public-API fallback (L{nexusws.internals}).
+"""
 
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock
 
-from nexusws.bridge import GATEWAY_MARGIN
+from nexusws.handshake import GATEWAY_MARGIN
 from nexusws.routing import NoRouter, Target
 from support.bridge import Harness, lines, open_tunnel
+from support.data_path import both_paths
 
 
 def test_101_is_sent_only_after_the_backend_connects():
@@ -38,11 +43,13 @@ def test_client_offering_only_unknown_subprotocols_is_refused_with_400(events):
     assert any("400" in line and "base64" in line for line in lines(events))
 
 
+@both_paths
 def test_backend_greeting_is_held_until_open_then_delivered_first():
     h = open_tunnel(greeting=b"RFB 003.008\n")
     assert h.client.messages == [(b"RFB 003.008\n", True)]
 
 
+@both_paths
 def test_bytes_flow_both_ways_exactly_and_in_order():
     h = open_tunnel(greeting=b"")
     for i in range(50):
@@ -54,6 +61,7 @@ def test_bytes_flow_both_ways_exactly_and_in_order():
     assert all(binary for _, binary in h.client.messages), "backend data goes out as binary"
 
 
+@both_paths
 def test_text_frames_are_forwarded_as_their_utf8_bytes():
     h = open_tunnel(greeting=b"")
     h.client.sendMessage("héllo".encode(), isBinary=False)
@@ -61,6 +69,7 @@ def test_text_frames_are_forwarded_as_their_utf8_bytes():
     assert bytes(h.backend.received) == "héllo".encode()
 
 
+@both_paths
 def test_fragmented_message_is_streamed_frame_by_frame():
     """A message in several frames reaches the backend as the frames arrive."""
     h = open_tunnel(greeting=b"")
@@ -74,6 +83,7 @@ def test_fragmented_message_is_streamed_frame_by_frame():
     assert bytes(h.backend.received) == b"first-second"
 
 
+@both_paths
 def test_backend_close_delivers_every_byte_then_closes_1000():
     h = open_tunnel(greeting=b"")
     h.backend.transport.write(b"tail-" * 1000)
@@ -84,6 +94,7 @@ def test_backend_close_delivers_every_byte_then_closes_1000():
     assert h.client.closed[1] == 1000
 
 
+@both_paths
 def test_backend_close_waits_for_the_client_buffer_to_drain():
     """While the client's transport is full (producer paused) no close frame is sent."""
     h = open_tunnel(greeting=b"")
@@ -99,6 +110,7 @@ def test_backend_close_waits_for_the_client_buffer_to_drain():
     assert h.client.closed[1] == 1000
 
 
+@both_paths
 def test_a_client_that_never_takes_the_backends_last_data_is_cut_off_after_close_timeout(events):
     """The backend sent its last bytes and closed; the client's buffer stays full: after
     --close_timeout the connection is dropped, which frees its slot."""
@@ -114,6 +126,7 @@ def test_a_client_that_never_takes_the_backends_last_data_is_cut_off_after_close
     assert any("did not take the backend's last data within 7 s" in line for line in lines(events))
 
 
+@both_paths
 def test_a_client_that_takes_the_last_data_in_time_is_closed_1000_and_not_cut_off():
     h = open_tunnel(greeting=b"", close_timeout=7)
     valve = h.server_transport.producer
@@ -137,6 +150,7 @@ def test_backend_connection_error_closes_with_1011_and_a_reason():
     assert "backend connection lost" in h.client.closed[2]
 
 
+@both_paths
 def test_client_close_delivers_every_byte_to_the_backend_then_eof():
     h = open_tunnel(greeting=b"")
     h.client.sendMessage(b"last words", isBinary=True)
@@ -162,6 +176,7 @@ def test_backend_that_never_closes_after_eof_is_aborted_after_close_timeout():
     assert aborted == [True]
 
 
+@both_paths
 def test_after_the_client_closes_the_backend_is_half_closed_and_read_until_it_closes(events):
     """EOF, not a close: the backend's last bytes are read and dropped (never sent to a
     closed WebSocket, never counted), no reset, no error; its close ends the wait."""
@@ -186,6 +201,7 @@ def test_after_the_client_closes_the_backend_is_half_closed_and_read_until_it_cl
     assert " 0 bytes down" in closed[0]
 
 
+@both_paths
 def test_backend_data_while_the_websocket_is_closing_is_dropped_without_error(events):
     """The client's close frame is in, the reply not yet sent (its TCP closes later):
     backend data arriving then raises nothing and is not counted as sent."""
@@ -247,6 +263,7 @@ def test_client_leaving_during_backend_connect_drops_the_backend():
     assert h.endpoint.attempts == [] or h.endpoint.attempts[0][1].called
 
 
+@both_paths
 def test_flow_control_is_wired_both_ways():
     """A full client socket pauses the backend and a full backend socket pauses the client."""
     h = open_tunnel(greeting=b"")
@@ -281,6 +298,7 @@ def test_tokens_in_the_request_never_reach_the_log(events):
     assert any("token=***" in line for line in lines(events))
 
 
+@both_paths
 def test_close_all_closes_open_tunnels_with_1001():
     h = open_tunnel(greeting=b"")
     d = h.factory.close_all()
@@ -296,6 +314,7 @@ def _silence(client):
     client._onPing = lambda payload: None
 
 
+@both_paths
 def test_ping_keepalive_drops_a_silent_peer_after_the_timeout():
     h = Harness(ping_interval=5, ping_timeout=2)
     h.flush()
@@ -324,6 +343,7 @@ def test_ping_keepalive_keeps_a_live_peer():
     assert h.client.closed is None and h.backend.lost is None
 
 
+@both_paths
 def test_unsolicited_pongs_while_a_keepalive_ping_is_pending_do_not_fill_the_log(events):
     """Each would be one Autobahn warning: a client could write the log full at will."""
     from twisted.logger import LogLevel
@@ -342,6 +362,7 @@ def test_unsolicited_pongs_while_a_keepalive_ping_is_pending_do_not_fill_the_log
     assert h.client.closed is None
 
 
+@both_paths
 def test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_margin():
     """Once the request is in, the handshake waits for the backend: that wait is bounded by
     connect_timeout + GATEWAY_MARGIN (not the client's --handshake_timeout), on the factory's clock."""

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from nexusws import procs
-from nexusws.reservations import StartFailed
-from nexusws.service import SessionsService
-from nexusws.statefile import StateFile
+from nexusws.sessions import procs
+from nexusws.sessions.backend import NOT_RECORDED, StartFailure
+from nexusws.sessions.keeper import SessionsService
+from nexusws.sessions.statefile import StateFile
 from sessions.harness import (
     assert_gone,
     echo,
@@ -166,7 +166,8 @@ def test_an_unused_reservation_is_neither_released_nor_started_while_it_cannot_b
     failures = []
     api.registry.activate(token).addErrback(failures.append)
     (failure,) = failures
-    assert failure.check(StartFailed) and "not started" in str(failure.value)
+    assert failure.check(StartFailure) and "not started" in str(failure.value)
+    assert failure.value.what == NOT_RECORDED and "cannot be recorded" in failure.value.why
     assert api.services[0].starts == [], "nothing started that a crash could leak"
     assert api.live() == {token: ("demo", 0, "reserved")}, "the token stays usable"
     statefile.full = False
@@ -310,8 +311,9 @@ def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monke
     from twisted.internet import defer
     from twisted.internet.task import Clock
 
-    from nexusws import launcher, service
-    from nexusws.statefile import StateFile
+    from nexusws.sessions import keeper as service
+    from nexusws.sessions import stopping
+    from nexusws.sessions.statefile import StateFile
 
     generations = [{(101, 1.0)}, {(102, 2.0)}, {(103, 3.0)}, set()]
     swept = []
@@ -322,7 +324,7 @@ def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monke
         swept.append((sorted(procs), grace))
         return defer.succeed([])
 
-    monkeypatch.setattr(launcher, "kill_processes", kill_processes)
+    monkeypatch.setattr(stopping, "kill_processes", kill_processes)
     sessions = service.SessionsService(None, StateFile(str(tmp_path / "state.json")), Clock(),
                                        kill_grace=5.0, launchers=[])
     sessions._sweep()

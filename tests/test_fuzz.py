@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from nexusws.bridge import BridgeFactory
 from nexusws.errors import StartupError
 from nexusws.routing import FixedRouter, Target
-from nexusws.services import load_config
+from nexusws.sessions.config import load_config
 from support.api import Api
 from support.bridge import ControlledEndpoint, Transport
 

@@ -1,4 +1,4 @@
-"""Range requests on the file server: L{web.plan_ranges} and L{web.FileProducer}.
+"""Range requests on the file server: L{nexusws.ranges.plan_ranges} and L{nexusws.ranges.FileProducer}.
 
 Twisted's own multi-range producer crashes on many small or overlapping
 ranges ("read length must be non-negative"): the response then stalls for
@@ -24,6 +24,8 @@ from twisted.web import resource
 
 from nexusws import web
 from nexusws.api import ApiRoot
+from nexusws.files import ConfinedFile
+from nexusws.ranges import MAX_RANGE_SPECS, MAX_RANGES, plan_ranges
 from support.http import parse
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -55,7 +57,7 @@ OVERLAPPING = [
     (b"Bytes=1-2", [(1, 2)]),
 ])
 def test_plan_of_single_and_disjoint_ranges_is_offset_and_length(header, parts):
-    assert web.plan_ranges(header, 300) == parts
+    assert plan_ranges(header, 300) == parts
 
 
 @pytest.mark.parametrize("header, parts", [
@@ -68,20 +70,20 @@ def test_plan_of_single_and_disjoint_ranges_is_offset_and_length(header, parts):
     (b"bytes=0-0,0-0,0-0", [(0, 1)]),
 ])
 def test_plan_merges_overlapping_and_adjacent_ranges_keeping_first_appearance_order(header, parts):
-    assert web.plan_ranges(header, 300) == parts
+    assert plan_ranges(header, 300) == parts
 
 
 @pytest.mark.parametrize("header", [b"bytes=300-400", b"bytes=-0", b"bytes=300-,400-500", b"bytes=1000-"])
 def test_plan_of_no_satisfiable_range_is_empty_for_416(header):
-    assert web.plan_ranges(header, 300) == []
+    assert plan_ranges(header, 300) == []
 
 
 def test_plan_drops_unsatisfiable_ranges_among_satisfiable_ones():
-    assert web.plan_ranges(b"bytes=0-1,300-400,-0", 300) == [(0, 2)]
+    assert plan_ranges(b"bytes=0-1,300-400,-0", 300) == [(0, 2)]
 
 
 def test_plan_of_an_empty_file_is_always_unsatisfiable():
-    assert web.plan_ranges(b"bytes=0-", 0) == web.plan_ranges(b"bytes=-5", 0) == []
+    assert plan_ranges(b"bytes=0-", 0) == plan_ranges(b"bytes=-5", 0) == []
 
 
 @pytest.mark.parametrize("header", [
@@ -90,29 +92,29 @@ def test_plan_of_an_empty_file_is_always_unsatisfiable():
 ], ids=["unit", "no-equals", "empty", "only-comma", "reversed", "letters", "bare-dash", "two-dashes",
         "plus", "hex", "huge-number", "non-ascii-digit"])
 def test_plan_ignores_a_malformed_header_whole_file(header):
-    assert web.plan_ranges(header, 300) is None
+    assert plan_ranges(header, 300) is None
 
 
 def test_plan_allows_max_ranges_disjoint_parts_and_ignores_one_more():
-    ranges = [f"{i * 10}-{i * 10}" for i in range(web.MAX_RANGES + 1)]
-    assert len(web.plan_ranges(("bytes=" + ",".join(ranges[:-1])).encode(), 300)) == web.MAX_RANGES == 16
-    assert web.plan_ranges(("bytes=" + ",".join(ranges)).encode(), 300) is None
+    ranges = [f"{i * 10}-{i * 10}" for i in range(MAX_RANGES + 1)]
+    assert len(plan_ranges(("bytes=" + ",".join(ranges[:-1])).encode(), 300)) == MAX_RANGES == 16
+    assert plan_ranges(("bytes=" + ",".join(ranges)).encode(), 300) is None
 
 
 def test_plan_counts_parts_after_merging():
     """A thousand ranges that merge into one part are one part."""
     for ranges, length in OVERLAPPING:
-        assert web.plan_ranges(("bytes=" + ranges).encode(), MIB) == [(0, length)]
+        assert plan_ranges(("bytes=" + ranges).encode(), MIB) == [(0, length)]
 
 
 @pytest.mark.parametrize("header", [b"bytes=0-,0-", b"bytes=0-199,100-299", b"bytes=" + b",".join([b"0-0"] * 301)])
 def test_plan_ignores_ranges_asking_for_more_bytes_than_the_file_holds(header):
-    assert web.plan_ranges(header, 300) is None
+    assert plan_ranges(header, 300) is None
 
 
 def test_plan_ignores_more_than_max_range_specs_unread():
-    assert web.plan_ranges(("bytes=" + ",".join(["0-0"] * web.MAX_RANGE_SPECS)).encode(), MIB) == [(0, 1)]
-    assert web.plan_ranges(("bytes=" + ",".join(["0-0"] * (web.MAX_RANGE_SPECS + 1))).encode(), MIB) is None
+    assert plan_ranges(("bytes=" + ",".join(["0-0"] * MAX_RANGE_SPECS)).encode(), MIB) == [(0, 1)]
+    assert plan_ranges(("bytes=" + ",".join(["0-0"] * (MAX_RANGE_SPECS + 1))).encode(), MIB) is None
 
 
 # --- in memory -----------------------------------------------------------------------
@@ -227,7 +229,7 @@ class _FailingFile(io.FileIO):
         raise OSError(5, "Input/output error")
 
 
-class _FailingConfinedFile(web.ConfinedFile):
+class _FailingConfinedFile(ConfinedFile):
     def openForReading(self):
         return _FailingFile(self.path)
 

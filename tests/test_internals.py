@@ -1,11 +1,10 @@
 """The library internals the data path uses (L{nexusws.internals}): the start-up check,
 and the tunnel's behaviour on the public-API fallback it switches to.
 
-The key bridge and pipes tests run here again with the fallback forced: bytes
-flow exactly both ways, flow control, the close rules.
+The key bridge and pipes tests (bytes flow exactly both ways, flow control, the
+close rules) run on the fallback too: they carry C{@both_paths}
+(L{support.data_path}) in test_bridge and test_pipes.
 """
-
-import inspect
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -13,12 +12,11 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import abstract
 from twisted.logger import LogLevel, formatEvent
 
-import test_bridge
-import test_pipes
 from nexusws import internals, pipes
-from nexusws.service import check_internals
+from nexusws.gateway import check_internals
 from support.bridge import open_tunnel
 from support.events import events_of
+from support.pipes import receive
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +30,6 @@ def public_apis():
     """The module switched to its public-API fallback, as when an internal is missing."""
     internals.set_fast(False)
     yield
-
-
 
 
 # --- the check ----------------------------------------------------------------
@@ -106,7 +102,7 @@ def test_on_the_public_apis_a_write_is_an_ordinary_twisted_write(public_apis, pa
     internals.write_now(transport, b"data", b"HEAD")
     assert transport in reactor.getWriters(), "queued for the reactor, not sent behind its back"
     transport.doWrite()
-    assert test_pipes.receive(peer, 8) == b"HEADdata"
+    assert receive(peer, 8) == b"HEADdata"
 
 
 def test_on_the_public_apis_queued_is_unknown_and_the_client_is_taken_not_to_keep_up(public_apis):
@@ -131,33 +127,3 @@ def test_on_the_public_apis_every_frame_goes_through_autobahn(public_apis, monke
     h.flush()
     assert bytes(h.backend.received) == b"up" * 1000
     assert h.client.received == b"down" and sent == [b"down"]
-
-
-KEY_TESTS = [
-    test_bridge.test_bytes_flow_both_ways_exactly_and_in_order,
-    test_bridge.test_text_frames_are_forwarded_as_their_utf8_bytes,
-    test_bridge.test_fragmented_message_is_streamed_frame_by_frame,
-    test_bridge.test_backend_greeting_is_held_until_open_then_delivered_first,
-    test_bridge.test_flow_control_is_wired_both_ways,
-    test_bridge.test_backend_close_delivers_every_byte_then_closes_1000,
-    test_bridge.test_backend_close_waits_for_the_client_buffer_to_drain,
-    test_bridge.test_a_client_that_never_takes_the_backends_last_data_is_cut_off_after_close_timeout,
-    test_bridge.test_a_client_that_takes_the_last_data_in_time_is_closed_1000_and_not_cut_off,
-    test_bridge.test_client_close_delivers_every_byte_to_the_backend_then_eof,
-    test_bridge.test_after_the_client_closes_the_backend_is_half_closed_and_read_until_it_closes,
-    test_bridge.test_backend_data_while_the_websocket_is_closing_is_dropped_without_error,
-    test_bridge.test_close_all_closes_open_tunnels_with_1001,
-    test_bridge.test_ping_keepalive_drops_a_silent_peer_after_the_timeout,
-    test_bridge.test_unsolicited_pongs_while_a_keepalive_ping_is_pending_do_not_fill_the_log,
-    test_bridge.test_handshake_waiting_on_the_gateway_is_dropped_after_connect_timeout_plus_margin,
-    test_pipes.test_behind_queued_data_a_write_is_queued_so_the_order_is_kept,
-    test_pipes.test_other_transports_get_one_ordinary_write,
-    test_pipes.test_the_fast_path_forwards_and_fails_exactly_as_autobahn_alone_does,
-]
-
-
-@pytest.mark.parametrize("test", KEY_TESTS, ids=lambda t: t.__name__)
-def test_key_behaviours_hold_on_the_public_apis(public_apis, request, test):
-    fixtures = {name: request.getfixturevalue(name) for name in inspect.signature(test).parameters}
-    test(**fixtures)
-    assert not internals.FAST, "run on the fallback throughout"

@@ -1,11 +1,23 @@
 """In memory: WebSockets whose backend is started on demand (sessions), and the token router."""
 
+import re
+
 import pytest
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer, error
 
-from nexusws.reservations import TokenInUse, UnknownToken
-from nexusws.routing import FixedRouter, Launch, NoRouter, Target, TokenRouter
+from nexusws.routing import FixedRouter, Launch, LaunchFailed, NoRouter, Target, TokenRouter
+from nexusws.sessions.backend import (
+    BUSY,
+    CRASHED,
+    CUT_SHORT,
+    FAILED,
+    NO_INSTANCE,
+    NOT_READY,
+    NOT_RECORDED,
+    StartFailure,
+)
+from nexusws.sessions.registry import TokenInUse, UnknownToken
 from support.bridge import Harness, lines
 
 
@@ -51,7 +63,7 @@ def test_launch_opens_at_once_and_holds_client_data_until_the_backend_is_up():
 def test_a_client_sending_more_than_the_held_limit_during_a_launch_is_read_no_more():
     """What waits for the backend is bounded: past HELD_LIMIT the client is paused,
     and read again once the backend is up; nothing is lost."""
-    from nexusws.bridge import HELD_LIMIT
+    from nexusws.handshake import HELD_LIMIT
 
     h, router = launching()
     chunk = b"x" * 65536
@@ -189,3 +201,57 @@ def test_token_router_sends_token_less_requests_to_basic_mode():
     with pytest.raises(ConnectionDeny) as info:
         TokenRouter(Registry(), NoRouter()).route(Request())
     assert info.value.code == 404
+
+
+# --- a failed start, as the client and the log see it --------------------------
+
+EXITED = "demo[1] app exited (status 3) before 127.0.0.1:7000 accepted connections"
+FAILURES = [  # (the registry's StartFailure, the close reason)
+    (StartFailure("Demo Session", 1, FAILED, EXITED, exit_status=3), EXITED),
+    (StartFailure("Demo Session", 1, CRASHED, "RuntimeError: boom"), "RuntimeError: boom"),
+    (StartFailure("Demo Session", 1, NOT_READY, "127.0.0.1:7000 did not accept connections within 2 s"),
+     "failed to start: 127.0.0.1:7000 did not accept connections within 2 s"),
+    (StartFailure("Demo Session", 1, CUT_SHORT, "released"), "was stopped before it started (released)"),
+    (StartFailure("Demo Session", 1, NOT_RECORDED, "the session state cannot be recorded (disk full)"),
+     "Demo Session instance 1 not started: the session state cannot be recorded (disk full)"),
+    (StartFailure("Demo Session", 1, BUSY), "is already running"),
+    (StartFailure("Demo Session", 1, NO_INSTANCE), "service 'Demo Session' has no instance 1"),
+]
+
+
+@pytest.mark.parametrize("failure, reason", FAILURES, ids=lambda v: getattr(v, "what", None))
+def test_a_failed_start_closes_the_tunnel_1011_with_its_cause_and_logs_it(events, failure, reason):
+    """The StartFailure's fields (what, why; the exit status inside why) reach the close
+    reason and the "tunnel failed" line; the service and index, which the client knows, do not."""
+    registry = Registry()
+    h = Harness(router=TokenRouter(registry, NoRouter()))
+    h.flush()
+    registry.started.errback(failure)
+    h.flush()
+    assert h.client.closed[1] == 1011 and h.client.closed[2] == reason
+    assert any(line.startswith("tunnel failed: ") and line.endswith(f" -> Demo Session#1: {reason}")
+               for line in lines(events))
+    assert registry.deactivated == ["SECRET"]
+
+
+def test_the_launch_failure_carries_the_start_failures_fields():
+    registry = Registry()
+    launch = TokenRouter(registry, NoRouter()).route(Request(token="T1"))
+    registry.started.errback(FAILURES[0][0])
+    failed = []
+    launch.started.addErrback(failed.append)
+    e = failed[0].value
+    assert isinstance(e, LaunchFailed) and str(e) == EXITED
+    assert (e.what, e.why, e.exit_status) == (FAILED, EXITED, 3)
+
+
+#: How routing took the registry's messages apart before StartFailure had fields.
+_OLD_PREFIX = re.compile(r"^service '.*?' instance \d+(: start failed)?: |^service '.*?' instance \d+ ")
+
+
+@pytest.mark.parametrize("what", [FAILED, CRASHED, NOT_READY, CUT_SHORT, NOT_RECORDED, BUSY, NO_INSTANCE])
+def test_the_close_reason_from_the_fields_is_what_parsing_the_message_gave(what):
+    """No change for clients: the reason built from the fields equals the old regex's result."""
+    e = StartFailure("demo", 0, what, "ValueError: no display free")
+    assert e.reason == (_OLD_PREFIX.sub("", str(e), count=1) or str(e))
+

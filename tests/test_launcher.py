@@ -1,4 +1,5 @@
-"""nexusws.launcher: spawning, output logging, termination of groups and leftovers, port waits.
+"""nexusws.sessions.launcher, stopping, ports, wrapping: spawning, output logging,
+termination of groups and leftovers (one TERM, grace, KILL loop), port waits.
 
 Three levels:
   - in memory: a fake process reactor (a Clock that records spawnProcess and
@@ -29,16 +30,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conftest import require
-from nexusws import launcher as launcher_module
-from nexusws import procs
-from nexusws.launcher import (
-    SETSID_WRAPPER,
-    Launcher,
-    StartTimeout,
-    kill_processes,
-    wait_for_port,
-)
 from nexusws.logs import set_verbosity
+from nexusws.sessions import launcher as launcher_module
+from nexusws.sessions import procs, wrapping
+from nexusws.sessions.launcher import Launcher
+from nexusws.sessions.ports import StartTimeout, wait_for_port
+from nexusws.sessions.stopping import kill_processes, stop_tree
+from nexusws.sessions.wrapping import SETSID_WRAPPER
 
 PROGRAMS = Path(__file__).parent / "programs"
 FAKE_PID = 4_999_000  # above any possible pid: /proc knows nothing of it
@@ -173,7 +171,7 @@ def test_a_supervised_spawn_hands_a_spare_supervisor_its_program_on_stdin_then_e
     monkeypatch.setattr(procs, "child_nofile", 1024)
     supervised.launcher.prepare()
     (spare,) = supervised.reactor.processes
-    assert spare.args == [sys.executable, "-I", "-S", launcher_module.SUPERVISOR]
+    assert spare.args == [sys.executable, "-I", "-S", wrapping.SUPERVISOR]
     assert spare.env == {} and not spare.stdin_closed, "a spare waits for its command"
     assert supervised.launcher.spares() == {spare.pid}
     child = supervised.launcher.spawn(["sleep", "5"], env={"PATH": os.environ["PATH"], "A": "1"},
@@ -198,7 +196,7 @@ def test_spawn_tells_on_spawn_of_the_child_before_it_returns(supervised):
 
 def test_a_child_that_cannot_be_recorded_is_killed_and_spawn_raises(supervised, fake):
     """A crash before its record was written would leak it: it is ended at once."""
-    from nexusws.statefile import NotRecorded
+    from nexusws.sessions.statefile import NotRecorded
 
     for world in (supervised, fake):
         def refuse(pid, start):
@@ -215,8 +213,8 @@ def test_spawn_runs_argv_through_setsid_with_the_given_env_and_cwd(fake, tmp_pat
     monkeypatch.setattr(procs, "child_nofile", None)
     child = fake.launcher.spawn(["sleep", "5"], env={"PATH": os.environ["PATH"], "A": "1"}, cwd=str(tmp_path))
     (p,) = fake.reactor.processes
-    if launcher_module.SETSID:  # util-linux's
-        assert p.executable == launcher_module.SETSID and p.args == [launcher_module.SETSID, "--", "sleep", "5"]
+    if wrapping.SETSID:  # util-linux's
+        assert p.executable == wrapping.SETSID and p.args == [wrapping.SETSID, "--", "sleep", "5"]
     else:
         assert p.executable == sys.executable and p.args == [sys.executable, "-c", SETSID_WRAPPER, "sleep", "5"]
     assert p.env == {"PATH": os.environ["PATH"], "A": "1"}
@@ -633,6 +631,71 @@ def test_kill_processes_never_signals_this_process_itself():
     assert os.getpid() not in {pid for pid, _ in kills.sent}
 
 
+# --- stop_tree: the one TERM, grace, KILL loop ----------------------------------------------
+
+
+class Tree:
+    """Targets for stop_tree that the test ends by hand."""
+
+    def __init__(self, alive=True):
+        self.alive, self.sent, self.killed = alive, [], []
+
+    def run(self, clock, grace, **kw):
+        return stop_tree(clock, grace, send=self.sent.append, alive=lambda: self.alive,
+                         kill=lambda left: self.killed.append(left) or "killed", **kw)
+
+
+def test_stop_tree_sends_sigterm_and_ends_once_the_targets_are_gone():
+    clock, tree = Clock(), Tree()
+    done = fired(tree.run(clock, 5))
+    assert tree.sent == [signal.SIGTERM] and done == []
+    clock.advance(0.1)
+    tree.alive = False
+    clock.advance(0.1)
+    assert done == [None] and tree.killed == [] and clock.getDelayedCalls() == []
+
+
+def test_stop_tree_kills_what_is_left_once_the_grace_period_has_passed():
+    clock, tree = Clock(), Tree()
+    done = fired(tree.run(clock, 2))
+    clock.pump([0.1] * 19)
+    assert done == [] and tree.killed == []
+    clock.advance(0.1)
+    assert tree.killed == [True] and done == ["killed"] and tree.sent == [signal.SIGTERM]
+
+
+def test_stop_tree_looks_at_once_only_when_asked():
+    """look_now (a child's group): a tree already gone ends synchronously; otherwise
+    the first look is one interval (or the grace, if shorter) after the SIGTERM."""
+    clock = Clock()
+    assert fired(Tree(alive=False).run(clock, 5, look_now=True)) == [None]
+    later = fired(Tree(alive=False).run(clock, 0))
+    assert later == [] and [c.getTime() for c in clock.getDelayedCalls()] == [0]
+    clock.advance(0)
+    assert later == [None]
+
+
+def test_every_grace_period_and_timeout_default_comes_from_the_timeouts_module():
+    import inspect
+
+    from nexusws.sessions import builtin, keeper, registry, script, timeouts
+    from nexusws.sessions.instances import Service
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    assert (timeouts.GRACE, timeouts.SCRIPT_STOP_TIMEOUT, timeouts.STOP_TIMEOUT) == (5.0, 30.0, 60.0)
+    assert (timeouts.START_TIMEOUT, timeouts.APP_START_TIMEOUT, timeouts.POLL_INTERVAL) == (30.0, 120.0, 0.1)
+    assert default(kill_processes, "grace") == default(launcher_module.Child.terminate, "grace") == 5.0
+    assert default(keeper.SessionsService.__init__, "kill_grace") == default(
+        script.RemoteServiceScript.terminate, "grace") == Service.grace == timeouts.GRACE
+    assert Service.stop_timeout == timeouts.SCRIPT_STOP_TIMEOUT
+    assert default(registry.Registry.__init__, "start_timeout") == timeouts.START_TIMEOUT
+    assert default(registry.Registry.__init__, "stop_timeout") == timeouts.STOP_TIMEOUT
+    assert default(registry.Registry.__init__, "timeout") == timeouts.RESERVATION_TIMEOUT == 300.0
+    assert builtin.LocalApplication.start_timeout == timeouts.APP_START_TIMEOUT
+
+
 # --- real reactor, real processes ---------------------------------------------------------
 
 
@@ -679,11 +742,11 @@ def test_the_setsid_wrapper_starts_a_new_session_and_keeps_the_pid():
 def test_programs_get_the_original_open_files_limit_back(monkeypatch, tools):
     monkeypatch.setattr(procs, "child_nofile", 100)
     if tools == "python":
-        monkeypatch.setattr(launcher_module, "SETSID", None)
+        monkeypatch.setattr(wrapping, "SETSID", None)
     else:
-        require(launcher_module.SETSID and launcher_module.PRLIMIT, "setsid and prlimit (util-linux)")
+        require(wrapping.SETSID and wrapping.PRLIMIT, "setsid and prlimit (util-linux)")
     env = dict(os.environ)
-    args = launcher_module.wrap(["sh", "-c", "ulimit -n; ulimit -Hn; env"], env)
+    args = wrapping.wrap(["sh", "-c", "ulimit -n; ulimit -Hn; env"], env)
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=20).stdout.splitlines()
     hard = str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     assert out[:2] == ["100", hard]

@@ -35,7 +35,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from conftest import require
-from nexusws import procs
+from nexusws.sessions import procs
 from nginx_front import (
     CONFIG_DIR,
     FIXED_SCRIPT,

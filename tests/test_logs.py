@@ -3,6 +3,7 @@ redact_text, the scrubber every published event passes, a real gateway at --verb
 a token is named by its tag; a refused handshake is one line; the log file is private and
 holds each line once; and lines are Twisted's classic text, made cheaply."""
 
+import ast
 import hashlib
 import io
 import json
@@ -32,16 +33,8 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from nexusws import logs
-from nexusws.logs import (
-    MASK,
-    classic_text,
-    printable,
-    redact,
-    redact_text,
-    scrub,
-    tag,
-    text_file_observer,
-)
+from nexusws.logs import classic_text, printable, tag, text_file_observer
+from nexusws.scrub import MASK, redact, redact_text, scrub
 
 
 def test_release_tokens_in_the_path_are_masked():
@@ -236,7 +229,7 @@ def test_a_token_is_named_by_its_tag_only():
 def test_unknown_token_errors_carry_no_token_material():
     from twisted.internet.task import Clock
 
-    from nexusws.reservations import Registry, UnknownToken
+    from nexusws.sessions.registry import Registry, UnknownToken
 
     registry = Registry([], Clock())
     with pytest.raises(UnknownToken) as caught:
@@ -451,3 +444,80 @@ def test_no_secret_reaches_the_log_of_a_real_gateway_at_verbose_3(gateway, echo_
         assert "[autobahn.twisted.websocket.WebSocketServerProtocol#debug] received HTTP request" in text
         assert "/v1/%72elease/***" in text and f"reservation {tag(kept)} Demo Session#0" in text
     assert "PW2SECRET" not in (tmp_path / "state.json").read_text()
+
+
+# --- logger namespaces: one scheme, checked ----------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nexusws"
+
+
+def _logger_calls():
+    """Every call of C{logger(...)} in the package, subpackages included: (where, the call)."""
+    calls = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = getattr(func, "id", None) or getattr(func, "attr", None)
+                if name == "logger":
+                    calls.append((f"{path.relative_to(PACKAGE.parent)}:{node.lineno}", node))
+    return calls
+
+
+def _area(call):
+    """The area a call's namespace names: None for the root 'nexusws', 'service.' for a
+    service's own; raises AssertionError for anything else."""
+    assert len(call.args) == 1 and not call.keywords, "logger(namespace), one literal argument"
+    arg = call.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        namespace = arg.value
+        if namespace == "nexusws":
+            return None
+        assert namespace.startswith("nexusws."), namespace
+        if namespace.startswith(logs.SERVICE_PREFIX) and len(namespace) > len(logs.SERVICE_PREFIX):
+            return "service."
+        assert namespace[len("nexusws."):] in logs.AREAS, f"{namespace}: an area not in nexusws.logs.AREAS"
+        return namespace[len("nexusws."):]
+    # f"nexusws.service.{name}": a service's own logger
+    assert isinstance(arg, ast.JoinedStr), "a namespace this scan cannot read: write it as a literal"
+    head, *rest = arg.values
+    assert isinstance(head, ast.Constant) and head.value == logs.SERVICE_PREFIX and rest, ast.unparse(arg)
+    return "service."
+
+
+def test_every_logger_in_the_package_uses_the_one_namespace_scheme():
+    """Each logger(...) call names 'nexusws', 'nexusws.<area>' with an area of logs.AREAS,
+    or 'nexusws.service.<name>'; and every area of the table is in use (it is the list)."""
+    calls = _logger_calls()
+    assert len(calls) >= 15 and any(where.startswith("nexusws/bridge.py:") for where, _ in calls), calls
+    used, wrong = set(), []
+    for where, call in calls:
+        try:
+            used.add(_area(call))
+        except AssertionError as e:
+            wrong.append(f"{where}: {ast.unparse(call)}: {e}")
+    assert not wrong, "\n".join(wrong)
+    assert None in used and "service." in used
+    assert logs.AREAS == used - {None, "service."}, "areas no module uses"
+
+
+@pytest.mark.parametrize("namespace", ["nexusws", "nexusws.bridge", "nexusws.balancer.mail",
+                                       "nexusws.service.Demo Session"])
+def test_logger_takes_a_namespace_of_the_scheme(namespace):
+    assert logs.logger(namespace).namespace == namespace
+
+
+@pytest.mark.parametrize("namespace", ["", "nexus", "nexusws.", "nexusws.nope", "nexusws.Bridge",
+                                       "nexusws.bridge.more", "nexusws.service", "nexusws.service.",
+                                       "other.bridge", "nexuswsbridge", None])
+def test_logger_refuses_a_namespace_outside_the_scheme(namespace):
+    with pytest.raises(ValueError, match="AREAS"):
+        logs.logger(namespace)
+
+
+def test_the_tunnels_lines_keep_their_namespace():
+    """The tunnel's logger is a class attribute: Twisted names its lines after the class."""
+    from nexusws.bridge import BridgeProtocol
+
+    assert BridgeProtocol._log.namespace == "nexusws.bridge.BridgeProtocol"

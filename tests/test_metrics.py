@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 from nexusws import web
 from nexusws.api import ApiRoot
 from nexusws.metrics import Metrics
-from nexusws.reservations import NoFreeInstance
+from nexusws.sessions.registry import NoFreeInstance
 from support.api import Api
 from support.bridge import open_tunnel
 from support.reservations import ADDRESS, FakeService, World

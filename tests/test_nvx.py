@@ -3,7 +3,7 @@
 from autobahn import websocket as autobahn_websocket
 from twisted.logger import LogLevel
 
-from nexusws.service import check_nvx
+from nexusws.gateway import check_nvx
 from support.events import events_of
 
 

@@ -1,5 +1,5 @@
 """In-memory tests of the command line (L{nexusws.tap.Options}), makeService's
-service tree and the start-up checks of L{nexusws.service}: no processes."""
+service tree and the start-up checks of L{nexusws.gateway}: no processes."""
 
 import errno
 import shlex
@@ -12,7 +12,7 @@ from twisted.python import usage
 
 from nexusws import tap
 from nexusws.errors import StartupError
-from nexusws.service import GatewayService, ListenerService, TunnelsService
+from nexusws.gateway import GatewayService, ListenerService, TunnelsService
 
 #: The reference's Basic Operation step 2, word for word after the program name.
 BASIC_OPERATION = shlex.split(

@@ -1,7 +1,9 @@
 """The tunnel's data path: writes sent at once when nothing is queued, the backend's read size.
 
 Real loopback TCP sockets under Twisted's own TCP transports, on a memory
-reactor: the tests call C{doWrite} where the reactor would.
+reactor: the tests call C{doWrite} where the reactor would. The key ones
+(C{@both_paths}) run on both data paths: the library internals and the
+public-API fallback (L{nexusws.internals}).
 """
 
 import itertools
@@ -16,6 +18,7 @@ from twisted.internet import tcp
 from twisted.internet.testing import StringTransport
 
 from nexusws import internals, pipes
+from support.data_path import both_paths
 from support.pipes import receive
 
 
@@ -26,6 +29,7 @@ def test_with_nothing_queued_head_and_data_are_sent_at_once_and_nothing_is_queue
     assert transport._tempDataLen == 0 and transport not in reactor.getWriters()
 
 
+@both_paths
 def test_behind_queued_data_a_write_is_queued_so_the_order_is_kept(pair):
     transport, peer, reactor = pair
     transport.write(b"first ")
@@ -125,6 +129,7 @@ def test_a_closing_transport_is_written_to_as_twisted_would(pair, closing):
         peer.recv(10)  # nothing sent behind Twisted's back
 
 
+@both_paths
 def test_other_transports_get_one_ordinary_write():
     transport = StringTransport()
     internals.write_now(transport, b"data", b"HEAD")
@@ -276,6 +281,7 @@ def _frames():
     return st.lists(st.one_of(simple, simple, simple, fragmented, text, odd), max_size=8)
 
 
+@both_paths
 @settings(max_examples=150, deadline=None)
 @given(frames=_frames(), data=st.data())
 @example(frames=[client_frame(bytes(80000))], data=None)  # over the size limit

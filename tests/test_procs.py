@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from nexusws import procs
-from nexusws.procs import ProcInfo
+from nexusws.sessions import procs
+from nexusws.sessions.procs import ProcInfo
 
 PROGRAMS = Path(__file__).parent / "programs"
 NO_SUCH_PID = 4_999_999  # above the kernel's highest possible pid_max (2**22)
@@ -231,7 +231,7 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one(monkeypatch):
 
 
 def test_started_programs_get_the_original_limit_back_and_never_see_the_variable():
-    from nexusws.launcher import SETSID_WRAPPER
+    from nexusws.sessions.wrapping import SETSID_WRAPPER
 
     env = {**os.environ, procs.CHILD_NOFILE_ENV: "100"}
     out = subprocess.run([sys.executable, "-c", SETSID_WRAPPER, "sh", "-c", "ulimit -n; env"],

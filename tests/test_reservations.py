@@ -8,11 +8,14 @@ import uuid
 import pytest
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from nexusws.errors import StartupError
-from nexusws.reservations import (
+from nexusws.logs import printable
+from nexusws.sessions.backend import CRASHED, CUT_SHORT, FAILED, NOT_READY, ISessionBackend, StartFailure
+from nexusws.sessions.registry import (
     NoFreeInstance,
-    StartFailed,
     TokenInUse,
     UnknownService,
     UnknownToken,
@@ -174,7 +177,7 @@ def test_a_failed_start_stops_the_instance_frees_the_index_and_fails_with_one_li
         "returns garbage": lambda i: None,
     }[how]
     r = world.registry.reserve("demo")
-    error = failure_of(world.registry.activate(r.token), StartFailed)
+    error = failure_of(world.registry.activate(r.token), StartFailure)
     assert "\n" not in str(error)
     assert str(error).startswith("service 'demo' instance 0 failed to start: ")
     assert ("RuntimeError: boom" if how != "returns garbage" else "not (host, port)") in str(error)
@@ -184,14 +187,16 @@ def test_a_failed_start_stops_the_instance_frees_the_index_and_fails_with_one_li
     assert any("starting -> stopping (start failed: " in line for line in log)
 
 
-def test_a_start_error_that_names_the_instance_is_not_named_twice(world):
-    class ServiceError(Exception):
-        pass
-
-    error = ServiceError("service 'demo' instance 0: script crashed")
+def test_a_backends_start_failure_is_passed_on_as_it_is_not_named_twice(world, log):
+    """The backend's StartFailure names the instance: the registry fails with it unchanged,
+    and logs it whole."""
+    error = StartFailure("demo", 0, CRASHED, "RuntimeError: script crashed")
     world.service.start_result = lambda i: defer.fail(error)
     r = world.registry.reserve("demo")
-    assert str(failure_of(world.registry.activate(r.token), StartFailed)) == str(error)
+    assert failure_of(world.registry.activate(r.token), StartFailure) is error
+    assert str(error) == "service 'demo' instance 0: start failed: RuntimeError: script crashed"
+    assert any(line.endswith("starting -> stopping (start failed: service 'demo' instance 0: "
+                             "start failed: RuntimeError: script crashed)") for line in log)
 
 
 def test_a_port_that_never_opens_times_out_at_start_timeout_and_is_cleaned_up(world, log):
@@ -201,8 +206,14 @@ def test_a_port_that_never_opens_times_out_at_start_timeout_and_is_cleaned_up(wo
     world.clock.advance(29.9)
     assert not_fired(d) and world.service.stops == []
     world.clock.advance(0.1)
-    error = failure_of(d, StartFailed)
-    assert "127.0.0.1:5900 did not accept connections within 30 s" in str(error)
+    error = failure_of(d, StartFailure)
+    assert str(error) == ("service 'demo' instance 0 failed to start: "
+                          "127.0.0.1:5900 did not accept connections within 30 s")
+    assert (error.service, error.index, error.what, error.exit_status) == ("demo", 0, NOT_READY, None)
+    assert error.why == "127.0.0.1:5900 did not accept connections within 30 s"
+    assert error.reason == "failed to start: 127.0.0.1:5900 did not accept connections within 30 s"
+    assert any(line.endswith("starting -> stopping (start failed: 127.0.0.1:5900 did not accept "
+                             "connections within 30 s)") for line in log)
     assert world.service.stops == [0]
     assert world.states() == {} and world.registry.reserve("demo").index == 0
     assert world.clock.getDelayedCalls() == []
@@ -229,7 +240,7 @@ def test_a_start_that_never_returns_times_out_too(world):
     r = world.registry.reserve("demo")
     d = world.registry.activate(r.token)
     world.clock.advance(30)
-    assert "start() gave no address within 30 s" in str(failure_of(d, StartFailed))
+    assert "start() gave no address within 30 s" in str(failure_of(d, StartFailure))
     assert world.service.stops == [0] and world.states() == {}
 
 
@@ -273,7 +284,10 @@ def test_deactivate_while_starting_cancels_the_start_stops_and_fails_the_activat
     activation = world.registry.activate(r.token)
     done = world.registry.deactivate(r.token)
     assert result_of(done) is None
-    assert "stopped before it started (WebSocket closed)" in str(failure_of(activation, StartFailed))
+    error = failure_of(activation, StartFailure)
+    assert str(error) == "service 'demo' instance 0 was stopped before it started (WebSocket closed)"
+    assert (error.what, error.why) == (CUT_SHORT, "WebSocket closed")
+    assert error.reason == "was stopped before it started (WebSocket closed)"
     assert world.service.stops == [0] and world.states() == {}
     assert world.clock.getDelayedCalls() == []
 
@@ -316,7 +330,7 @@ def test_release_while_starting_stops_and_frees(world):
     r = world.registry.reserve("demo")
     activation = world.registry.activate(r.token)
     assert result_of(world.registry.release(r.token)) is None
-    failure_of(activation, StartFailed)
+    failure_of(activation, StartFailure)
     assert world.service.stops == [0] and world.states() == {}
 
 
@@ -451,7 +465,7 @@ def test_shutdown_stops_every_instance_keeps_unused_reservations_and_refuses_new
     assert reserved.state == "reserved" and w.states() == {reserved.token: "reserved"}
     assert [r["token"] for r in w.registry.snapshot()["reservations"]] == [reserved.token]
     assert w.services[0].stops == [0] and w.services[1].stops == [1]
-    failure_of(activation, StartFailed)
+    failure_of(activation, StartFailure)
     with pytest.raises(NoFreeInstance, match="shutting down"):
         w.registry.reserve("demo")
     assert w.clock.getDelayedCalls() == [], "the reaper is stopped"
@@ -624,3 +638,87 @@ def test_restore_skips_malformed_records_with_a_warning_and_never_kills_pid_0_or
 def test_restore_of_no_state_file_does_nothing_quietly(world, log):
     assert result_of(world.registry.restore(None)) == []
     assert world.states() == {} and world.killer.calls == [] and log == []
+
+
+# --- the backend seam -------------------------------------------------------------
+
+
+def test_a_start_failures_message_is_one_printable_line_cut_as_the_registry_cut_it():
+    """At most 1000 characters (then "..."), control and non-ASCII characters quoted:
+    the whole message as printable() made it, its why the same minus the instance."""
+    head = "service 'demo' instance 0: start failed: "
+    cause = "RuntimeError: caf\u00e9 " + "x" * 2000
+    e = StartFailure("demo", 0, CRASHED, cause)
+    assert str(e) == printable(head + cause, limit=1000) and len(str(e)) == 1003
+    assert e.reason == e.why == str(e)[len(head):]
+    assert StartFailure("demo", 0, FAILED, "two\nlines").why == "two%0Alines"
+    with pytest.raises(ValueError, match="unknown kind"):
+        StartFailure("demo", 0, "exploded", "?")
+
+
+
+@implementer(ISessionBackend)
+class MinimalBackend:
+    """A backend with nothing but ISessionBackend: where a Slurm backend would plug in."""
+
+    name, aliases, count, common_options, group = "batch", ("hpc",), 1, {"partition": "gpu"}, None
+
+    def __init__(self):
+        self.running, self.outcome = {}, None
+
+    def start(self, index, options):
+        if self.outcome is not None:
+            return defer.fail(self.outcome)
+        self.running[index] = ("10.0.0.7", 5901)
+        return defer.succeed(self.running[index])
+
+    def stop(self, index):
+        self.running.pop(index, None)
+        return defer.succeed(None)
+
+    def address(self, index):
+        return self.running.get(index)
+
+    def describe(self, index):
+        return {"backend": "test", "state": "running" if index in self.running else None}
+
+    def pids(self, index):
+        return []
+
+
+class OnlyTheInterface:
+    """Lets through only what ISessionBackend declares: anything else the registry asks for fails."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def __getattr__(self, name):
+        if name not in ISessionBackend.names(all=True):
+            raise AssertionError(f"the registry used {name!r}, which ISessionBackend does not declare")
+        return getattr(self._backend, name)
+
+
+def test_the_registry_runs_a_backend_through_the_interface_alone(log):
+    """Reserve, start, status, reap, stop, failures: all through ISessionBackend's names."""
+    backend = MinimalBackend()
+    assert verifyObject(ISessionBackend, backend)
+    w = World([OnlyTheInterface(backend)])
+    w.ports.open = {("10.0.0.7", 5901)}
+    r = w.registry.reserve("hpc", {"x": "1"})
+    assert result_of(w.registry.activate(r.token)) == ("10.0.0.7", 5901)
+    assert r.state == "active" and backend.address(0) == ("10.0.0.7", 5901)
+    [status] = w.registry.status()
+    assert status["name"] == "batch" and status["common_options"] == {"partition": "gpu"}
+    w.registry.reap()
+    result_of(w.registry.deactivate(r.token))
+    assert r.state == "released" and backend.running == {}
+
+    backend.outcome = StartFailure("batch", 0, FAILED, "job 42 failed: exit 3", exit_status=3)
+    r = w.registry.reserve("batch")
+    error = failure_of(w.registry.activate(r.token), StartFailure)
+    assert error is backend.outcome and error.exit_status == 3
+    assert error.reason == "job 42 failed: exit 3"
+    assert any(line.endswith("(start failed: service 'batch' instance 0: job 42 failed: exit 3)")
+               for line in log)
+    assert w.states() == {} and w.registry.reserve("batch").index == 0
+

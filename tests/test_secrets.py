@@ -32,8 +32,8 @@ from websockets.sync.client import connect
 from conftest import ROOT
 from nexusws import credentials, tap
 from nexusws.logs import tag
-from nexusws.reservations import Registry
-from nexusws.statefile import StateFile
+from nexusws.sessions.registry import Registry
+from nexusws.sessions.statefile import StateFile
 
 ENV = credentials.SECURITY_TOKEN_ENV
 TOKEN = "the-security-token-0123456789"

@@ -19,19 +19,16 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
-from nexusws import procs
-from nexusws.builtins import DEFAULT_VNC_PORT_BASE
 from nexusws.errors import StartupError
-from nexusws.instances import Tracker
-from nexusws.services import (
-    RemoteServiceScript,
-    Service,
-    ServiceError,
-    builtin_services,
-    check_names,
-    load_config,
-)
+from nexusws.services import RemoteServiceScript, ServiceError
+from nexusws.sessions import procs
+from nexusws.sessions.backend import BUSY, CRASHED, FAILED, NO_INSTANCE, ISessionBackend, StartFailure
+from nexusws.sessions.builtin import DEFAULT_VNC_PORT_BASE, builtin_services
+from nexusws.sessions.config import check_names, load_config
+from nexusws.sessions.instances import Service
+from nexusws.sessions.owners import Tracker
 from support.deferreds import result_of
 
 HERE = Path(__file__).resolve().parent / "services"
@@ -199,7 +196,7 @@ def test_script_paths_are_relative_to_the_config_file_not_the_working_directory(
 
 def test_the_subclass_defined_in_the_script_is_picked_and_imported_ones_do_not_count(tmp_path):
     script = ("from nexusws.services import RemoteServiceScript\n"
-              "from nexusws.builtins import LocalApplication  # a subclass, but imported\n"
+              "from nexusws.sessions.builtin import LocalApplication  # a subclass, but imported\n"
               "class Mine(RemoteServiceScript):\n    pass\n")
     write(tmp_path, {"mine.py": script, "services.json": json.dumps(
         {"s": {"script": "mine.py", "count": 1, "options": {}}})})
@@ -414,15 +411,30 @@ def test_start_receives_a_copy_of_the_options():
 
 
 @pytest.mark.errors_expected  # provokes the error it checks is logged
-def test_an_exception_in_start_becomes_a_one_line_service_error_naming_the_service():
+def test_an_exception_in_start_becomes_a_one_line_start_failure_naming_the_service():
     class Broken(RemoteServiceScript):
         def start(self, index, options):
             raise ValueError("no display\nfree")
 
     service, *_ = make(Broken)
     failure = failure_of(service.start(1, {}))
-    assert failure.check(ServiceError)
+    assert failure.check(StartFailure)
     assert str(failure.value) == "service 'demo' instance 1: start failed: ValueError: no display free"
+    e = failure.value
+    assert (e.service, e.index, e.what, e.why, e.exit_status) == (
+        "demo", 1, CRASHED, "ValueError: no display free", None)
+
+
+def test_a_service_error_in_start_is_a_start_failure_with_its_words_as_the_cause():
+    class Refusing(RemoteServiceScript):
+        def start(self, index, options):
+            raise ServiceError("no licence left")
+
+    service, *_ = make(Refusing)
+    e = failure_of(service.start(0, {})).value
+    assert (e.what, e.why, e.exit_status) == (FAILED, "no licence left", None)
+    assert str(e) == "service 'demo' instance 0: no licence left"
+    assert e.reason == "no licence left"
 
 
 @pytest.mark.errors_expected  # provokes the error it checks is logged
@@ -453,6 +465,8 @@ def test_starting_a_running_index_or_one_out_of_range_is_refused():
     result_of(service.start(0, {}))
     assert str(failure_of(service.start(0, {})).value) == "service 'demo' instance 0 is already running"
     assert str(failure_of(service.start(2, {})).value) == "service 'demo' has no instance 2"
+    assert failure_of(service.start(0, {})).value.what == BUSY
+    assert failure_of(service.start(2, {})).value.what == NO_INSTANCE
 
 
 def test_cancelling_a_start_fails_it_with_cancelled_error_not_a_service_error():
@@ -576,9 +590,51 @@ def test_wait_for_port_with_a_child_fails_at_once_when_the_child_exits():
     service, system, _, launcher = make(Waiter)
     d = service.start(0, {})
     launcher.spawned[0].exit(3)
-    assert str(failure_of(d).value) == ("service 'demo' instance 0: demo[0] app exited (status 3) "
-                                        "before 127.0.0.1:7000 accepted connections")
+    e = failure_of(d).value
+    assert str(e) == ("service 'demo' instance 0: demo[0] app exited (status 3) "
+                      "before 127.0.0.1:7000 accepted connections")
+    assert (e.what, e.exit_status) == (FAILED, 3)
+    assert e.why == "demo[0] app exited (status 3) before 127.0.0.1:7000 accepted connections"
     assert system.cancelled == [("127.0.0.1", 7000)], "the polling stopped"
+
+
+# --- the backend interface ------------------------------------------------------------
+
+
+def test_a_service_provides_the_session_backend_interface():
+    """The local backend declares ISessionBackend and has all it asks for."""
+    service, *_ = make(Fixed)
+    assert verifyObject(ISessionBackend, service)
+    assert ISessionBackend.providedBy(service)
+
+
+def test_a_service_reports_each_instances_address_and_state():
+    """address() and describe() follow an instance from start to stop, without /proc."""
+    service, system, clock, launcher = make(Later)
+    assert service.address(0) is None
+    assert service.describe(0) == {"backend": "local", "state": None}
+    d = service.start(0, {})
+    assert service.address(0) is None
+    assert service.describe(0) == {"backend": "local", "state": "starting", "address": None,
+                                   "processes": 0}
+    service.script.pending[0].callback(("::1", 7000))
+    assert result_of(d) == ("::1", 7000)
+    assert service.address(0) == ("::1", 7000)
+    assert service.describe(0) == {"backend": "local", "state": "running", "address": "[::1]:7000",
+                                   "processes": 0}
+    result_of(service.stop(0))
+    assert service.address(0) is None and service.describe(0)["state"] is None
+    assert json.dumps(service.describe(0))
+
+
+def test_stop_is_idempotent():
+    """Stopping an index never started, or twice, is no error (ISessionBackend.stop)."""
+    service, *_ = make(Fixed)
+    assert result_of(service.stop(1)) is None
+    result_of(service.start(0, {}))
+    first, second = service.stop(0), service.stop(0)
+    assert result_of(first) is None and result_of(second) is None
+    assert result_of(service.stop(0)) is None
 
 
 # --- stop ---------------------------------------------------------------------------
@@ -995,7 +1051,7 @@ def test_no_process_outlives_stop_for_helper_spawnprocess_and_popen_scripts(harn
                          ("popen", 0, "popen 0\n"), ("spawnprocess", 0, "spawnprocess 0\n"),
                          ("spawnprocess", 1, "spawnprocess 1\n")]
     counts = {(i["service"], i["index"]): len(i["pids"]) for i in report["instances"]}
-    # helper: the supervisor (nexusws.supervisor), the program, its grandchild
+    # helper: the supervisor (nexusws.sessions.supervisor), the program, its grandchild
     assert counts == {("helper", 0): 3, ("helper", 1): 3, ("spawnprocess", 0): 2,
                       ("spawnprocess", 1): 2, ("popen", 0): 1}
     assert report["left"] == []
@@ -1013,7 +1069,7 @@ def test_no_process_outlives_stop_when_instances_start_concurrently(harness, tmp
     report, _ = harness("--config", str(path), "--concurrent")
     assert report["errors"] == []
     assert len(report["instances"]) == 4
-    # helper: the supervisor (nexusws.supervisor), the program, its grandchild
+    # helper: the supervisor (nexusws.sessions.supervisor), the program, its grandchild
     assert all(len(i["pids"]) == (3 if i["service"] == "helper" else 2) for i in report["instances"])
     assert report["left"] == []
     assert tagged(harness.tag) == []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from nexusws.statefile import StateFile
+from nexusws.sessions.statefile import StateFile
 from sessions.harness import (
     all_instances,
     assert_gone,

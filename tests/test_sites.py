@@ -1,4 +1,4 @@
-"""Cross-site pages and DNS rebinding against the /v1 API (nexusws.auth.Sites):
+"""Cross-site pages and DNS rebinding against the /v1 API (nexusws.sites.Sites):
 the matcher, the options, the API in memory, and a real gateway with curl-like
 and browser-like requests."""
 
@@ -10,7 +10,7 @@ import pytest
 from twisted.python import usage
 
 from nexusws import tap
-from nexusws.auth import Sites, split_host
+from nexusws.sites import Sites, split_host
 from support.api import Api
 from support.raw_http import exchange, status_of
 

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from nexusws.errors import StartupError
-from nexusws.statefile import VERSION, StateFile, recover, saved_records
+from nexusws.sessions.journal import VERSION
+from nexusws.sessions.records import recover, saved_records
+from nexusws.sessions.statefile import StateFile
 
 
 @pytest.fixture
@@ -315,8 +317,8 @@ def test_a_state_save_scans_proc_only_when_an_instance_may_have_processes(tmp_pa
     """A reserve or a release with nothing running writes the file without a pass over /proc."""
     from twisted.internet.task import Clock
 
-    from nexusws import procs
-    from nexusws.service import SessionsService
+    from nexusws.sessions import procs
+    from nexusws.sessions.keeper import SessionsService
 
     class Registry:
         busy = False
@@ -589,7 +591,7 @@ def test_a_state_path_that_is_no_regular_file_is_refused_at_once(state, kind):
 
 
 def test_a_state_file_over_the_size_limit_is_set_aside_unread(state, monkeypatch, events):
-    from nexusws import statefile
+    from nexusws.sessions import statefile
 
     monkeypatch.setattr(statefile, "MAX_FILE_SIZE", 1024)
     Path(state.path).write_bytes(b'{"version": 2, "data": {"x": "' + b"a" * 2000 + b'"}}\n')

@@ -36,7 +36,7 @@ from pathlib import Path
 from websockets.asyncio.client import unix_connect
 
 from conftest import BIN, ROOT, require
-from nexusws import procs
+from nexusws.sessions import procs
 from nginx_front import short_tempdir, unix_get
 from shipped_units import ACTIVATE, SERVICE, UNITS, activate, exec_start_words, one, read_unit, stage
 

@@ -10,6 +10,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from nexusws import tap, viewer, web
 from nexusws.api import ApiRoot
+from nexusws.responses import NOT_FOUND
 
 
 def fake_novnc(path, application=True, version=None):
@@ -66,14 +67,14 @@ def test_nothing_outside_either_root_is_served(tmp_path):
     root = tree(tmp_path, str(novnc))
     for url in ("/ansys/nexus/novnc/leak.txt", "/ansys/nexus/novnc/core/leak.txt",
                 "/ansys/nexus/novnc/missing.js"):
-        assert resolve(root, url) is web.NOT_FOUND, url
+        assert resolve(root, url) is NOT_FOUND, url
 
 
 def test_directories_are_not_listed(tmp_path):
     novnc = fake_novnc(tmp_path / "novnc")
     root = tree(tmp_path, str(novnc))
     for url in ("/ansys/nexus/novnc/", "/ansys/nexus/novnc/core/"):
-        assert resolve(root, url) is web.NOT_FOUND, url
+        assert resolve(root, url) is NOT_FOUND, url
 
 
 def test_without_novnc_the_viewer_says_what_to_install(tmp_path):

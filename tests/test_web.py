@@ -22,6 +22,7 @@ from twisted.web import resource
 from nexusws import api as api_module
 from nexusws import logs, tap, web
 from nexusws.api import ApiRoot
+from nexusws.files import ConfinedFile, content_types
 from support.http import PEER, Response
 
 SECRET = "s3cr3t-T0KEN"
@@ -187,9 +188,9 @@ def test_content_type_follows_extension_and_unknown_is_not_html(client, name, co
 
 
 def test_pinned_content_types_override_the_hosts_mime_types():
-    types = web.content_types({".js": "application/x-javascript", ".wasm": "text/plain", ".pdf": "application/pdf"})
+    types = content_types({".js": "application/x-javascript", ".wasm": "text/plain", ".pdf": "application/pdf"})
     assert (types[".js"], types[".wasm"], types[".pdf"]) == ("text/javascript", "application/wasm", "application/pdf")
-    assert web.ConfinedFile.contentTypes[".js"] == "text/javascript"
+    assert ConfinedFile.contentTypes[".js"] == "text/javascript"
 
 
 def test_get_returns_the_whole_file(client):
@@ -576,7 +577,7 @@ def test_refused_symlink_is_logged_with_its_target(client, logged):
 def test_file_opened_outside_the_root_is_refused_even_past_getchild(clock, tree):
     """The check on the opened descriptor catches a path that passed (or skipped) getChild."""
     top = resource.Resource()
-    top.putChild(b"leaf", web.ConfinedFile(str(tree / "outside" / "secret.txt"), root=str(tree / "www")))
+    top.putChild(b"leaf", ConfinedFile(str(tree / "outside" / "secret.txt"), root=str(tree / "www")))
     site = web.Site(top, requestFactory=web.Request, reactor=MemoryReactorClock())
     r = Client(site, clock).request("/leaf")
     assert r.status == 403

@@ -112,8 +112,8 @@ def test_the_shipped_desktop_config_loads(tmp_path):
     """config/desktop_sessions.json, as the README shows it, names a script that loads."""
     from twisted.internet import task
 
-    from nexusws.launcher import Launcher
-    from nexusws.services import load_config
+    from nexusws.sessions.config import load_config
+    from nexusws.sessions.launcher import Launcher
 
     require(shutil.which("xsetroot"), "xsetroot (apt-get install x11-xserver-utils)")  # its background
     (service,) = load_config(str(ROOT / "config" / "desktop_sessions.json"), task.Clock(), Launcher(task.Clock()))

@@ -16,13 +16,14 @@ import itertools
 import json
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.web import client
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from nexusws.clock import LoopingCall
 from nexusws.logs import logger, one_line, printable
 
 _log = logger("nexusws.balancer")
@@ -127,8 +128,7 @@ class Cluster:
     # --- polling ----------------------------------------------------------------
 
     def start(self):
-        self._loop = task.LoopingCall(self.poll_all)
-        self._loop.clock = self.reactor
+        self._loop = LoopingCall(self.reactor, self.poll_all)
         self._loop.start(self.config.poll_interval, now=True).addErrback(
             lambda f: _log.failure("polling the nodes failed", f))
 

@@ -12,8 +12,8 @@ from nexusws.balancer.mail import Mailer
 from nexusws.balancer.nodes import Cluster
 from nexusws.balancer.web import Root
 from nexusws.errors import StartupError, say
+from nexusws.gateway import GatewayService, ListenerService, parse_endpoint
 from nexusws.logs import logger
-from nexusws.service import GatewayService, ListenerService, parse_endpoint
 from nexusws.web import log_request
 
 _log = logger("nexusws.balancer")
@@ -59,10 +59,8 @@ class Options(usage.Options):
                                        f"{os.path.dirname(self['log_file'])}: {e.strerror}") from None
         if self["listen"] is None:
             self["listen"] = f"tcp:{cfg.port}"
-        from twisted.internet import reactor
-
-        try:
-            parse_endpoint(reactor, "--listen", self["listen"])
+        try:  # parsed only: makeService parses again with its reactor
+            parse_endpoint(None, "--listen", self["listen"])
         except StartupError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -13,7 +13,6 @@
 """
 
 import html
-import json
 import time
 from urllib.parse import quote, urlencode
 
@@ -22,32 +21,29 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.web import resource, server
 
+from nexusws.answers import HTML, TEXT, Answers, error
 from nexusws.balancer.nodes import NodeError
 from nexusws.logs import logger, one_line, printable
 
 _log = logger("nexusws.balancer.web")
 
-TEXT = b"text/plain; charset=utf-8"
-JSON = b"application/json; charset=utf-8"
-HTML = b"text/html; charset=utf-8"
 NO_NODE = "Error: no simulation server available at the moment."
 #: Seconds a node has to answer a reservation (its state file written, its answer sent).
 RESERVE_TIMEOUT = 10.0
 
 
-def answer(request, code, content_type, body):
+def send(request, code, content_type, body):
+    """Write an answer as Webots' session server does: pages of other origins may ask."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type)
-    request.setHeader(b"cache-control", b"no-store")
-    # As Webots' session server: pages of other origins may ask.
     request.setHeader(b"access-control-allow-origin", b"*")
     request.setHeader(b"access-control-allow-headers", b"x-requested-with")
     request.setHeader(b"access-control-allow-methods", b"POST, GET, OPTIONS")
     return body
 
 
-def json_answer(request, code, value):
-    return answer(request, code, JSON, json.dumps(value).encode("utf-8") + b"\n")
+#: Every answer of the balancer: never cached, JSON and errors as the gateway's (L{nexusws.answers}).
+answer = Answers(send)
 
 
 class Availability(WebSocketServerProtocol):
@@ -179,7 +175,7 @@ class Api(resource.Resource):
         elif path in (["status"], ["status", ""]):
             d = self._status(request)
         else:
-            return json_answer(request, 404, {"error": f"no such call: /v1/{printable('/'.join(path))}"})
+            return answer.error(request, 404, f"no such call: /v1/{printable('/'.join(path))}")
         finish(request, d)
         return server.NOT_DONE_YET
 
@@ -200,7 +196,7 @@ class Api(resource.Resource):
                     raise NodeError(f"token {printable(repr(token))} is not a string")
             except NodeError as e:
                 if e.code is not None and 400 <= e.code < 500 and e.code != 404:
-                    return e.code, {"error": f"{node.name}: {e.detail}"}  # the same everywhere
+                    return e.code, error(f"{node.name}: {e.detail}")  # the same everywhere
                 tried.append(f"{node.name}: {one_line(e)}")
                 continue
             except Exception as e:  # noqa: BLE001 - unreachable, timed out: the next node
@@ -210,7 +206,7 @@ class Api(resource.Resource):
             _log.info("reserved {service} on {node}", service=printable(service), node=node.name)
             return 200, {"token": token, "ws_url": ws_url, "node": node.name}
         why = "; ".join(tried) if tried else "no node that answers has a free instance of it"
-        return 503, {"error": f"no free instance of service {printable(service)!r}: {why}"}
+        return 503, error(f"no free instance of service {printable(service)!r}: {why}")
 
     @defer.inlineCallbacks
     def _status(self, request):
@@ -244,13 +240,13 @@ def finish(request, d):
     def write(result):
         code, value = result
         if not gone:
-            request.write(json_answer(request, code, value))
+            request.write(answer.json(request, code, value))
             request.finish()
 
     def failed(failure):
         _log.failure("answering {uri} failed", failure, uri=printable(request.path))
         if not gone:
-            request.write(json_answer(request, 500, {"error": "internal error; see the log"}))
+            request.write(answer.error(request, 500, "internal error; see the log"))
             request.finish()
 
     d.addCallbacks(write, failed)

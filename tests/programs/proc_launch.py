@@ -1,4 +1,4 @@
-"""Real-reactor scenarios for nexusws.launcher; run as `python proc_launch.py SCENARIO [ARGS]`.
+"""Real-reactor scenarios for nexusws.sessions.launcher; run as `python proc_launch.py SCENARIO [ARGS]`.
 
 Each scenario runs under the real reactor and prints one JSON object as its
 last stdout line; tests/test_launcher.py asserts on it and checks /proc itself.
@@ -14,8 +14,10 @@ import time
 from twisted.internet import defer, task
 from twisted.logger import formatEvent, globalLogPublisher
 
-from nexusws import procs
-from nexusws.launcher import Launcher, StartTimeout, kill_processes, wait_for_port
+from nexusws.sessions import procs
+from nexusws.sessions.launcher import Launcher
+from nexusws.sessions.ports import StartTimeout, wait_for_port
+from nexusws.sessions.stopping import kill_processes
 
 LINES = []
 
@@ -113,7 +115,7 @@ async def session(reactor):
     launcher = Launcher(reactor)
     child = launcher.spawn(["sleep", "60"])
 
-    def program():  # the supervisor's child (see nexusws.supervisor)
+    def program():  # the supervisor's child (see nexusws.sessions.supervisor)
         table = procs.all_processes()
         found = [table[pid] for pid in procs.descendants(child.pid, table)]
         return found[0] if found and found[0].cmdline.startswith("sleep") else None

@@ -1,4 +1,4 @@
-"""Subreaper and orphan-reaping scenarios for nexusws.procs, in a process of their own.
+"""Subreaper and orphan-reaping scenarios for nexusws.sessions.procs, in a process of their own.
 
 `python proc_reap.py subreaper|reap` prints one JSON object. Run apart from
 pytest because a subreaper collects every orphan below it for good.
@@ -13,7 +13,7 @@ import time
 
 from twisted.internet import process as twisted_process
 
-from nexusws import procs
+from nexusws.sessions import procs
 
 
 def child(delay):

@@ -25,10 +25,11 @@ import txaio
 from twisted.internet import defer, task, threads
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
-from nexusws import procs
-from nexusws.launcher import Launcher
 from nexusws.logs import set_verbosity
-from nexusws.services import builtin_services, load_config
+from nexusws.sessions import procs
+from nexusws.sessions.builtin import builtin_services
+from nexusws.sessions.config import load_config
+from nexusws.sessions.launcher import Launcher
 
 
 def first_line(host, port):

@@ -5,6 +5,7 @@ C{test_*}, so pytest collects nothing from this package.
 
 - L{support.bridge}: the in-memory bridge harness (client, gateway, backend on iosim pumps).
 - L{support.pipes}: the C{pair} fixture: a Twisted TCP transport over a loopback socket.
+- L{support.data_path}: C{@both_paths}, a test run on the fast data path and on the public-API fallback.
 - L{support.http}: parsing raw HTTP answers; the in-memory client address.
 - L{support.api}: the in-memory /v1 API harness over a Registry of fake services.
 - L{support.reservations}: the in-memory reservation registry harness.

@@ -9,7 +9,7 @@ from twisted.python.failure import Failure
 
 from nexusws import web
 from nexusws.api import ApiRoot
-from nexusws.reservations import Registry
+from nexusws.sessions.registry import Registry
 from support.http import PEER, Response
 
 SECRET = "s3cr3t-T0KEN"

@@ -3,7 +3,7 @@
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from nexusws.reservations import Registry
+from nexusws.sessions.registry import Registry
 
 #: The wall clock the registry sees at Clock time 0 (2026-01-01T00:00:00Z).
 EPOCH = 1767225600.0

@@ -1,7 +1,7 @@
 """Running service instances and the processes each one owns.
 
-L{Service} (re-exported by L{nexusws.services}, where scripts and the config
-file live) calls a script's C{start}/C{stop} and makes sure that stopping an
+L{Service} (scripts subclass L{nexusws.sessions.script}, the config file is read by L{nexusws.sessions.config})
+calls a script's C{start}/C{stop} and makes sure that stopping an
 instance ends every process the instance started.
 
 Which instance a process belongs to:
@@ -28,24 +28,25 @@ Which instance a process belongs to:
     C{stop_timeout}), helper children still running get C{Child.terminate}
     (TERM to the group, KILL after C{grace}), and every other process the
     instance owned when the stop began or owns now, with their descendants,
-    goes to L{nexusws.launcher.kill_processes} (pid and start time checked).
+    goes to L{nexusws.sessions.stopping.kill_processes} (pid and start time checked).
+
+A L{Service} is the local backend behind L{nexusws.sessions.backend.ISessionBackend}:
+a start that fails, fails with a L{StartFailure}.
 """
 
 import contextvars
 import copy
 import inspect
-import os
-import uuid
-import weakref
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nexusws.logs import describe, logger, one_line, show
-from nexusws.statefile import NotRecorded
-
-#: The environment variable that marks the processes of one instance.
-MARKER_ENV = "NEXUSWS_INSTANCE"
+from nexusws.sessions.backend import BUSY, CRASHED, FAILED, NO_INSTANCE, ISessionBackend, StartFailure
+from nexusws.sessions.owners import TRACKER, Instance, System
+from nexusws.sessions.statefile import NotRecorded
+from nexusws.sessions.timeouts import GRACE, SCRIPT_STOP_TIMEOUT
 
 #: (service, index) of the instance whose script code is running, if known.
 current = contextvars.ContextVar("nexusws_instance", default=None)
@@ -55,79 +56,19 @@ class ServiceError(Exception):
     """An instance cannot start, or a helper cannot act; the message is one line."""
 
 
-class System:
-    """The process facts and actions a L{Service} uses; tests substitute a fake."""
+class ProgramExited(ServiceError):
+    """A program ended before the instance was ready (C{wait_for_port(child=)}).
 
-    def __init__(self):
-        # Imported here so that tests with a fake system need neither module.
-        from nexusws import launcher, procs
+    @ivar exit_status: its exit code, or -signal."""
 
-        self.getpid = os.getpid
-        self.process_table = procs.stat_table  # ppid and start time: no cmdline needed
-        self.descendants = procs.descendants
-        self.is_alive = procs.is_alive
-        self.kill_processes = launcher.kill_processes
-        self.wait_for_port = launcher.wait_for_port
-        self.environ_has = procs.environ_has
+    def __init__(self, message, exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
-class Tracker:
-    """Process-wide facts for attribution: who is starting or stopping, who owns which pids.
-
-    One per process (L{TRACKER}), since the gateway's descendants are process-wide.
-    """
-
-    def __init__(self):
-        self.busy = {}  # _Instance -> None, an ordered set
-        self.services = weakref.WeakSet()
-
-    def enter(self, instance):
-        """Mark C{instance} busy; it and every other busy instance now overlap."""
-        for other in self.busy:
-            if other is not instance:
-                other.overlapped = instance.overlapped = True
-        self.busy[instance] = None
-
-    def leave(self, instance):
-        self.busy.pop(instance, None)
-
-    def owned_elsewhere(self, instance):
-        """The pids every live instance but C{instance} owns."""
-        pids = set()
-        for service in list(self.services):
-            for other in service._instances.values():
-                if other is not instance:
-                    pids |= other.owned()
-        return pids
-
-
-TRACKER = Tracker()
-
-
-class _Instance:
-    """One live instance: its state and the processes it owns."""
-
-    def __init__(self, index):
-        self.index = index
-        self.state = "starting"  # -> running -> stopping
-        self.children = []  # helper-spawned Child objects
-        self.procs = {}  # pid -> start time, attributed from /proc
-        self.overlapped = False
-        self.pending = None  # the start Deferred until it fires
-        self.stopped = None  # fires when the stop is complete
-        # In the environment of its helpers' children and all they start (daemons
-        # too): how an instance knows its own when others start at the same time.
-        self.marker = uuid.uuid4().hex
-
-    @property
-    def marker_entry(self):
-        return f"{MARKER_ENV}={self.marker}".encode()
-    def owned(self):
-        return {child.pid for child in self.children} | set(self.procs)
-
-
+@implementer(ISessionBackend)
 class Service:
-    """A named service: its script instance and its live instances.
+    """A named service: its script instance and its live instances (the local backend).
 
     @ivar name: the name reservations use; C{aliases} are other names for it.
     @ivar group: C{common_options["group"]}: only members of that group may use it.
@@ -136,8 +77,8 @@ class Service:
     @ivar stop_timeout: seconds the script's C{stop} may take before what is left is ended.
     """
 
-    grace = 5.0
-    stop_timeout = 30.0
+    grace = GRACE
+    stop_timeout = SCRIPT_STOP_TIMEOUT
 
     def __init__(self, name, script_class, count, common_options, reactor, launcher,
                  aliases=(), origin="", system=None, tracker=None):
@@ -171,16 +112,16 @@ class Service:
     def start(self, index, options):
         """Start instance C{index}; a Deferred firing with C{(host, port)}.
 
-        Every failure arrives as a L{ServiceError} with a one-line reason naming
-        the service (a cancellation stays a C{CancelledError}). Whatever a failed
-        start began is ended by L{stop}, which the caller still calls.
+        Every failure arrives as a L{StartFailure} (a cancellation stays a
+        C{CancelledError}). Whatever a failed start began is ended by L{stop},
+        which the caller still calls.
         """
         where = f"service '{self.name}' instance {index}"
         if not isinstance(index, int) or not 0 <= index < self.count:
-            return defer.fail(ServiceError(f"service '{self.name}' has no instance {index!r}"))
+            return defer.fail(StartFailure(self.name, index, NO_INSTANCE))
         if index in self._instances:
-            return defer.fail(ServiceError(f"{where} is already running"))
-        instance = self._instances[index] = _Instance(index)
+            return defer.fail(StartFailure(self.name, index, BUSY))
+        instance = self._instances[index] = Instance(index)
         self._tracker.enter(instance)
         before = self._descendants()
         result = self._call(self.script.start, index, dict(options))
@@ -201,16 +142,18 @@ class Service:
             if result.check(defer.CancelledError):
                 return result
             if result.check(ServiceError, NotRecorded):  # NotRecorded: a spawn refused
-                return Failure(ServiceError(f"{where}: {one_line(result.value)}"))
+                return Failure(StartFailure(self.name, instance.index, FAILED, one_line(result.value),
+                                            exit_status=getattr(result.value, "exit_status", None)))
             if type(result.value).__name__ != "StartTimeout":  # a script bug: show where
                 self.log.failure("{where}: start() failed", result, where=where)
-            return Failure(ServiceError(f"{where}: start failed: {describe(result.value)}"))
+            return Failure(StartFailure(self.name, instance.index, CRASHED, describe(result.value)))
         address = _address(result)
         if address is None:
-            return Failure(ServiceError(f"{where}: start() returned {show(result)}, "
-                                        f"not (host, port)"))
+            return Failure(StartFailure(self.name, instance.index, FAILED,
+                                        f"start() returned {show(result)}, not (host, port)"))
         if instance.state == "starting":
             instance.state = "running"
+            instance.address = address
         return address
 
     def stop(self, index):
@@ -265,6 +208,25 @@ class Service:
         finally:
             del self._instances[instance.index]
             self._tracker.leave(instance)
+
+    def address(self, index):
+        """C{(host, port)} of instance C{index} once its start delivered it, else None."""
+        instance = self._instances.get(index)
+        return instance.address if instance is not None else None
+
+    def describe(self, index):
+        """Instance C{index} in brief: the backend, its state, address and processes (no /proc)."""
+        instance = self._instances.get(index)
+        if instance is None:
+            return {"backend": "local", "state": None}
+        host, port = instance.address or (None, None)
+        shown = None if host is None else f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return {"backend": "local", "state": instance.state, "address": shown,
+                "processes": len(instance.owned())}
+
+    def live(self):
+        """Its live L{Instance}s (for the L{Tracker})."""
+        return list(self._instances.values())
 
     def _call(self, method, index, *args):
         """C{method(index, *args)} as the current instance; its outcome as a Deferred."""
@@ -328,7 +290,7 @@ class Service:
     def _attribute(self, instance, before, marked_only=False):
         """Record descendants new since C{before} as C{instance}'s, unless another owns them.
 
-        With C{marked_only}, only those carrying the instance's marker (see L{_Instance}).
+        With C{marked_only}, only those carrying the instance's marker (see L{Instance}).
         """
         now = self._descendants()
         new = sorted(pid for pid, entry in now.items()

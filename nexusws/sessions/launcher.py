@@ -1,108 +1,52 @@
-"""Spawning, watching and ending processes.
+"""Spawning and watching processes; ending a child's process group.
 
 L{Launcher.spawn} starts a program under a L{ProcessProtocol} in a session
 (and so a process group) of its own, logs its output line by line, and returns
 a L{Child}. L{Child.terminate} ends the whole group: SIGTERM, a grace period on
-the injected reactor's clock, then SIGKILL.
+the injected reactor's clock, then SIGKILL (L{nexusws.sessions.stopping.stop_tree}).
 
-On Linux each program runs under a supervisor of its own (L{nexusws.supervisor}),
+On Linux each program runs under a supervisor of its own (L{nexusws.sessions.supervisor}),
 the L{Child}: it leads the session and is the child subreaper of all the program
 starts, so even a daemon that double-forks, leaves the session and clears its
 environment stays below it, and ending the L{Child} ends it too (the supervisor
 passes SIGTERM on). The supervisor is an interpreter that takes about 8 ms to
 start, so the launcher keeps one started ahead of need (a I{spare},
 L{Launcher.prepare}) and hands it its program through its stdin: a start costs
-well under a millisecond more than util-linux's C{setsid} (the fallback, see L{wrap}).
+well under a millisecond more than util-linux's C{setsid} (the fallback; the
+command lines are in L{nexusws.sessions.wrapping}).
 
 Every process a launcher starts is announced to its C{on_spawn} callables
 before C{spawn} returns (the state file records it there and then).
 
-L{kill_processes} ends processes that are not our Twisted children (those of a
-previous gateway run, recorded in the state file; daemons a program left
-behind), identified by pid and start time so that a reused pid is never hit.
-L{wait_for_port} waits until a TCP port accepts connections.
+Processes that are not our Twisted children are ended by
+L{nexusws.sessions.stopping.kill_processes}; L{nexusws.sessions.ports.wait_for_port}
+waits until a TCP port accepts connections.
 """
 
-import errno
-import json
 import os
-import shutil
 import signal
 import sys
 
 from twisted.internet import defer, error
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import LogLevel
 
-from nexusws import pipes as _pipes
-from nexusws import procs as _procs
 from nexusws.logs import logger, printable, redact
-from nexusws.statefile import NotRecorded
+from nexusws.sessions import procs as _procs
+from nexusws.sessions import wrapping
+from nexusws.sessions.statefile import NotRecorded
+from nexusws.sessions.stopping import stop_tree
+from nexusws.sessions.timeouts import GRACE, LINGER
 
 _log = logger("nexusws.launcher")
-
-#: Puts the program in a new session, whose id (and group id) is its pid, which
-#: exec keeps, with the open-files limit the gateway started with. A program
-#: that cannot be executed exits with 127, as in a shell.
-SETSID_WRAPPER = (
-    "import os,sys\n"
-    "os.setsid()\n"
-    "n=os.environ.pop('NEXUSWS_CHILD_NOFILE',None)\n"  # procs.raise_open_files_limit
-    "if n:\n"
-    "    import resource as r;h=r.getrlimit(r.RLIMIT_NOFILE)[1];r.setrlimit(r.RLIMIT_NOFILE,(int(n),h))\n"
-    "try:\n"
-    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
-    "except OSError as e:\n"
-    "    sys.stderr.write(f'cannot execute {sys.argv[1]}: {e.strerror}\\n')\n"
-    "    os._exit(127)\n"
-)
-
-#: util-linux's setsid and prlimit (on every Debian system) do what
-#: SETSID_WRAPPER does in 2 ms instead of the 12 an interpreter takes to start.
-SETSID, PRLIMIT = shutil.which("setsid"), shutil.which("prlimit")
-
-
-def wrap(argv, env):
-    """The command line that runs C{argv} in its own session (see L{SETSID_WRAPPER})."""
-    nofile = _procs.child_nofile
-    if SETSID and (nofile is None or PRLIMIT):
-        limit = [] if nofile is None else [PRLIMIT, f"--nofile={nofile}:", "--"]
-        return [SETSID, "--", *limit, *argv]
-    if nofile is not None:
-        env[_procs.CHILD_NOFILE_ENV] = str(nofile)
-    return [sys.executable, "-c", SETSID_WRAPPER, *argv]
-
-
-#: The supervisor program (see L{Launcher}); Linux only (prctl, /proc).
-SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
-SUPERVISE = sys.platform.startswith("linux")
 
 #: Seconds after a spare supervisor is taken before the next one starts: at
 #: once, as a script often starts its programs one shortly after another
 #: (without a spare a start waits about 15 ms more).
 SPARE_DELAY = 0.0
 
-
-def supervisor_command(argv, env, cwd):
-    """What a supervisor reads on its stdin to start C{argv} (see L{nexusws.supervisor})."""
-    # ensure_ascii: text that is not UTF-8 (surrogate escapes) travels as \\udcXX and
-    # reaches the exec as the same bytes.
-    return json.dumps({"argv": argv, "env": env, "cwd": os.getcwd() if cwd is None else cwd,
-                       "nofile": _procs.child_nofile}).encode("ascii")
-
-
-#: wait_for_port tries every QUICK_INTERVAL seconds for QUICK_PERIOD seconds, then every interval.
-QUICK_INTERVAL, QUICK_PERIOD = 0.003, 1.0
-
-#: How often L{Child.terminate} and L{kill_processes} look whether processes are gone.
-POLL_INTERVAL = 0.1
-
 #: A line longer than this (bytes without a newline) is logged in pieces.
 MAX_LINE = 64 * 1024
-
-
-class StartTimeout(Exception):
-    """A started program did not become ready (its port did not open) in time."""
 
 
 class _Output:
@@ -219,7 +163,7 @@ class Child:
     """A program started by L{Launcher.spawn}; the leader of its own process group.
 
     @ivar pid: its pid, which is also its session and process group id.
-    @ivar start_time: its start time (see L{nexusws.procs.start_time}), None if
+    @ivar start_time: its start time (see L{nexusws.sessions.procs.start_time}), None if
         it was already gone when asked.
     @ivar label: the name its log lines carry.
     @ivar running: True until the process has exited.
@@ -267,7 +211,7 @@ class Child:
             self._linger_call.cancel()
         self._end.fire(self.exit_code)
 
-    def terminate(self, grace=5.0):
+    def terminate(self, grace=GRACE):
         """End the process and its whole group: SIGTERM, up to C{grace} seconds, SIGKILL.
 
         Every member of the group gets SIGTERM at once. Once the leader and the
@@ -281,27 +225,20 @@ class Child:
         if self._terminating is None:
             self._terminating = _Once()
             _log.debug("{label} (pid {pid}): terminating", label=self.label, pid=self.pid)
-            deadline = self._reactor.seconds() + grace
-            self._signal_group(signal.SIGTERM)
-            self._check_group(deadline, grace)
+            d = stop_tree(self._reactor, grace, send=self._signal_group, look_now=True,
+                          alive=lambda: self.running or self._launcher.group_alive(self.pid),
+                          kill=lambda _: self._overdue(grace))
+            d.addCallback(lambda _: self._exit.wait())
+            d.addCallback(lambda _: self.ended)
+            d.addCallback(lambda _: self._terminating.fire(None))
         return self._terminating.wait()
 
-    def _check_group(self, deadline, grace):
-        group_left = self.running or self._launcher.group_alive(self.pid)
-        now = self._reactor.seconds()
-        if group_left and now < deadline:
-            delay = min(POLL_INTERVAL, deadline - now)
-            self._reactor.callLater(delay, self._check_group, deadline, grace)
-            return
-        if group_left:
-            _log.warn(
-                "{label} (pid {pid}): still running {grace}s after SIGTERM; sending SIGKILL",
-                label=self.label, pid=self.pid, grace=grace,
-            )
-            self._signal_group(signal.SIGKILL)
-        d = self._exit.wait()
-        d.addCallback(lambda _: self.ended)
-        d.addCallback(lambda _: self._terminating.fire(None))
+    def _overdue(self, grace):
+        _log.warn(
+            "{label} (pid {pid}): still running {grace}s after SIGTERM; sending SIGKILL",
+            label=self.label, pid=self.pid, grace=grace,
+        )
+        self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig):
         try:
@@ -329,12 +266,12 @@ class Launcher:
         other processes still hold its pipes open.
     """
 
-    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=1.0, supervise=None):
+    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=LINGER, supervise=None):
         self.reactor = reactor
         self.killpg = killpg
         self.group_alive = group_alive or _procs.group_alive
         self.linger = linger
-        self.supervise = SUPERVISE if supervise is None else supervise
+        self.supervise = wrapping.SUPERVISE if supervise is None else supervise
         #: Callables C{(pid, start_time)} told of every process started, before
         #: C{spawn} returns; one raising L{NotRecorded} makes C{spawn} end it and fail.
         self.on_spawn = []
@@ -367,7 +304,7 @@ class Launcher:
 
     def _start_supervisor(self):
         protocol = _ChildProtocol(None, keep_stdin=True)
-        args = [sys.executable, "-I", "-S", SUPERVISOR]
+        args = [sys.executable, "-I", "-S", wrapping.SUPERVISOR]
         transport = self.reactor.spawnProcess(protocol, args[0], args, env={})
         return transport, protocol
 
@@ -397,15 +334,15 @@ class Launcher:
         if not argv:
             raise ValueError("spawn: empty argv")
         env = _procs.child_environment(os.environ if env is None else env)
-        _check_executable(argv[0], env, cwd)
+        wrapping.check_executable(argv[0], env, cwd)
         child = Child(self, label or os.path.basename(argv[0]))
         if self.supervise:
             transport, protocol = self._take_spare()
             protocol.attach(child)
-            transport.write(supervisor_command(argv, env, cwd))
+            transport.write(wrapping.supervisor_command(argv, env, cwd))
             transport.closeStdin()
         else:
-            args = wrap(argv, env)
+            args = wrapping.wrap(argv, env)
             protocol = _ChildProtocol(child)
             transport = self.reactor.spawnProcess(protocol, args[0], args, env=env, path=cwd)
         child._transport = transport
@@ -432,119 +369,3 @@ class Launcher:
             except Exception:  # noqa: BLE001 - logged; the child runs on
                 _log.failure("{label} (pid {pid}): telling of its start failed",
                              label=child.label, pid=child.pid)
-
-
-def _check_executable(program, env, cwd):
-    if os.sep in program:
-        path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
-        found = os.path.isfile(path) and os.access(path, os.X_OK)
-    else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
-    if not found:
-        raise FileNotFoundError(errno.ENOENT, "no such executable program", program)
-
-
-def kill_processes(reactor, procs, grace=5.0, kill=os.kill):
-    """End processes that are not our Twisted children, and what belongs to them.
-
-    Each (pid, start_time) that is still the same process (see
-    L{nexusws.procs.same_process}) gets SIGTERM, and so do its descendants and, if it
-    leads a session, the other members of its session. Whatever of those is
-    still alive after C{grace} seconds (on the reactor's clock), or was started
-    by them meanwhile, gets SIGKILL. A pid whose start time differs is never
-    signalled.
-
-    @param procs: an iterable of (pid, start_time).
-    @param kill: how to signal a process (C{os.kill}; tests inject another).
-    @return: a Deferred firing with the sorted list of pids that got SIGKILL.
-    """
-    roots = dict(procs)
-    targets = _procs.family(roots, _procs.all_processes())
-    if not targets:
-        return defer.succeed([])
-    _log.info("ending leftover processes {pids}", pids=sorted(targets))
-    _send(kill, targets, signal.SIGTERM)
-    deadline = reactor.seconds() + grace
-    result = defer.Deferred()
-
-    def check():
-        alive = {pid: st for pid, st in targets.items() if _procs.same_process(pid, st)}
-        now = reactor.seconds()
-        if not alive:
-            result.callback([])
-        elif now < deadline:
-            reactor.callLater(min(POLL_INTERVAL, deadline - now), check)
-        else:
-            table = _procs.all_processes()
-            alive.update(_procs.family({**roots, **alive}, table))
-            alive = {pid: st for pid, st in alive.items() if _procs.same_process(pid, st)}
-            _log.warn("still running {grace}s after SIGTERM, sending SIGKILL: {pids}",
-                      grace=grace, pids=sorted(alive))
-            _send(kill, alive, signal.SIGKILL)
-            result.callback(sorted(alive))
-
-    reactor.callLater(min(POLL_INTERVAL, grace), check)
-    return result
-
-
-def _send(kill, targets, sig):
-    # Callers pass what they have just checked with same_process.
-    for pid in targets:
-        try:
-            kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            _log.warn("not allowed to signal pid {pid}", pid=pid)
-
-
-_PROBES = Factory.forProtocol(Protocol)
-_PROBES.noisy = False  # no "Starting factory" line for every probe
-
-def wait_for_port(reactor, host, port, timeout, interval=0.1):
-    """Try to connect to C{host}:C{port} until it works or C{timeout} seconds pass.
-
-    A connection that succeeds is closed at once.
-
-    @return: a Deferred firing with None once a connection succeeded, or
-        failing with L{StartTimeout} after C{timeout} seconds (reactor clock).
-    """
-    pending = {}  # what is under way: "attempt" (a Deferred), "retry", "deadline" (calls)
-    began = reactor.seconds()
-
-    def stop(_=None):
-        calls = list(pending.values())
-        pending["stopped"] = True
-        for call in calls:
-            if isinstance(call, defer.Deferred) or call.active():
-                call.cancel()
-
-    result = defer.Deferred(stop)
-
-    def attempt():
-        endpoint = _pipes.backend_endpoint(reactor, host, port, timeout,
-                                           attempt_delay=min(max(interval, 0.01), 0.3))
-        pending["attempt"] = endpoint.connect(_PROBES)
-        pending["attempt"].addCallbacks(connected, failed)
-
-    def connected(protocol):
-        protocol.transport.loseConnection()
-        stop()
-        result.callback(None)
-
-    def failed(failure):
-        if "stopped" not in pending:
-            _log.debug("{host}:{port} not open yet: {e}", host=host, port=port, e=failure.value)
-            # Every 3 ms for the first second (a session's port usually opens within
-            # milliseconds, and a refused loopback connect costs microseconds), then every interval.
-            quick = reactor.seconds() - began < QUICK_PERIOD
-            pending["retry"] = reactor.callLater(min(interval, QUICK_INTERVAL) if quick else interval, attempt)
-
-    def expired():
-        stop()
-        message = f"port {host}:{port} did not accept connections within {timeout:g}s"
-        result.errback(StartTimeout(message))
-
-    pending["deadline"] = reactor.callLater(timeout, expired)
-    attempt()
-    return result

@@ -1,6 +1,9 @@
 """Reservations: tokens, instance indices, each session's state machine, the reaper.
 
-A reservation holds the lowest free index of a service until it ends. Its states::
+A reservation (L{nexusws.sessions.reservation}) holds the lowest free index of
+a service until it ends. Services are reached only through
+L{nexusws.sessions.backend.ISessionBackend}; an instance's start is run by
+L{nexusws.sessions.starting} and fails with a L{StartFailure}. Its states::
 
     reserved --activate--> starting --address accepts--> active
     reserved --release--> released;  reserved --unused for `timeout` s--> expired
@@ -20,20 +23,29 @@ reservations (/v1/status, the state file): another process must understand those
 import time
 import uuid
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from nexusws.clock import LoopingCall
 from nexusws.errors import StartupError
-from nexusws.launcher import kill_processes, wait_for_port
-from nexusws.logs import iso_utc, logger, printable, tag
-from nexusws.statefile import NotRecorded, recover
+from nexusws.logs import logger, printable, tag
+from nexusws.sessions import starting
+from nexusws.sessions.backend import CUT_SHORT, NOT_READY, NOT_RECORDED, StartFailure
+from nexusws.sessions.ports import wait_for_port
+from nexusws.sessions.records import recover
+from nexusws.sessions.reservation import ACTIVE, EXPIRED, NEXT, RELEASED, RESERVED, STARTING, STOPPING, Reservation
+from nexusws.sessions.statefile import NotRecorded
+from nexusws.sessions.stopping import kill_processes
+from nexusws.sessions.timeouts import (
+    GRACE,
+    REAP_INTERVAL_MAX,
+    REAP_INTERVAL_MIN,
+    RESERVATION_TIMEOUT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+)
 
 _log = logger("nexusws.reservations")
-
-RESERVED, STARTING, ACTIVE, STOPPING = "reserved", "starting", "active", "stopping"
-RELEASED, EXPIRED = "released", "expired"
-_NEXT = {RESERVED: (STARTING, RELEASED, EXPIRED), STARTING: (ACTIVE, STOPPING),
-         ACTIVE: (STOPPING,), STOPPING: (RELEASED,)}
 
 
 class NoFreeInstance(Exception):
@@ -52,72 +64,11 @@ class TokenInUse(Exception):
     """The token has already been presented by a WebSocket."""
 
 
-class StartFailed(Exception):
-    """An instance did not start; the message is one line, fit for a close reason."""
-
-
-def _describe(failure):
-    value = failure.value
-    if isinstance(value, defer.CancelledError):
-        return "start cancelled"
-    text = (str(value).strip().splitlines() or [""])[0]
-    if type(value).__module__ == "builtins":  # nexusws's own errors are sentences already
-        text = f"{type(value).__name__}: {text}" if text else type(value).__name__
-    return printable(text, limit=1000)  # cut where shown (a close frame keeps the end)
-
-
-class Reservation:
-    """One reserved (and maybe running) instance of a service.
-
-    @ivar created: when it was made, on the reactor's clock (for the timeout);
-        C{created_wall}: the same moment in wall-clock epoch seconds.
-    @ivar pids: C{(pid, start_time)} of the processes it runs, as last seen.
-    @ivar client: the address that reserved it, for L{nexusws.limits}' quota (not saved)."""
-
-    client = None
-    activated = None  # when its token's WebSocket came (reactor clock)
-
-    def __init__(self, token, service, index, options, user, created, created_wall):
-        self.token, self.service, self.index, self.options, self.user = (
-            token, service, index, options, user)
-        self.created, self.created_wall = created, created_wall
-        self.state, self.pids, self.address = RESERVED, [], None
-        # The start in flight, why it was cut short, Deferreds to fire when it ends:
-        self._pending, self._why, self._waiters = None, None, []
-        self._record = None
-        self._cancelled = False  # its start was cut short by a release, a close or a shutdown
-
-    @property
-    def timestamp(self):
-        return iso_utc(self.created_wall)
-
-    @property
-    def label(self):
-        return f"{tag(self.token)} {printable(self.service.name)}#{self.index}"
-
-    def as_status(self):
-        """Its entry in /v1/status (JSON-safe)."""
-        return {"index": self.index, "token": self.token, "timestamp": self.timestamp,
-                "state": self.state, "options": dict(self.options), "user": self.user}
-
-    def record(self):
-        """Its entry in the state file (read back by L{nexusws.statefile.saved_records}).
-
-        The same object until its state or processes change: the state file
-        tells what changed by identity, at no cost per unchanged reservation."""
-        key = (self.state, tuple(self.pids))
-        if self._record is None or self._record[0] != key:
-            self._record = key, dict(
-                self.as_status(), service=self.service.name, created=self.created_wall,
-                pids=[list(p) for p in self.pids])
-        return self._record[1]
-
-
 class Registry:
     """All reservations of all services.
 
-    @param services: L{nexusws.services.Service}s (C{name}, C{count}, C{common_options},
-        C{aliases}, C{start(index, options)}, C{stop(index)}, C{pids(index)}).
+    @param services: the L{nexusws.sessions.backend.ISessionBackend}s (the local one:
+        L{nexusws.sessions.instances.Service}); only that interface is used.
     @param reactor: gives C{seconds()} and C{callLater} for every timeout.
     @param timeout: seconds a reservation may stay unused before the reaper reclaims it.
     @param start_timeout: seconds from activation until the address accepts (start included).
@@ -133,9 +84,9 @@ class Registry:
     @param metrics: a L{nexusws.metrics.Metrics} that counts reservations and launches, or None.
     @raise StartupError: two services share a name or alias."""
 
-    def __init__(self, services, reactor, timeout=300.0, start_timeout=30.0, on_change=None,
-                 wallclock=time.time, wait_for_port=wait_for_port, kill_processes=kill_processes,
-                 stop_timeout=60.0, kill_grace=5.0, metrics=None):
+    def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
+                 on_change=None, wallclock=time.time, wait_for_port=wait_for_port,
+                 kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             for name in (service.name, *getattr(service, "aliases", ())):
@@ -196,7 +147,7 @@ class Registry:
         @raise UnknownToken: never issued, released, expired or being stopped.
         @raise TokenInUse: already presented (starting or active).
         @return: a Deferred firing with C{(host, port)} once that address accepts
-            connections, or failing with L{StartFailed} once whatever was started
+            connections, or failing with L{StartFailure} once whatever was started
             has been stopped and the index freed (or at once, the reservation
             kept, when the start cannot be recorded). Cancelling it stops the instance."""
         r = self._live.get(token)
@@ -207,51 +158,28 @@ class Registry:
         try:
             self._set_state(r, STARTING, required=True)
         except NotRecorded as e:  # nothing started; the token stays reserved
-            return defer.fail(StartFailed(f"{r.service.name} instance {r.index} not started: {e}"))
+            return defer.fail(StartFailure(r.service.name, r.index, NOT_RECORDED, str(e)))
         r.activated = self._reactor.seconds()
         options = dict(r.options, token=token)
         if r.user is not None:
             options["user"] = r.user
-        deadline = self._reactor.seconds() + self.start_timeout
-        timer = self._reactor.callLater(self.start_timeout, self._start_timed_out, r)
-        r._pending = d = defer.ensureDeferred(self._start(r, options, deadline))
-        return d.addBoth(self._start_settled, r, timer)
+        r.pending = d = starting.start(self._reactor, r, options, self.start_timeout, self._wait_for_port)
+        return d.addBoth(self._start_settled, r)
 
-    async def _start(self, r, options, deadline):
-        address = await defer.maybeDeferred(r.service.start, r.index, options)
-        try:
-            host, port = address
-            r.address = (str(host), int(port))
-        except (TypeError, ValueError):
-            raise StartFailed(f"start() returned {printable(repr(address))}, not (host, port)") from None
-        left = max(0.0, deadline - self._reactor.seconds())
-        await defer.maybeDeferred(self._wait_for_port, self._reactor, *r.address, left)
-        return r.address
-
-    def _start_timed_out(self, r):
-        where = "start() gave no address" if r.address is None else (
-            f"{printable(r.address[0])}:{r.address[1]} did not accept connections")
-        r._why = f"{where} within {self.start_timeout:g} s"
-        if r._pending is not None:
-            r._pending.cancel()
-
-    def _start_settled(self, result, r, timer):
-        if timer.active():
-            timer.cancel()
-        r._pending = None
+    def _start_settled(self, result, r):
+        r.pending = None
         if r.state == STARTING and not isinstance(result, Failure):
             self._set_state(r, ACTIVE, f"at {printable(r.address[0])}:{r.address[1]}")
             return result
-        what = f"service {printable(r.service.name)!r} instance {r.index}"
         if r.state == STARTING:
-            r._why = r._why or _describe(result)
-            self._set_state(r, STOPPING, f"start failed: {r._why}")
-            # A service's own errors already name the instance.
-            message = r._why if r._why.startswith(what) else f"{what} failed to start: {r._why}"
+            failure = result.value  # a StartFailure (see nexusws.sessions.starting)
+            # Its cause: the backend's own failure names the instance, the registry's is a reason.
+            cause = failure.why if failure.what == NOT_READY else str(failure)
+            self._set_state(r, STOPPING, f"start failed: {cause}")
         else:  # ended by release, deactivate or shutdown while starting
-            message = f"{what} was stopped before it started ({r._why})"
+            failure = StartFailure(r.service.name, r.index, CUT_SHORT, r.why)
         failed = defer.Deferred()  # not chained: cancelling it must not cut the stop short
-        self._stop_instance(r).addBoth(lambda _: failed.errback(StartFailed(message)))
+        self._stop_instance(r).addBoth(lambda _: failed.errback(failure))
         return failed
 
     def deactivate(self, token):
@@ -293,12 +221,12 @@ class Registry:
             self._set_state(r, RELEASED, why, required=required)
             return defer.succeed(None)
         done = defer.Deferred()
-        r._waiters.append(done)
+        r.waiters.append(done)
         if r.state == STARTING:
-            r._why, r._cancelled = why, True
+            r.why, r.cancelled = why, True
             self._set_state(r, STOPPING, f"{why} while starting")
-            if r._pending is not None:
-                r._pending.cancel()  # _start_settled then stops it
+            if r.pending is not None:
+                r.pending.cancel()  # _start_settled then stops it
         elif r.state == ACTIVE:
             self._set_state(r, STOPPING, why)
             self._stop_instance(r)
@@ -308,7 +236,7 @@ class Registry:
         def stopped(result):
             if isinstance(result, Failure):
                 why = (f"stop() did not finish within {self.stop_timeout:g} s"
-                       if result.check(defer.TimeoutError) else _describe(result))
+                       if result.check(defer.TimeoutError) else starting.describe_failure(result))
                 _log.warn("{label}: stop failed: {why}; freeing the index anyway", label=r.label, why=why)
             self._set_state(r, RELEASED)
         d = defer.maybeDeferred(r.service.stop, r.index)
@@ -320,7 +248,7 @@ class Registry:
         @param required: the change must be recorded first: if it cannot be,
             C{r} is left as it was and L{NotRecorded} raised."""
         old = r.state
-        if new not in _NEXT.get(old, ()):
+        if new not in NEXT.get(old, ()):
             raise RuntimeError(f"reservation {r.label}: no transition {old} -> {new}")
         r.state = new
         if new in (ACTIVE, STOPPING):
@@ -340,14 +268,14 @@ class Registry:
             self._count(r.service, new)
         if old == STARTING and self.metrics is not None:
             # A start cut short by a release, the WebSocket closing or a shutdown: cancelled.
-            outcome = "started" if new == ACTIVE else "cancelled" if r._cancelled else "failed"
+            outcome = "started" if new == ACTIVE else "cancelled" if r.cancelled else "failed"
             self.metrics.launches.labels(r.service.name, outcome).inc()
             if new == ACTIVE:
                 self.metrics.launch_seconds.labels(r.service.name).observe(
                     self._reactor.seconds() - r.activated)
         self._logged(r, old, new, why)
-        while ended and r._waiters:
-            r._waiters.pop(0).callback(None)
+        while ended and r.waiters:
+            r.waiters.pop(0).callback(None)
         if not required:
             self._changed()
 
@@ -387,10 +315,9 @@ class Registry:
     def start_reaper(self, interval=None):
         """Run L{reap} every C{interval} seconds (default: a tenth of the timeout, 0.5 to 5 s)."""
         if interval is None:
-            interval = max(0.5, min(self.timeout / 10.0, 5.0))
+            interval = max(REAP_INTERVAL_MIN, min(self.timeout / 10.0, REAP_INTERVAL_MAX))
         self.stop_reaper()
-        self._reaper = task.LoopingCall(self.reap)
-        self._reaper.clock = self._reactor
+        self._reaper = LoopingCall(self._reactor, self.reap)
         self._reaper.start(interval, now=False).addErrback(
             lambda f: _log.failure("the reaper stopped", f))
 
@@ -425,7 +352,7 @@ class Registry:
         return {"reservations": [r.record() for r in live], "orphans": [list(p) for p in self._orphans]}
 
     def restore(self, data, now=None):
-        """Take over what a previous run recorded (see L{nexusws.statefile.recover}).
+        """Take over what a previous run recorded (see L{nexusws.sessions.records.recover}).
 
         Surviving reservations come back with the same token and index and the
         time they had left; the previous run's processes are terminated.

@@ -299,7 +299,7 @@ def open_files_hard_limit():
 def raise_open_files_limit(getrlimit=resource.getrlimit, setrlimit=resource.setrlimit):
     """Raise the soft RLIMIT_NOFILE to the hard limit (each tunnel holds two
     descriptors); return C{(old, new)} soft limits. Programs started later get
-    the old limit back (see L{nexusws.launcher.SETSID_WRAPPER}): some select()
+    the old limit back (see L{nexusws.sessions.wrapping.SETSID_WRAPPER}): some select()
     or loop over every possible descriptor."""
     global child_nofile
     soft, hard = getrlimit(resource.RLIMIT_NOFILE)

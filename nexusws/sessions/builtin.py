@@ -34,15 +34,15 @@ import socket
 from urllib.parse import quote
 
 from nexusws.errors import StartupError
-from nexusws.services import RemoteServiceScript, Service, ServiceError
+from nexusws.sessions.config import ServiceSpec, build_services
+from nexusws.sessions.instances import ServiceError
+from nexusws.sessions.script import RemoteServiceScript
+from nexusws.sessions.timeouts import APP_START_TIMEOUT
 
 #: Applications and their offset in the port scheme.
 APPS = {"ensight": 0, "envision": 1}
 
 DEFAULT_VNC_PORT_BASE = 5900
-
-#: Seconds the application may take to open its VNC port (the registry's start timeout may be shorter).
-DEFAULT_START_TIMEOUT = 120.0
 
 HOST = "127.0.0.1"
 
@@ -59,7 +59,7 @@ class LocalApplication(RemoteServiceScript):
     app = None
     executable = None
     vnc_port_base = DEFAULT_VNC_PORT_BASE
-    start_timeout = DEFAULT_START_TIMEOUT
+    start_timeout = APP_START_TIMEOUT
 
     def __init__(self, common_options):
         super().__init__(common_options)
@@ -116,7 +116,12 @@ class LocalApplication(RemoteServiceScript):
 
 
 def builtin_services(specs, reactor, launcher, executables, system=None):
-    """The built-in services C{specs} asks for.
+    """L{builtin_specs}, built: the running built-in services."""
+    return build_services(builtin_specs(specs, executables), reactor, launcher, system=system)
+
+
+def builtin_specs(specs, executables):
+    """The built-in services C{specs} asks for, as L{ServiceSpec}s.
 
     @param specs: C{[(app, count)]}, app C{"ensight"} or C{"envision"}, each at most once.
     @param executables: C{{"ensight": path-or-None, "envision": ...}}, and optionally
@@ -144,12 +149,11 @@ def builtin_services(specs, reactor, launcher, executables, system=None):
             "app": app,
             "executable": executables.get(app),
             "vnc_port_base": base,
-            "start_timeout": executables.get("start_timeout") or DEFAULT_START_TIMEOUT,
+            "start_timeout": executables.get("start_timeout") or APP_START_TIMEOUT,
         }
         script_class = type(f"Local{app.capitalize()}", (LocalApplication,), attributes)
-        services.append(Service(app, script_class, count, {}, reactor, launcher,
-                                aliases=(f"local_{app}",), origin=f"{flag} {count}",
-                                system=system))
+        services.append(ServiceSpec(app, script_class, count, {}, aliases=(f"local_{app}",),
+                                    origin=f"{flag} {count}"))
     return services
 
 

@@ -1,4 +1,4 @@
-"""The supervisor of one started program: what L{nexusws.launcher.Launcher.spawn} runs.
+"""The supervisor of one started program: what L{nexusws.sessions.launcher.Launcher.spawn} runs.
 
 Run as C{python -I -S supervisor.py} (standard library only: it is not
 imported); the launcher starts one ahead of need, a I{spare}, so a session's

@@ -1,0 +1,209 @@
+"""What a saved reservation record may hold, and what a restart makes of the records.
+
+Owns the checks a record from the state file must pass, field by field (type
+and range), and their bounds: L{check_reservation}, L{check_proc} and
+L{check_options} (which /v1/reserve applies too, so nothing it accepts is
+dropped at a restart). A record that passes can be listed, restored and handed
+to a script without surprise.
+
+Then, for a start-up: L{saved_records} turns what
+L{nexusws.sessions.statefile.StateFile.read} returned into L{Saved} records and
+processes to end (dropping malformed records with a warning each, their valid
+processes still ended), and L{recover} sorts out which reservations survive.
+
+Imports nothing else of the state file's (L{nexusws.sessions.journal} and
+L{nexusws.sessions.statefile} import this). Logs as C{nexusws.statefile}.
+"""
+
+import math
+from collections import namedtuple
+
+from nexusws.logs import SECRET_PARAMS, logger, printable, tag
+
+_log = logger("nexusws.statefile")
+
+#: One reservation as a previous run recorded it; C{created} is wall-clock epoch seconds.
+Saved = namedtuple("Saved", "token service index options user state created pids")
+
+
+def saved_records(data):
+    """Check what L{nexusws.sessions.statefile.StateFile.read} returned: C{([Saved], [(pid, start_time)])}.
+
+    The second list holds processes a run recorded as left to terminate
+    (C{orphans}). Malformed records (see L{check_reservation}) are dropped
+    with one warning each; their valid processes join the second list.
+    """
+    saved, orphans = [], []
+    data = {} if data is None else data  # no state file
+    for item in _list(data, "orphans"):
+        try:
+            orphans.append(check_proc(item))
+        except (TypeError, ValueError) as e:
+            _malformed("process", e)
+    for entry in _list(data, "reservations"):
+        try:
+            r = check_reservation(entry)
+        except (TypeError, ValueError) as e:
+            _malformed("reservation", e)
+            orphans += valid_procs(entry.get("pids") if isinstance(entry, dict) else None)
+            continue
+        saved.append(Saved(r["token"], r["service"], r["index"], r["options"], r["user"],
+                           r["state"], float(r["created"]), [tuple(p) for p in r["pids"]]))
+    return saved, list(dict.fromkeys(orphans))
+
+
+def recover(data, now, timeout, services):
+    """Sort out what a previous run recorded, as it stands at C{now}.
+
+    Unused reservations of a known service, at a valid and unique index and
+    younger than C{timeout} seconds survive; any other reservation is dropped
+    (logged: a warning when that is surprising). Processes of instances that
+    were running, and orphans recorded but not yet terminated, are to be
+    terminated.
+
+    @param data: what L{nexusws.sessions.statefile.StateFile.read} returned (None: nothing).
+    @param now: wall-clock epoch seconds.
+    @param services: service name or alias -> service.
+    @return: C{([(Saved, service, age)], [(pid, start_time)])}.
+    """
+    saved, doomed = saved_records(data)
+    keep, taken = [], set()
+    for s in saved:
+        label = f"{tag(s.token)} {printable(s.service)}#{s.index}"
+        service, age = services.get(s.service), max(0.0, now - s.created)
+        if s.state != "reserved":
+            _log.info("previous run: {label} was {state}; ended", label=label, state=printable(s.state))
+            doomed += s.pids
+        elif service is None:
+            _log.warn("previous run: reservation {label} dropped: service {name!r} is not "
+                      "configured any more", label=label, name=printable(s.service))
+        elif age >= timeout:
+            _log.info("previous run: reservation {label} expired meanwhile; dropped", label=label)
+        elif secret := sorted(name for name in s.options if name.lower() in SECRET_PARAMS):
+            _log.info("previous run: reservation {label} dropped: its {names} (never written to the "
+                      "state file) cannot be restored; reserve again", label=label, names=", ".join(secret))
+        elif s.index >= service.count or {(service.name, s.index), s.token} & taken:
+            _log.warn("previous run: reservation {label} dropped: index out of range or taken twice",
+                      label=label)
+        else:
+            taken |= {(service.name, s.index), s.token}
+            keep.append((s, service, age))
+    return keep, list(dict.fromkeys(doomed))
+
+
+def _list(data, key):
+    items = data.get(key, []) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        _log.warn("state file: {key!r} is not a list; ignored", key=key)
+        return []
+    return items
+
+
+#: The states a saved reservation may be in (L{nexusws.sessions.registry}).
+STATES = ("reserved", "starting", "active", "stopping")
+#: The largest pid Linux can give (PID_MAX_LIMIT), and the latest time C{iso_utc} can show.
+PID_MAX, EPOCH_MAX = 1 << 22, 253402300799.0  # 9999-12-31T23:59:59Z
+#: Bounds on what a record from the file may hold: nexusws never writes more.
+MAX_TEXT, MAX_OPTIONS = 4096, 256
+
+
+def check_proc(item):
+    """A C{(pid, start_time)} from the file, checked: a pid of 2 to PID_MAX (never one
+    that would signal a group or every process) and a start time in clock ticks or None.
+
+    @raise TypeError, ValueError: the message says what is wrong."""
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
+        raise TypeError(f"not a (pid, start time) pair: {printable(item, limit=100)}")
+    pid, start = item
+    if not _is_int(pid) or not 1 < pid <= PID_MAX:
+        raise ValueError(f"not a process id: {printable(pid, limit=100)}")
+    if start is not None and (not _is_int(start) or not 0 <= start < 1 << 63):
+        raise ValueError(f"not a start time: {printable(start, limit=100)}")
+    return (pid, start)
+
+
+def valid_procs(items):
+    """The valid C{(pid, start)} pairs of C{items}, whatever else it holds."""
+    found = []
+    for item in items if isinstance(items, list) else ():
+        try:
+            found.append(check_proc(item))
+        except (TypeError, ValueError):
+            pass
+    return found
+
+
+def check_options(options):
+    """Raise ValueError unless C{options} are what a reservation may hold (and this
+    file can give back): at most L{MAX_OPTIONS} names, each with text values (or
+    lists of at most as many) of at most L{MAX_TEXT} characters. /v1/reserve
+    applies the same check, so nothing it accepts is dropped at a restart."""
+    if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+        raise ValueError(f"options are not an object of at most {MAX_OPTIONS} entries")
+    for name, value in options.items():
+        _check_text("an option's name", name, controls=True)
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_OPTIONS:
+            raise ValueError(f"option {printable(name, limit=100)!r} has too many values")
+        for v in values:
+            if not isinstance(v, str) or len(v) > MAX_TEXT:
+                raise ValueError(f"option {printable(name, limit=100)!r} is not a text of at most "
+                                 f"{MAX_TEXT} characters")
+
+
+def check_reservation(record):
+    """A reservation record from the file, checked field by field (type and range);
+    returned as a new dict holding only the fields nexusws reads.
+
+    A record that passes can be listed (/v1/status, status_view), restored and
+    handed to a script without surprise: a finite creation time C{iso_utc} can
+    show, texts of bounded length without control characters, options whose
+    values are texts or lists of texts (as a query gives them), known states,
+    valid processes.
+
+    @raise TypeError, ValueError: the message names the field."""
+    if not isinstance(record, dict):
+        raise TypeError("not an object")
+    for key in ("token", "service", "index", "state", "created"):
+        if key not in record:
+            raise ValueError(f"no {key}")
+    token, service = record["token"], record["service"]
+    _check_text("token", token)
+    _check_text("service", service)
+    index = record["index"]
+    if not _is_int(index) or not 0 <= index < 1 << 31:
+        raise ValueError(f"index {printable(index, limit=100)} is not an instance index")
+    state = record["state"]
+    if state not in STATES:
+        raise ValueError(f"state {printable(state, limit=100)} is not one of {', '.join(STATES)}")
+    created = record["created"]
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not (
+            math.isfinite(created) and 0 <= created <= EPOCH_MAX):
+        raise ValueError(f"created {printable(created, limit=100)} is not a time")
+    user = record.get("user")
+    if user is not None:
+        _check_text("user", user)
+    options = record.get("options") or {}
+    check_options(options)
+    pids = record.get("pids") or []
+    if not isinstance(pids, list):
+        raise TypeError("pids is not a list")
+    return {"token": token, "service": service, "index": index, "options": dict(options),
+            "user": user, "state": state, "created": created,
+            "pids": [list(check_proc(p)) for p in pids]}
+
+
+def _check_text(what, value, controls=False):
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise ValueError(f"{what} is not a text of 1 to {MAX_TEXT} characters")
+    if not controls and not value.isprintable():
+        raise ValueError(f"{what} {printable(value, limit=100)!r} holds control characters")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _malformed(what, error):
+    _log.warn("state file: dropping a malformed {what} record ({error})",
+              what=what, error=printable(f"{type(error).__name__}: {error}"))

@@ -1,0 +1,66 @@
+"""One reservation: the L{Reservation} record and the states it goes through.
+
+The registry (L{nexusws.sessions.registry}, whose docstring draws the states)
+makes every change of state; this module holds what a reservation is, how it
+shows in /v1/status and in the state file, and which transitions exist
+(L{NEXT}: the registry refuses any other).
+"""
+
+from nexusws.logs import iso_utc, printable, tag
+
+RESERVED, STARTING, ACTIVE, STOPPING = "reserved", "starting", "active", "stopping"
+RELEASED, EXPIRED = "released", "expired"
+
+#: state -> the states it may go to.
+NEXT = {RESERVED: (STARTING, RELEASED, EXPIRED), STARTING: (ACTIVE, STOPPING),
+        ACTIVE: (STOPPING,), STOPPING: (RELEASED,)}
+
+
+class Reservation:
+    """One reserved (and maybe running) instance of a service.
+
+    @ivar created: when it was made, on the reactor's clock (for the timeout);
+        C{created_wall}: the same moment in wall-clock epoch seconds.
+    @ivar pids: C{(pid, start_time)} of the processes it runs, as last seen.
+    @ivar address: C{(host, port)} its instance's start gave, once it gave one.
+    @ivar client: the address that reserved it, for L{nexusws.limits}' quota (not saved).
+    @ivar pending: its start while in flight (L{nexusws.sessions.starting.start});
+        C{why}: why it was ended while starting; C{waiters}: Deferreds to fire
+        once it has ended; C{cancelled}: its start was cut short by a release,
+        its WebSocket closing or a shutdown. The registry's to change."""
+
+    client = None
+    activated = None  # when its token's WebSocket came (reactor clock)
+
+    def __init__(self, token, service, index, options, user, created, created_wall):
+        self.token, self.service, self.index, self.options, self.user = (
+            token, service, index, options, user)
+        self.created, self.created_wall = created, created_wall
+        self.state, self.pids, self.address = RESERVED, [], None
+        self.pending, self.why, self.waiters, self.cancelled = None, None, [], False
+        self._record = None
+
+    @property
+    def timestamp(self):
+        return iso_utc(self.created_wall)
+
+    @property
+    def label(self):
+        return f"{tag(self.token)} {printable(self.service.name)}#{self.index}"
+
+    def as_status(self):
+        """Its entry in /v1/status (JSON-safe)."""
+        return {"index": self.index, "token": self.token, "timestamp": self.timestamp,
+                "state": self.state, "options": dict(self.options), "user": self.user}
+
+    def record(self):
+        """Its entry in the state file (read back by L{nexusws.sessions.records.saved_records}).
+
+        The same object until its state or processes change: the state file
+        tells what changed by identity, at no cost per unchanged reservation."""
+        key = (self.state, tuple(self.pids))
+        if self._record is None or self._record[0] != key:
+            self._record = key, dict(
+                self.as_status(), service=self.service.name, created=self.created_wall,
+                pids=[list(p) for p in self.pids])
+        return self._record[1]
