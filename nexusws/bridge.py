@@ -137,6 +137,14 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
                        launch=self.launch, reason=reason)
         self._close(CLOSE_INTERNAL_ERROR, reason)
 
+    def _flow(self, read, slow, paused):
+        """A flow-control pause or resume, at --verbose 1."""
+        if paused:
+            self._log.debug("{client}: reading from the {read} paused: the {slow} is not taking its data",
+                            client=self.client, read=read, slow=slow)
+        else:
+            self._log.debug("{client}: reading from the {read} resumed", client=self.client, read=read)
+
     def _start_piping(self):
         self._log.info(
             "tunnel open: {client} {path} -> {target}",
@@ -146,9 +154,10 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
         )
         backend_transport = self.backend.transport
         # The client's transport is a consumer of backend data and vice versa.
-        self._backend_valve = Valve(backend_transport, on_resume=self._client_drained)
+        self._backend_valve = Valve(backend_transport, on_resume=self._client_drained,
+                                    note=lambda paused: self._flow("backend", "client", paused))
         self.transport.registerProducer(self._backend_valve, True)
-        self._client_valve = Valve(self.transport)
+        self._client_valve = Valve(self.transport, note=lambda paused: self._flow("client", "backend", paused))
         backend_transport.registerProducer(self._client_valve, True)
         backend_transport.resumeProducing()
         pending, self._pending = self._pending, None

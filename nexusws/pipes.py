@@ -112,18 +112,25 @@ class Valve:
 
     C{stopProducing} is deliberately inert: the tunnel decides how each side
     closes, so a consumer going away never aborts the other side's pending data.
+    C{note}, if given, is called with True or False when the valve closes or opens
+    (not on a repeated pause or resume).
     """
 
-    def __init__(self, transport, on_resume=None):
+    def __init__(self, transport, on_resume=None, note=None):
         self._transport = transport
         self._on_resume = on_resume
+        self._note = note
         self.paused = False
 
     def pauseProducing(self):
+        if not self.paused and self._note is not None:
+            self._note(True)
         self.paused = True
         self._transport.pauseProducing()
 
     def resumeProducing(self):
+        if self.paused and self._note is not None:
+            self._note(False)
         self.paused = False
         self._transport.resumeProducing()
         if self._on_resume is not None:
