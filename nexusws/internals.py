@@ -8,7 +8,9 @@ plain frame). This module is the only one that knows those names; the data
 path calls its functions. Also Autobahn's, overridden in
 L{nexusws.bridge.BridgeProtocol} by name: C{_fail_connection} (in its
 L{nexusws.closing} part) and C{processControlFrame}; and set here:
-C{factory._batched_timer} and the module's C{pformat}.
+C{factory._batched_timer} and the module's C{pformat}. Outside the data path,
+one more: the factory class of Twisted's HTTP connection pool, made quiet for
+the balancer's polls (L{quiet_http_pool}; without it, a plain pool).
 
 L{check}, run once at start-up, verifies against the installed libraries that
 every one of them is still there with the expected type (on a real
@@ -32,6 +34,7 @@ import types
 
 import autobahn
 import autobahn.websocket.protocol as _autobahn_protocol
+import twisted
 from autobahn.twisted.websocket import (
     WebSocketAdapterProtocol,
     WebSocketServerFactory,
@@ -41,8 +44,8 @@ from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-
-import twisted
+from twisted.web import client
+from twisted.web.client import HTTPConnectionPool
 
 #: Whether the internals are in use (L{check} decides; True until it has run).
 FAST = True
@@ -216,6 +219,24 @@ _autobahn_has_pformat = hasattr(_autobahn_protocol, "pformat")
 _autobahn_protocol.pformat = lazy_pformat
 
 
+# --- the balancer's HTTP pool ----------------------------------------------------
+
+
+def quiet_http_pool(reactor):
+    """A persistent L{HTTPConnectionPool} whose connections log no "Starting factory"
+    line each (a balancer polls every node every few seconds).
+
+    Twisted has no public way to quiet the pool's factory: its class attribute
+    C{_factory} (a C{client._HTTP11ClientFactory}) is replaced by a quiet
+    subclass. If Twisted no longer has them, a plain pool: correct, noisier."""
+    factory = getattr(client, "_HTTP11ClientFactory", None)
+    if not (isinstance(factory, type) and getattr(HTTPConnectionPool, "_factory", None) is factory):
+        return HTTPConnectionPool(reactor, persistent=True)
+    quiet = type("QuietFactory", (factory,), {"noisy": False})
+    pool_class = type("QuietPool", (HTTPConnectionPool,), {"_factory": quiet})
+    return pool_class(reactor, persistent=True)
+
+
 # --- the start-up check -------------------------------------------------------
 
 
@@ -230,7 +251,7 @@ def check():
         try:
             probe(missing)
         # A probe that fails in any way means the library is not as expected.
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             why = " ".join(f"{type(e).__name__}: {e}".split())  # one line
             missing.append(f"{probe.__name__[7:]} probe ({why})")
     set_fast(not missing)

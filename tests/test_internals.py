@@ -127,3 +127,26 @@ def test_on_the_public_apis_every_frame_goes_through_autobahn(public_apis, monke
     h.flush()
     assert bytes(h.backend.received) == b"up" * 1000
     assert h.client.received == b"down" and sent == [b"down"]
+
+
+# --- the balancer's HTTP pool -------------------------------------------------------
+
+
+def test_the_balancers_pool_is_persistent_and_its_connections_log_no_factory_lines():
+    from twisted.internet.task import Clock
+    from twisted.web.client import HTTPConnectionPool
+
+    pool = internals.quiet_http_pool(Clock())
+    assert isinstance(pool, HTTPConnectionPool) and pool.persistent
+    assert pool._factory.noisy is False and HTTPConnectionPool._factory.noisy is True
+
+
+def test_without_twisteds_pool_factory_the_balancer_gets_a_plain_pool(monkeypatch):
+    import types
+
+    from twisted.internet.task import Clock
+    from twisted.web.client import HTTPConnectionPool
+
+    monkeypatch.setattr(internals, "client", types.SimpleNamespace())  # a Twisted without it
+    pool = internals.quiet_http_pool(Clock())
+    assert type(pool) is HTTPConnectionPool and pool.persistent

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
-from twisted.web import client
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from nexusws import internals
 from nexusws.clock import LoopingCall
 from nexusws.logs import logger, one_line, printable
 
@@ -32,14 +32,6 @@ _log = logger("nexusws.balancer")
 DOWN, BACK, FULL, FREE = "down", "back", "full", "free"
 SUBJECTS = {DOWN: "Simulation server not responding", BACK: "Simulation server working again",
             FULL: "Simulation server reached maximum load", FREE: "Simulation server available again"}
-
-
-class _QuietFactory(client._HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" line for every connection to a node
-
-
-class QuietPool(HTTPConnectionPool):
-    _factory = _QuietFactory
 
 
 #: The largest answer a node may give (a /v1/status of thousands of sessions fits).
@@ -114,7 +106,7 @@ class Cluster:
         self.config, self.reactor = config, reactor
         self.nodes = [Node(url) for url in config.nodes]
         if agent is None:
-            pool = QuietPool(reactor, persistent=True)
+            pool = internals.quiet_http_pool(reactor)  # no "Starting factory" line per connection
             pool.maxPersistentPerHost = 2
             agent = Agent(reactor, connectTimeout=config.poll_timeout, pool=pool)
         self.agent = agent
@@ -198,7 +190,7 @@ class Cluster:
         (_log.warn if event in (DOWN, FULL) else _log.info)("{message}", message=message)
         try:
             self.on_event(node, event, message)
-        except Exception:  # noqa: BLE001 - logged; polling goes on
+        except Exception:  # logged; polling goes on
             _log.failure("handling the {event} event of {node} failed", event=event, node=node.name)
 
     def _check_availability(self):
@@ -209,7 +201,7 @@ class Cluster:
                       "no node answers under the load threshold")
             try:
                 self.on_availability(available)
-            except Exception:  # noqa: BLE001 - logged; polling goes on
+            except Exception:  # logged; polling goes on
                 _log.failure("announcing the availability failed")
 
     # --- calls to a node ----------------------------------------------------------
