@@ -14,8 +14,8 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
 Each call is declared once, in L{CALLS}: its arity, whether it changes something,
 who may make it, its metric label and its handler; dispatch, 404, 405, HEAD, that
 access rule and the labels of C{nexusws_http_requests_total} all follow from it.
-HEAD is answered for status, status_view, metrics and load only; the calls that change
-something answer it 405. Other methods get 405 everywhere.
+HEAD is answered for every call that changes nothing (status, status_view, metrics, load);
+the calls that change something answer it 405. Other methods get 405 everywhere.
 
 A browser's request from a page of another site (C{Sec-Fetch-Site: cross-site}, or
 an C{Origin} that is neither the gateway's own nor on --allowed_origin) and a
@@ -48,11 +48,12 @@ from nexusws.answers import HTML, TEXT, Answers
 from nexusws.auth import Access
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
-from nexusws.logs import SECRET_PARAMS, logger, printable, redact
+from nexusws.logs import logger, printable
 from nexusws.metrics import CONTENT_TYPE
 from nexusws.responses import respond
+from nexusws.scrub import mask_options, redact
 from nexusws.sessions.records import check_options
-from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownService, UnknownToken
+from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownToken
 from nexusws.status_page import status_page
 
 #: Query parameters that are not options of a reservation: the API's own, and
@@ -241,15 +242,16 @@ class ApiRoot(resource.Resource):
     # --- calls ----------------------------------------------------------------
 
     def _reserve(self, request, caller, name):
-        service = None if self.registry is None else find_service(self.registry, name)
+        service = None if self.registry is None else self.registry.service(name)
         if service is None:
             return answer.error(request, 404, f"unknown service {printable(name)!r}")
         refusal = self.access.refusal(caller.user, service)
         if refusal is not None:
             self._refused(caller, "reserve", refusal)
             return answer.error(request, 403, refusal)
-        try:  # a caller with the security token is counted by the user it names only
-            check_reservation_quota(self.registry, caller.user, None if caller.with_token else caller.client,
+        address = None if caller.with_token else caller.client  # with the token: by the user it names only
+        try:
+            check_reservation_quota(self.registry.outstanding(caller.user, address), caller.user, address,
                                     self.max_reservations_per_user)
         except QuotaExceeded as e:
             self._refused(caller, "reserve", str(e))
@@ -259,11 +261,9 @@ class ApiRoot(resource.Resource):
             check_options(options)
         except ValueError as e:
             return answer.error(request, 400, f"reservation options: {e}")
-        try:
+        try:  # a known service (found above): no UnknownService
             reservation = self.registry.reserve(name, options, user=caller.user,
                                                 client=caller.client)
-        except UnknownService:
-            return answer.error(request, 404, f"unknown service {printable(name)!r}")
         except NoFreeInstance:
             return answer.error(request, 503, f"no free instance of service {printable(name)!r}")
         except NotRecorded as e:  # a token that might not survive a crash is never handed out
@@ -315,9 +315,9 @@ class ApiRoot(resource.Resource):
         listing = self.registry.status()
         for service in listing:
             # A service's options come from the config file and may hold a password too.
-            service["common_options"] = mask_secrets(service.get("common_options", {}))
+            service["common_options"] = mask_options(service.get("common_options", {}))
             for instance in service["instances"]:
-                instance["options"] = mask_secrets(instance.get("options", {}))
+                instance["options"] = mask_options(instance.get("options", {}))
                 if not token_shown(instance):
                     instance["token"] = "***"
         return listing
@@ -366,14 +366,6 @@ CALLS = {call.name: call for call in (
 API_METHODS = tuple(dict.fromkeys(m for call in CALLS.values() for m in call.methods))
 
 
-def find_service(registry, name):
-    """The service of C{registry} called C{name} (by name or alias), or None."""
-    for service in registry.services:
-        if name == service.name or name in getattr(service, "aliases", ()):
-            return service
-    return None
-
-
 def answer_later(request, d):
     """Write the body C{d} fires with, unless the client has gone by then."""
     gone = []
@@ -387,8 +379,3 @@ def answer_later(request, d):
     d.addCallback(write)
     d.addErrback(lambda f: _log.failure("answering {uri} failed", f, uri=printable(redact(request.path))))
     return server.NOT_DONE_YET
-
-
-def mask_secrets(options):
-    """A copy of reservation options with secret values (passwords...) masked."""
-    return {k: "***" if k.lower() in SECRET_PARAMS else v for k, v in options.items()}

@@ -83,15 +83,15 @@ def make_sessions(options, reactor, notes, metrics=None):
     if options["http_directory"] is None:
         notes.append("services are configured but there is no --http_directory: without "
                      "the /v1 API nothing can reserve them")
-    services = build_services(options["services"], reactor, Launcher(reactor))
-    sessions = []
+    launcher = Launcher(reactor)
+    services = build_services(options["services"], reactor, launcher)
     registry = Registry(
         services, reactor, timeout=options["timeout"],
-        start_timeout=options["start_timeout"], on_change=lambda: sessions[0].save(),
-        metrics=metrics,
+        start_timeout=options["start_timeout"], metrics=metrics,
     )
-    sessions.append(SessionsService(registry, StateFile(options["state_file"]), reactor))
-    return registry, sessions[0]
+    sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
+    registry.on_change = sessions.save  # every change recorded in the state file before it counts
+    return registry, sessions
 
 
 def make_connection_cap(options, label, reactor):
@@ -125,6 +125,22 @@ def make_listener(label, description, factory, reactor, tls_options, scheme, cap
     return ListenerService(label, description, endpoint, factory, scheme)
 
 
+class AdvertisedURL:
+    """The ws(s):// URL clients connect to, for /v1/load: --advertise_url, else the
+    ws listener's URL, worked out once it listens (a name lookup: once only)."""
+
+    def __init__(self, options, listener):
+        self.options, self.listener = options, listener
+        self.worked_out, self.url = False, None
+
+    def __call__(self):
+        if self.options.get("advertise_url"):
+            return self.options["advertise_url"]
+        if not self.worked_out and self.listener.port is not None:
+            self.worked_out, self.url = True, listener_url(self.listener.port, self.listener.scheme)
+        return self.url
+
+
 def build_service(options, reactor):
     """The gateway's service tree for parsed L{nexusws.tap.Options}, on C{reactor}.
 
@@ -139,17 +155,7 @@ def build_service(options, reactor):
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws",
                                cap=make_connection_cap(options, "--ws_listen", reactor))]
 
-    known = []
-
-    def advertised(ws=listeners[0]):
-        """--advertise_url, else the ws listener's URL (worked out once: a name lookup)."""
-        if options.get("advertise_url"):
-            return options["advertise_url"]
-        if not known and ws.port is not None:
-            known.append(listener_url(ws.port, ws.scheme))
-        return known[0] if known else None
-
-    node_load = NodeLoad(registry, bridge, options["max_tunnels"], ws_url=advertised)
+    node_load = NodeLoad(registry, bridge, options["max_tunnels"], ws_url=AdvertisedURL(options, listeners[0]))
     if options["http_directory"] is not None:
         api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
                       access=access, metrics=metrics, load=node_load)

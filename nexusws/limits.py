@@ -230,39 +230,19 @@ class QuotaExceeded(Exception):
     """The user (or address) already holds as many reservations as allowed."""
 
 
-#: Reservation states that hold an instance for their user (stopping ones are ending).
-OUTSTANDING_STATES = frozenset({"reserved", "starting", "active"})
-
-
-def outstanding_reservations(registry, user, address):
-    """How many live reservations C{user} holds; without a user, C{address}'s anonymous ones."""
-    count = 0
-    for service in registry.status():
-        for instance in service["instances"]:
-            if instance.get("state") not in OUTSTANDING_STATES:
-                continue
-            r = registry.get(instance["token"])
-            if r is None:
-                continue
-            if user is not None:
-                count += r.user == user
-            else:
-                count += r.user is None and getattr(r, "client", None) == address
-    return count
-
-
-def check_reservation_quota(registry, user, address, limit):
+def check_reservation_quota(held, user, address, limit):
     """Refuse a new reservation when C{user} (or, anonymous, C{address}) is at C{limit}.
 
     A known user is counted across every address (behind a proxy they all look
     alike); an anonymous client by its address (a reservation records it as
-    C{client}). C{limit} 0 or no registry: no quota.
+    C{client}). The caller counts: C{held} is how many reservations that user
+    (or address) holds now (L{nexusws.sessions.registry.Registry.outstanding}).
+    C{limit} 0: no quota.
 
     @raise QuotaExceeded: with a message fit for the client.
     """
-    if not limit or registry is None or (user is None and address is None):
+    if not limit or (user is None and address is None):
         return
-    held = outstanding_reservations(registry, user, address)
     if held >= limit:
         who = f"user {printable(user)!r}" if user is not None else f"address {printable(address)}"
         raise QuotaExceeded(

@@ -16,7 +16,8 @@ URI with L{redact} (L{redact_text} for any other text); lines mention a token
 by L{nexusws.logs.tag} only.
 
 This module owns what a secret looks like (L{SECRET_PARAMS},
-L{SECRET_HEADERS}, the patterns) and how it is masked (L{MASK}); it logs
+L{SECRET_HEADERS}, the patterns) and how it is masked (L{MASK}; a dict of
+options by L{mask_options}, for /v1/status and the state file); it logs
 nothing itself and imports nothing of nexusws.
 """
 
@@ -37,6 +38,12 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 
 #: What a masked value is replaced with.
 MASK = "***"
+
+
+def mask_options(options):
+    """A copy of C{options} (a reservation's or a service's) with the values of
+    the secret ones (L{SECRET_PARAMS}, whatever their case) replaced by L{MASK}."""
+    return {name: MASK if name.lower() in SECRET_PARAMS else value for name, value in options.items()}
 
 
 def _spelled(word):
@@ -215,7 +222,7 @@ def _message(event):
     if type(fmt) is str and "log_flattened" not in event:
         try:
             return fmt.format_map(event)
-        except Exception:  # noqa: BLE001, S110 - Twisted's formatter copes with anything
+        except Exception:  # Twisted's formatter copes with anything
             pass
     return formatEvent(event)
 
@@ -225,7 +232,7 @@ def _failure_message(failure):
         return ""
     try:
         return failure.getErrorMessage()
-    except Exception:  # noqa: BLE001 - a failure whose message cannot be made shows none
+    except Exception:  # a failure whose message cannot be made shows none
         return ""
 
 
@@ -242,7 +249,7 @@ def _masked_value(value):
         return tuple(redact_text(item) for item in value)  # a legacy event's "message"
     try:
         text = str(value)
-    except Exception:  # noqa: BLE001 - an object that cannot be shown shows no secret
+    except Exception:  # an object that cannot be shown shows no secret
         return value
     clean = redact_text(text)
     return value if clean == text else clean
@@ -253,7 +260,7 @@ def _scrub_published(event):
     so every observer after it (twistd's log, the log file, stdout) sees them masked."""
     try:
         clean = scrub(event)
-    except Exception as e:  # noqa: BLE001 - withhold the event rather than let a secret through
+    except Exception as e:  # withhold the event rather than let a secret through
         clean = {key: event[key] for key in ("log_level", "log_namespace", "log_time") if key in event}
         clean.update(log_format="a log event was withheld: masking its secrets failed ({error})",
                      error=type(e).__name__)

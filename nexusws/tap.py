@@ -19,10 +19,8 @@ from nexusws.credentials import SECURITY_TOKEN_ENV
 from nexusws.errors import TWISTD_PROG, StartupError, say
 from nexusws.gateway import is_tls_endpoint, parse_endpoint
 from nexusws.sessions import timeouts
-from nexusws.sessions.builtin import builtin_specs
+from nexusws.sessions.builtin import EXECUTABLE_ENV, builtin_specs
 from nexusws.sessions.config import check_names, read_config
-
-EXECUTABLE_ENV = {"ensight": "NEXUSWS_ENSIGHT", "envision": "NEXUSWS_ENVISION"}
 
 #: What option checks that need a clock get: the wall clock, not a reactor.
 WALL_CLOCK = types.SimpleNamespace(seconds=runtime.seconds)
@@ -275,7 +273,7 @@ class Options(AccessOptions, ReferenceStyleOptions):
 
 
     def _check_sessions(self):
-        """Read and check the services (scripts run now, so their errors are option errors).
+        """Read and check the services (each script file runs now, so its errors are option errors).
 
         C{self["services"]} holds L{ServiceSpec}s: C{makeService} builds them
         with its reactor (L{nexusws.assemble.make_sessions})."""

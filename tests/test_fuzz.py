@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from nexusws.bridge import BridgeFactory
 from nexusws.errors import StartupError
 from nexusws.routing import FixedRouter, Target
-from nexusws.sessions.config import load_config
 from support.api import Api
 from support.bridge import ControlledEndpoint, Transport
+from support.services import config_services
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -79,9 +79,9 @@ JSON_VALUES = st.recursive(
 
 
 def load(path):
-    """load_config's outcome: the services, or the one-line StartupError message."""
+    """The config file's services, built, or the one-line StartupError message."""
     try:
-        return load_config(str(path), MemoryReactorClock(), launcher=None)
+        return config_services(str(path), MemoryReactorClock(), launcher=None)
     except StartupError as e:
         message = str(e)
         assert "\n" not in message and str(path) in message, message

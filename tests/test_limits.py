@@ -9,12 +9,13 @@ tests/test_sessions.py::test_port_never_opening_closes_1011_after_start_timeout_
 """
 
 import asyncio
+import re
 import socket
 import time
 
 import pytest
 import websockets
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -24,10 +25,11 @@ from websockets.asyncio.client import connect
 from nexusws import limits, tap
 from nexusws.api import ApiRoot
 from nexusws.limits import QuotaExceeded, Refused, TunnelCounter
-from sessions.harness import gateway_args, get
 from support.api import SECRET, Api, FakeService
 from support.bridge import Harness, Transport, lines
-from tcp_peers import Backend
+from support.sessions import gateway_args, get
+from support.tcp_peers import Backend
+from support.waiting import wait_until_async
 
 MiB = 1024 * 1024
 REQUEST = (b"GET /websockify HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -351,30 +353,48 @@ def make_quota_api(tmp_path, monkeypatch):
     return make
 
 
+def check_quota(registry, user, address, limit):
+    """What /v1/reserve does: the registry counts, limits decides."""
+    limits.check_reservation_quota(registry.outstanding(user, address), user, address, limit)
+
+
 def test_check_reservation_quota_counts_users_everywhere_and_anonymous_clients_by_address(quota_api):
     registry = quota_api.registry
     registry.reserve("demo", user="alice", client="10.0.0.1")
     registry.reserve("demo", user="alice", client="10.0.0.2")
     registry.reserve("demo", client="10.0.0.3")
     registry.reserve("demo", client="10.0.0.3")
+    assert registry.outstanding("alice", "10.0.0.9") == 2
     with pytest.raises(QuotaExceeded, match="user 'alice' already holds 2"):
-        limits.check_reservation_quota(registry, "alice", "10.0.0.9", 2)
-    limits.check_reservation_quota(registry, "bob", "10.0.0.1", 2)  # another user, same address
+        check_quota(registry, "alice", "10.0.0.9", 2)
+    check_quota(registry, "bob", "10.0.0.1", 2)  # another user, same address
     with pytest.raises(QuotaExceeded, match="address 10.0.0.3 already holds 2"):
-        limits.check_reservation_quota(registry, None, "10.0.0.3", 2)
-    limits.check_reservation_quota(registry, None, "10.0.0.1", 2)  # alice's are not anonymous ones
-    limits.check_reservation_quota(registry, "alice", "10.0.0.1", 0)  # 0: no quota
-    limits.check_reservation_quota(registry, None, None, 1)  # nobody to count
-    limits.check_reservation_quota(None, "alice", "10.0.0.1", 1)  # no registry
+        check_quota(registry, None, "10.0.0.3", 2)
+    assert registry.outstanding(None, "10.0.0.1") == 0  # alice's are not anonymous ones
+    check_quota(registry, None, "10.0.0.1", 2)
+    check_quota(registry, "alice", "10.0.0.1", 0)  # 0: no quota
+    check_quota(registry, None, None, 1)  # nobody to count
+    limits.check_reservation_quota(5, None, None, 1)
 
 
 def test_ended_reservations_no_longer_count(quota_api):
     registry = quota_api.registry
     r = registry.reserve("demo", client="10.0.0.3")
     with pytest.raises(QuotaExceeded):
-        limits.check_reservation_quota(registry, None, "10.0.0.3", 1)
+        check_quota(registry, None, "10.0.0.3", 1)
     registry.release(r.token)
-    limits.check_reservation_quota(registry, None, "10.0.0.3", 1)
+    check_quota(registry, None, "10.0.0.3", 1)
+
+
+def test_active_reservations_count_and_stopping_ones_do_not(quota_api):
+    registry, service = quota_api.registry, quota_api.registry.services[0]
+    service.stopping = defer.Deferred()  # its stop takes a while
+    r = registry.reserve("demo", user="alice")
+    registry.activate(r.token)
+    assert r.state == "active" and registry.outstanding("alice", None) == 1
+    registry.release(r.token)
+    assert r.state == "stopping" and registry.outstanding("alice", None) == 0
+    service.stopping.callback(None)
 
 
 def test_reserve_beyond_the_quota_answers_429_and_reserves_nothing(quota_api, events):
@@ -477,7 +497,9 @@ def test_real_gateway_refuses_503_beyond_max_tunnels_and_429_beyond_the_per_addr
                     assert await ws.recv() == b"still fine"
             assert "429" in gw.wait_for(r"tunnel refused: 127\.0\.0\.1:").string
             assert "503" in gw.wait_for(r"tunnel refused: 127\.0\.0\.3:").string
-            await asyncio.sleep(0.2)
+            # A tunnel's close is logged once its slot is given back.
+            await wait_until_async(lambda: all(re.search(rf"tunnel closed: 127\.0\.0\.{n}:", gw.log) for n in (1, 2)),
+                                   10, "both tunnels closed")
             for n in (1, 3):  # both slots came back
                 async with connect(gw.ws_url, subprotocols=["binary"], **src[n]) as ws:
                     await ws.send(b"again")
@@ -497,7 +519,9 @@ def test_real_gateway_gives_slots_back_over_many_open_close_cycles(gateway):
                     _, writer = await asyncio.open_connection("127.0.0.1", gw.ws_port)
                     writer.write(REQUEST[:40])
                     writer.transport.abort()
-            await asyncio.sleep(0.3)
+            # A tunnel's close is logged once its slot is given back (a client that vanished
+            # mid-handshake never held one: a slot is taken on a complete request).
+            await wait_until_async(lambda: gw.log.count("tunnel closed: ") == 30, 10, "the 30 tunnels closed")
             async with connect(gw.ws_url, subprotocols=["binary"]), \
                     connect(gw.ws_url, subprotocols=["binary"]) as ws:
                 await ws.send(b"two at once")

@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import ROOT, require
-from desktop import free_display, processes_with
+from support.desktop import free_display, processes_with
 
 SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -112,10 +112,10 @@ def test_the_shipped_desktop_config_loads(tmp_path):
     """config/desktop_sessions.json, as the README shows it, names a script that loads."""
     from twisted.internet import task
 
-    from nexusws.sessions.config import load_config
     from nexusws.sessions.launcher import Launcher
+    from support.services import config_services
 
     require(shutil.which("xsetroot"), "xsetroot (apt-get install x11-xserver-utils)")  # its background
-    (service,) = load_config(str(ROOT / "config" / "desktop_sessions.json"), task.Clock(), Launcher(task.Clock()))
+    (service,) = config_services(str(ROOT / "config" / "desktop_sessions.json"), task.Clock(), Launcher(task.Clock()))
     assert (service.name, service.count) == ("Local Software Session", 2)
     assert service.common_options["background"] == "#3a6ea5"

@@ -22,7 +22,7 @@
   keeper       SessionsService: the registry, state file and launchers tied to the gateway
 
 May import: the standard library, Twisted, zope.interface, and nexusws's
-foundation modules (errors, convert, logs, pipes for the port probe). Nothing
+foundation modules (errors, convert, logs, scrub, clock, pipes for the port probe). Nothing
 here imports the HTTP, WebSocket or assembly modules (web, api, bridge,
 routing, tap, assemble, gateway); they import this package.
 """

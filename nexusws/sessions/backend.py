@@ -7,6 +7,7 @@ script (or a built-in one) on this host. A batch-system backend (Slurm) is to
 plug in behind the same interface: what each method must guarantee is written
 on it below.
 
+What a start delivers must be an address (L{as_address} checks it).
 A start that fails, fails with a L{StartFailure}: its fields say which
 instance, what failed, why, and the exit status of a program whose end failed
 it. Its text is the one line the registry and the logs show; L{StartFailure.reason}
@@ -22,7 +23,7 @@ from zope.interface import Attribute, Interface
 
 from nexusws.logs import printable
 
-__all__ = ["ISessionBackend", "StartFailure"]
+__all__ = ["ISessionBackend", "StartFailure", "as_address"]
 
 
 class ISessionBackend(Interface):
@@ -49,11 +50,14 @@ class ISessionBackend(Interface):
         @return: a Deferred that
           - fires with C{(host, port)} (a str and an int) where the instance
             will accept TCP connections; the registry waits until it does, so
-            the backend may deliver it before the port is open;
+            the backend may deliver it before the port is open; what is no
+            pair (L{as_address}, lenient) fails the start (L{NOT_READY});
           - fails with a L{StartFailure} naming this service and index, with
             a one-line C{why} fit to show the user (no secrets, no traceback),
             and C{exit_status} when a program's (or a job's) end failed it;
-            any other exception is a bug the registry reports as one;
+            any other exception (a backend's bug) the registry turns into a
+            L{StartFailure} L{NOT_READY}, its C{why} the exception's first line
+            (L{nexusws.sessions.starting.describe_failure});
           - when cancelled (the registry's start timeout, the reservation
             released, the WebSocket gone, shutdown), stops waiting at once and
             fails with C{CancelledError}, not with a L{StartFailure}.
@@ -101,8 +105,9 @@ class ISessionBackend(Interface):
 
 #: The kinds of failure, C{StartFailure.what}; each one's text is in L{_TEXT}.
 FAILED = "failed"  # the backend says why in its own words: a program missing or exited, a port taken
-CRASHED = "start failed"  # the backend's start raised unexpectedly (a script's bug): why is "Type: text"
-NOT_READY = "failed to start"  # no address, or it did not accept, within the start timeout
+CRASHED = "start failed"  # the backend's own: a script's start raised unexpectedly (its bug): why is "Type: text"
+NOT_READY = "failed to start"  # no address, or it did not accept, within the start timeout; or the
+#                                backend failed with something else than a StartFailure (its bug)
 CUT_SHORT = "stopped before it started"  # released, its WebSocket closed or shutdown, while starting
 NOT_RECORDED = "not started"  # the state file could not record the start: nothing was started
 BUSY = "already running"  # asked to start an instance that is live (why is empty)
@@ -161,3 +166,30 @@ class StartFailure(Exception):
         and index it asked for (it knows them)."""
         told = _TEXT[self.what][1]
         return str(self) if told is None else told.format(why=self.why, **self._names())
+
+
+def as_address(value, lenient=False):
+    """C{value} as a C{(host, port)} tuple if it is an address, else None.
+
+    Strict (the local backend's check of what a script's C{start} returned): a
+    pair (a tuple or a list) of a non-empty host name or IP address without
+    whitespace (a str) and a port number 1-65535 (an int, not a bool).
+
+    C{lenient} (the registry's check of what any backend's C{start} delivered):
+    any pair, as C{(str(host), int(port))}; None if it is no pair or its port no
+    number (TypeError, ValueError; other errors of the conversion propagate).
+    """
+    if lenient:
+        try:
+            host, port = value
+            return (str(host), int(port))
+        except (TypeError, ValueError):
+            return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return None
+    host, port = value
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        return None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        return None
+    return (host, port)

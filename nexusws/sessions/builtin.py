@@ -33,14 +33,19 @@ import shutil
 import socket
 from urllib.parse import quote
 
+from nexusws.convert import LOCAL_SESSION_APPS
 from nexusws.errors import StartupError
-from nexusws.sessions.config import ServiceSpec, build_services
+from nexusws.sessions.config import ServiceSpec
 from nexusws.sessions.instances import ServiceError
 from nexusws.sessions.script import RemoteServiceScript
 from nexusws.sessions.timeouts import APP_START_TIMEOUT
 
-#: Applications and their offset in the port scheme.
-APPS = {"ensight": 0, "envision": 1}
+#: Applications (L{nexusws.convert.LOCAL_SESSION_APPS}, which C{--local_session} accepts)
+#: and their offset in the port scheme: their place in that list.
+APPS = {app: offset for offset, app in enumerate(LOCAL_SESSION_APPS)}
+
+#: Each application's environment variable naming its executable (for the wiring and its errors).
+EXECUTABLE_ENV = {app: f"NEXUSWS_{app.upper()}" for app in APPS}
 
 DEFAULT_VNC_PORT_BASE = 5900
 
@@ -53,7 +58,7 @@ PASSWORD_OPTIONS = ("primary_password", "password")
 class LocalApplication(RemoteServiceScript):
     """Runs one local application per instance with its VNC server on a derived port.
 
-    L{builtin_services} makes a subclass per application, setting the class attributes.
+    L{builtin_specs} makes a subclass per application, setting the class attributes.
     """
 
     app = None
@@ -83,7 +88,7 @@ class LocalApplication(RemoteServiceScript):
 
         @raise ServiceError: there is none, with what to set.
         """
-        how = f"set --{self.app}_executable or NEXUSWS_{self.app.upper()}"
+        how = f"set --{self.app}_executable or {EXECUTABLE_ENV[self.app]}"
         wanted = self.executable or self.app
         if os.sep not in wanted:
             found = shutil.which(wanted)
@@ -115,17 +120,12 @@ class LocalApplication(RemoteServiceScript):
         return None
 
 
-def builtin_services(specs, reactor, launcher, executables, system=None):
-    """L{builtin_specs}, built: the running built-in services."""
-    return build_services(builtin_specs(specs, executables), reactor, launcher, system=system)
-
-
 def builtin_specs(specs, executables):
     """The built-in services C{specs} asks for, as L{ServiceSpec}s.
 
     @param specs: C{[(app, count)]}, app C{"ensight"} or C{"envision"}, each at most once.
     @param executables: C{{"ensight": path-or-None, "envision": ...}}, and optionally
-        C{"vnc_port_base"} (int) and C{"start_timeout"} (seconds).
+        C{"vnc_port_base"} (int). An instance waits L{APP_START_TIMEOUT} for its port.
     @raise StartupError: an unknown application, a repeated one, a bad count or port base.
     """
     base = executables.get("vnc_port_base") or DEFAULT_VNC_PORT_BASE
@@ -149,7 +149,6 @@ def builtin_specs(specs, executables):
             "app": app,
             "executable": executables.get(app),
             "vnc_port_base": base,
-            "start_timeout": executables.get("start_timeout") or APP_START_TIMEOUT,
         }
         script_class = type(f"Local{app.capitalize()}", (LocalApplication,), attributes)
         services.append(ServiceSpec(app, script_class, count, {}, aliases=(f"local_{app}",),

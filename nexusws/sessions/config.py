@@ -23,7 +23,7 @@ from nexusws.logs import describe, logger, show
 from nexusws.sessions.instances import Service
 from nexusws.sessions.script import RemoteServiceScript
 
-__all__ = ["ServiceSpec", "build_services", "check_names", "load_config", "read_config"]
+__all__ = ["ServiceSpec", "build_services", "check_names", "read_config"]
 
 _log = logger("nexusws.services")
 
@@ -64,7 +64,7 @@ class ServiceSpec:
         try:
             return Service(self.name, self.script_class, self.count, self.options, reactor, launcher,
                            aliases=self.aliases, origin=self.origin, system=system)
-        except Exception as e:  # noqa: BLE001 - any error in user code is reported as one line
+        except Exception as e:  # any error in user code is reported as one line
             if self.script_path:
                 sys.modules.pop(self.script_class.__module__, None)
             where = f"{self.origin}: service {self.name!r}" if self.script_path else self.origin
@@ -75,11 +75,6 @@ class ServiceSpec:
 def build_services(specs, reactor, launcher, system=None):
     """L{ServiceSpec.build} for each of C{specs}, in order."""
     return [spec.build(reactor, launcher, system=system) for spec in specs]
-
-
-def load_config(path, reactor, launcher, system=None):
-    """L{read_config} and L{build_services} in one: the file's running services."""
-    return build_services(read_config(path), reactor, launcher, system=system)
 
 
 def read_config(path):
@@ -162,11 +157,11 @@ def _load_script(path, shown, bad):
     module.__file__ = path
     sys.modules[name] = module  # dataclasses, pickle and the like look classes up there
     try:
-        exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)  # noqa: S102
+        exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
     except SyntaxError as e:
         del sys.modules[name]
         raise bad(f"script {shown!r}: syntax error at line {e.lineno}: {e.msg}") from None
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - reported as one line
+    except (Exception, SystemExit) as e:  # reported as one line
         del sys.modules[name]
         raise bad(f"script {shown!r} raised {describe(e)}{_line_in(e, path)} "
                   f"when run") from None

@@ -43,8 +43,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nexusws.logs import describe, logger, one_line, show
-from nexusws.sessions.backend import BUSY, CRASHED, FAILED, NO_INSTANCE, ISessionBackend, StartFailure
+from nexusws.sessions.backend import BUSY, CRASHED, FAILED, NO_INSTANCE, ISessionBackend, StartFailure, as_address
 from nexusws.sessions.owners import TRACKER, Instance, System
+from nexusws.sessions.ports import StartTimeout
 from nexusws.sessions.statefile import NotRecorded
 from nexusws.sessions.timeouts import GRACE, SCRIPT_STOP_TIMEOUT
 
@@ -144,10 +145,10 @@ class Service:
             if result.check(ServiceError, NotRecorded):  # NotRecorded: a spawn refused
                 return Failure(StartFailure(self.name, instance.index, FAILED, one_line(result.value),
                                             exit_status=getattr(result.value, "exit_status", None)))
-            if type(result.value).__name__ != "StartTimeout":  # a script bug: show where
+            if not result.check(StartTimeout):  # a script bug: show where
                 self.log.failure("{where}: start() failed", result, where=where)
             return Failure(StartFailure(self.name, instance.index, CRASHED, describe(result.value)))
-        address = _address(result)
+        address = as_address(result)
         if address is None:
             return Failure(StartFailure(self.name, instance.index, FAILED,
                                         f"start() returned {show(result)}, not (host, port)"))
@@ -189,7 +190,7 @@ class Service:
             except defer.TimeoutError:
                 self.log.warn("{where}: stop() did not finish within {t}s; ending what is left",
                               where=where, t=self.stop_timeout)
-            except Exception:  # noqa: BLE001 - logged; the cleanup below still runs
+            except Exception:  # logged; the cleanup below still runs
                 self.log.failure("{where}: stop() failed; ending what is left", where=where)
             # Ending processes starts none that are not below owned ones: others' starts
             # need not count this instance as busy any more.
@@ -203,7 +204,7 @@ class Service:
                               where=where, n=len(leftovers),
                               pids=" ".join(str(pid) for pid, _ in leftovers))
                 yield self.system.kill_processes(self.reactor, leftovers, self.grace)
-        except Exception:  # noqa: BLE001 - logged; the instance is freed regardless
+        except Exception:  # logged; the instance is freed regardless
             self.log.failure("{where}: ending its processes failed", where=where)
         finally:
             del self._instances[instance.index]
@@ -236,7 +237,7 @@ class Service:
             if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
                 # Wrapped here, so the coroutine's context holds the current instance.
                 result = defer.ensureDeferred(result)
-        except Exception:  # noqa: BLE001 - a script's error becomes the Deferred's failure
+        except Exception:  # a script's error becomes the Deferred's failure
             return defer.fail()
         finally:
             current.reset(token)
@@ -335,14 +336,3 @@ class Service:
         starting = [i.index for i in self._instances.values() if i.state == "starting"]
         return starting[0] if len(starting) == 1 else None
 
-
-def _address(value):
-    """C{value} as a (host, port) tuple if it is one, else None."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return None
-    host, port = value
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
-        return None
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        return None
-    return (host, port)

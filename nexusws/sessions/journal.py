@@ -27,7 +27,8 @@ Logs as C{nexusws.statefile}.
 
 import json
 
-from nexusws.logs import MASK, SECRET_PARAMS, logger, printable
+from nexusws.logs import logger, printable
+from nexusws.scrub import SECRET_PARAMS, mask_options
 from nexusws.sessions.records import check_proc, check_reservation, valid_procs
 
 _log = logger("nexusws.statefile")
@@ -73,8 +74,7 @@ def _unsecret(record):
     options = record.get("options") if isinstance(record, dict) else None
     if not options or not any(name.lower() in SECRET_PARAMS for name in options):
         return record
-    return dict(record, options={name: MASK if name.lower() in SECRET_PARAMS else value
-                                 for name, value in options.items()})
+    return dict(record, options=mask_options(options))
 
 
 _NOTHING = object()

@@ -34,9 +34,14 @@ class SessionsService(service.Service):
     found when an instance changes state and by a look every 2 s. A change
     that cannot be recorded is refused (L{save} raises L{NotRecorded}); an
     outage of the file is logged once when it begins and once when it ends.
+    The registry's C{on_change} is to call L{save} (the assembly sets it).
+
+    @param launchers: the L{nexusws.sessions.launcher.Launcher}s the registry's
+        services start programs with: each one's C{on_spawn} calls L{spawned},
+        and each is closed at stop. None by default (a test's registry).
     """
 
-    def __init__(self, registry, statefile, reactor, kill_grace=GRACE, launchers=None):
+    def __init__(self, registry, statefile, reactor, kill_grace=GRACE, launchers=()):
         self.registry = registry
         self.statefile = statefile
         self.reactor = reactor
@@ -44,9 +49,6 @@ class SessionsService(service.Service):
         self._reaping = None
         self._failing = None  # why the state file cannot be written, during an outage
         self._recorded = set()
-        if launchers is None:  # those of the registry's services
-            launchers = {id(s.launcher): s.launcher for s in getattr(registry, "services", ())
-                         if hasattr(getattr(s, "launcher", None), "on_spawn")}.values()
         self.launchers = list(launchers)
         for launcher_ in self.launchers:
             launcher_.on_spawn.append(self.spawned)

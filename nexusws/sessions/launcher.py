@@ -31,7 +31,8 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import LogLevel
 
-from nexusws.logs import logger, printable, redact
+from nexusws.logs import logger, printable
+from nexusws.scrub import redact
 from nexusws.sessions import procs as _procs
 from nexusws.sessions import wrapping
 from nexusws.sessions.statefile import NotRecorded
@@ -366,6 +367,6 @@ class Launcher:
                           label=child.label, pid=child.pid)
                 child._signal_group(signal.SIGKILL)
                 raise
-            except Exception:  # noqa: BLE001 - logged; the child runs on
+            except Exception:  # logged; the child runs on
                 _log.failure("{label} (pid {pid}): telling of its start failed",
                              label=child.label, pid=child.pid)

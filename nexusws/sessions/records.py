@@ -12,13 +12,16 @@ processes to end (dropping malformed records with a warning each, their valid
 processes still ended), and L{recover} sorts out which reservations survive.
 
 Imports nothing else of the state file's (L{nexusws.sessions.journal} and
-L{nexusws.sessions.statefile} import this). Logs as C{nexusws.statefile}.
+L{nexusws.sessions.statefile} import this); the states are
+L{nexusws.sessions.reservation}'s. Logs as C{nexusws.statefile}.
 """
 
 import math
 from collections import namedtuple
 
-from nexusws.logs import SECRET_PARAMS, logger, printable, tag
+from nexusws.logs import logger, printable, tag
+from nexusws.scrub import SECRET_PARAMS
+from nexusws.sessions.reservation import LIVE, RESERVED
 
 _log = logger("nexusws.statefile")
 
@@ -71,7 +74,7 @@ def recover(data, now, timeout, services):
     for s in saved:
         label = f"{tag(s.token)} {printable(s.service)}#{s.index}"
         service, age = services.get(s.service), max(0.0, now - s.created)
-        if s.state != "reserved":
+        if s.state != RESERVED:
             _log.info("previous run: {label} was {state}; ended", label=label, state=printable(s.state))
             doomed += s.pids
         elif service is None:
@@ -99,8 +102,8 @@ def _list(data, key):
     return items
 
 
-#: The states a saved reservation may be in (L{nexusws.sessions.registry}).
-STATES = ("reserved", "starting", "active", "stopping")
+#: The states a saved reservation may be in: those of a live one.
+STATES = LIVE
 #: The largest pid Linux can give (PID_MAX_LIMIT), and the latest time C{iso_utc} can show.
 PID_MAX, EPOCH_MAX = 1 << 22, 253402300799.0  # 9999-12-31T23:59:59Z
 #: Bounds on what a record from the file may hold: nexusws never writes more.

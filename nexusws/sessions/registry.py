@@ -106,6 +106,16 @@ class Registry:
         """The live L{Reservation} of C{token}, or None."""
         return self._live.get(token)
 
+    def service(self, name):
+        """The service called C{name} (its name or an alias), or None."""
+        return self._by_name.get(name)
+
+    def outstanding(self, user, client):
+        """How many reservations hold an instance for C{user} (reserved, starting or active:
+        a stopping one is ending); without a user, how many anonymous ones C{client} made."""
+        return sum(r.user == user if user is not None else r.user is None and r.client == client
+                   for r in self._live.values() if r.state != STOPPING)
+
     def status(self):
         """/v1/status: every service, with its live instances sorted by index."""
         return [{"name": s.name, "count": s.count, "common_options": dict(s.common_options),
@@ -120,7 +130,7 @@ class Registry:
         @raise UnknownService: no such service.
         @raise NoFreeInstance: all its indices are taken, or the server is stopping.
         @raise NotRecorded: the state file could not record it; it is not kept."""
-        service = self._by_name.get(service_name)
+        service = self.service(service_name)
         if service is None:
             raise UnknownService(f"unknown service {printable(service_name)!r}")
         if self._closing:
@@ -254,7 +264,7 @@ class Registry:
         if new in (ACTIVE, STOPPING):
             try:
                 self._refresh_pids(r)
-            except Exception:  # noqa: BLE001 - logged; the transition must go on
+            except Exception:  # logged; the transition must go on
                 _log.failure("{label}: listing its processes failed", label=r.label)
         ended = new in (RELEASED, EXPIRED)
         if ended:
@@ -299,7 +309,7 @@ class Registry:
             except NotRecorded as e:
                 self.unrecorded = e
                 return False
-            except Exception:  # noqa: BLE001 - logged; the state machine must go on
+            except Exception:  # logged; the state machine must go on
                 _log.failure("the on_change callback failed")
         return True
 
@@ -337,7 +347,7 @@ class Registry:
                     self._set_state(r, EXPIRED, f"unused for {self.timeout:g} s")
                 elif r.state != RESERVED:
                     changed = self._refresh_pids(r) or changed
-            except Exception:  # noqa: BLE001 - logged; the next step and the loop go on
+            except Exception:  # logged; the next step and the loop go on
                 _log.failure("reaper: {label} failed", label=r.label)
         if changed:
             self._changed()

@@ -15,6 +15,10 @@ RELEASED, EXPIRED = "released", "expired"
 NEXT = {RESERVED: (STARTING, RELEASED, EXPIRED), STARTING: (ACTIVE, STOPPING),
         ACTIVE: (STOPPING,), STOPPING: (RELEASED,)}
 
+#: The states of a live reservation, in order: the registry's, and the state file's
+#: (L{nexusws.sessions.records}); the others are final (it is gone).
+LIVE = (RESERVED, STARTING, ACTIVE, STOPPING)
+
 
 class Reservation:
     """One reserved (and maybe running) instance of a service.

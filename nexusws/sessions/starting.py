@@ -4,15 +4,16 @@ The backend's C{start} (L{nexusws.sessions.backend.ISessionBackend}) gives an
 address; the start is done once that address accepts connections, all within
 the start timeout (on the reactor's clock). Every way it can fail ends as a
 L{StartFailure}: the backend's own pass through unchanged (they name the
-instance); the start timeout, an address that is none, or an error the
-backend should not have raised become L{NOT_READY}.
+instance); the start timeout, an address that is none
+(L{nexusws.sessions.backend.as_address}, lenient), or any other error the backend
+raised (its bug, described by L{describe_failure}) become L{NOT_READY}.
 """
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from nexusws.logs import printable
-from nexusws.sessions.backend import NOT_READY, StartFailure
+from nexusws.sessions.backend import LIMIT, NOT_READY, StartFailure, as_address
 
 
 def start(reactor, r, options, timeout, wait_for_port):
@@ -49,12 +50,10 @@ def start(reactor, r, options, timeout, wait_for_port):
 
 async def _start(reactor, r, options, deadline, wait_for_port):
     address = await defer.maybeDeferred(r.service.start, r.index, options)
-    try:
-        host, port = address
-        r.address = (str(host), int(port))
-    except (TypeError, ValueError):
+    r.address = as_address(address, lenient=True)
+    if r.address is None:
         raise StartFailure(r.service.name, r.index, NOT_READY,
-                           f"start() returned {printable(repr(address))}, not (host, port)") from None
+                           f"start() returned {printable(repr(address))}, not (host, port)")
     left = max(0.0, deadline - reactor.seconds())
     await defer.maybeDeferred(wait_for_port, reactor, *r.address, left)
     return r.address
@@ -68,4 +67,4 @@ def describe_failure(failure):
     text = (str(value).strip().splitlines() or [""])[0]
     if type(value).__module__ == "builtins":  # nexusws's own errors are sentences already
         text = f"{type(value).__name__}: {text}" if text else type(value).__name__
-    return printable(text, limit=1000)  # cut where shown (a close frame keeps the end)
+    return printable(text, limit=LIMIT)  # cut where shown (a close frame keeps the end)

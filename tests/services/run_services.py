@@ -27,8 +27,8 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from nexusws.logs import set_verbosity
 from nexusws.sessions import procs
-from nexusws.sessions.builtin import builtin_services
-from nexusws.sessions.config import load_config
+from nexusws.sessions.builtin import builtin_specs
+from nexusws.sessions.config import build_services, read_config
 from nexusws.sessions.launcher import Launcher
 
 
@@ -46,11 +46,11 @@ def first_line(host, port):
 async def run(reactor, args):
     procs.become_subreaper()
     launcher = Launcher(reactor)
-    services = load_config(args.config, reactor, launcher) if args.config else []
+    services = build_services(read_config(args.config), reactor, launcher) if args.config else []
     specs = [(app, int(count)) for app, count in (spec.split("=") for spec in args.local)]
     executables = {"ensight": args.ensight, "envision": args.envision,
                    "vnc_port_base": args.vnc_port_base}
-    services += builtin_services(specs, reactor, launcher, executables)
+    services += build_services(builtin_specs(specs, executables), reactor, launcher)
     report = {"instances": [], "errors": [], "left": []}
     recorded = set()
 
@@ -61,7 +61,7 @@ async def run(reactor, args):
         try:
             host, port = await service.start(index, options)
             greeting = await threads.deferToThread(first_line, host, port)
-        except Exception as e:  # noqa: BLE001 - reported
+        except Exception as e:  # reported
             report["errors"].append(str(e))
             return
         pids = service.pids(index)
