@@ -90,7 +90,7 @@ class Bench:
             for t in targets:
                 try:
                     value = measure(t)
-                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                except Exception as e:  # recorded; the bench goes on
                     self.note(f"figure {fig} {metric} on {t.name}, round {r + 1}: {e!r}")
                     value = None
                 self.record(fig, metric, t.name, value)
@@ -145,7 +145,7 @@ class Bench:
                 cpu0 = procs.cpu_seconds(t.proc.pid) if one_process else None
                 try:
                     p50, p99 = figures.latency(t, samples)
-                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                except Exception as e:  # recorded; the bench goes on
                     self.note(f"figure 4 on {t.name}: {e!r}")
                     p50 = p99 = None
                 if one_process and p50 is not None:
@@ -270,7 +270,7 @@ class Bench:
                     res = figures.slow_reader(
                         Target(kind, gw.port), n, rate,
                         lambda pid=gw.gateway_pid: procs.tree_memory(pid)[:2])
-                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                except Exception as e:  # recorded; the bench goes on
                     self.note(f"figure 7 {kind}: {e!r}")
                     res = None
                 finally:
@@ -327,7 +327,7 @@ class Bench:
                     k += 1
                     try:
                         res = figures.launch(gw.port, rest, k, self.records, interp)
-                    except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                    except Exception as e:  # recorded; the bench goes on
                         self.note(f"figure 8 launch {k}: {e!r}")
                         rest.close()
                         rest = figures.Rest(gw.http_port)
@@ -431,7 +431,7 @@ class Bench:
             os.kill(gw.gateway_pid, signal.SIGTERM)
             try:
                 gw.p.wait(60)
-            except Exception:  # noqa: BLE001,S110 - moot in cleanup
+            except Exception:  # moot in cleanup
                 pass
             gw.stop()
             if not raw.exists():
@@ -502,7 +502,7 @@ def main(argv=None):
             if fig in only:
                 try:
                     getattr(bench, f"fig{fig}")()
-                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                except Exception as e:  # recorded; the bench goes on
                     bench.note(f"figure {fig} failed: {e!r}")
                     traceback.print_exc()
         if args.profile:

@@ -88,7 +88,7 @@ def parallel(target, nbytes_each, n, direction):
                     c.send_raw(target.up_unit)
                 c.read(1)
             ends.append(time.perf_counter())
-        except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+        except Exception as e:  # recorded; the bench goes on
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
@@ -160,7 +160,7 @@ def _setup_loops(target, deadline, parallel, limit):
                     return
             try:
                 one_setup(target)
-            except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+            except Exception as e:  # recorded; the bench goes on
                 errors.append(e)
                 return
             with lock:
@@ -210,7 +210,7 @@ def _setup_worker(conn):
             count, errors = _setup_loops(target, start + seconds, parallel, limit)
             answer = (count, len(errors), repr(errors[0]) if errors else None,
                       time.process_time() - c0, time.perf_counter())
-        except Exception as e:  # noqa: BLE001 - sent to the parent
+        except Exception as e:  # sent to the parent
             answer = (0, 1, repr(e), 0.0, time.perf_counter())
         conn.send(answer)
 
@@ -313,7 +313,7 @@ class IdleTunnels:
                     if time.monotonic() > deadline:
                         raise TimeoutError("opening idle tunnels took too long")
                     c = self._open_one()
-                except Exception as e:  # noqa: BLE001 - recorded; the bench goes on
+                except Exception as e:  # recorded; the bench goes on
                     with lock:
                         pending[0] -= 1
                         if self.error is None:
@@ -344,7 +344,7 @@ class IdleTunnels:
                     c.send_raw(self.target.ping_unit)
                     if c.read_bytes(64) == PING:
                         good += 1
-                except Exception:  # noqa: BLE001,S110 - moot in cleanup
+                except Exception:  # moot in cleanup
                     pass
             with lock:
                 ok[0] += good
@@ -360,7 +360,7 @@ class IdleTunnels:
         for c in self.conns:
             try:
                 c.close(wait=False)
-            except Exception:  # noqa: BLE001,S110 - moot in cleanup
+            except Exception:  # moot in cleanup
                 pass
         self.conns = []
 

@@ -25,14 +25,14 @@ def cpu_seconds(pid):
 class Proc:
     """A child process in its own process group, its output in a log file."""
 
-    running = []  # noqa: RUF012 - every Proc alive, for stop_all
+    running = []  # every Proc alive, for stop_all
 
     def __init__(self, name, argv, log_path, ready=None, timeout=30.0, env=None, cwd=None):
         self.name = name
         self.argv = [str(a) for a in argv]
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open while the process runs
+        self._log = open(self.log_path, "wb")  # open while the process runs
         self.p = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env, cwd=cwd,
@@ -94,7 +94,7 @@ class Proc:
         for proc in list(reversed(cls.running)):
             try:
                 proc.stop(timeout=5)
-            except Exception as e:  # cleanup must go on  # noqa: BLE001 - recorded; the bench goes on
+            except Exception as e:  # cleanup must go on  # recorded; the bench goes on
                 print(f"bench: stopping {proc.name}: {e}", file=sys.stderr)
 
 

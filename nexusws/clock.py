@@ -14,7 +14,7 @@ class LoopingCall(task.LoopingCall):
     Sets what L{task.LoopingCall.__init__} sets, with C{clock} given rather than
     imported; every other behaviour is Twisted's."""
 
-    def __init__(self, clock, f, *a, **kw):  # noqa: B024 - no super().__init__: it imports the reactor
+    def __init__(self, clock, f, *a, **kw):  # no super().__init__: it imports the reactor
         self.f = f
         self.a = a
         self.kw = kw

@@ -20,9 +20,10 @@ import os
 
 from twisted.web import http, static
 
-from nexusws.logs import logger, printable, redact
+from nexusws.logs import logger, printable
 from nexusws.ranges import FileProducer, plan_ranges
 from nexusws.responses import NOT_FOUND, READ_METHODS, refuse_method, respond
+from nexusws.scrub import redact
 
 #: Types that must not depend on the host's /etc/mime.types (which, for
 #: example, may call .js application/javascript or lack .wasm).

@@ -41,7 +41,7 @@ def parse_endpoint(reactor, label, description):
         return endpoints.serverFromString(reactor, description)
     # Endpoint parsers are plugins with no documented error type: any exception
     # while parsing a user's string is a mistake in that string.
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         kind = description.partition(":")[0]
         if kind == "systemd" and isinstance(e, (KeyError, IndexError)):
             detail = (

@@ -57,11 +57,6 @@ from twisted.logger import (
 
 from nexusws import scrub
 
-# Re-exported for the modules that still import them from here (nexusws.web,
-# nexusws.api, nexusws.sessions.launcher, nexusws.sessions.statefile); new code
-# imports them from nexusws.scrub.
-from nexusws.scrub import MASK, SECRET_PARAMS, redact  # noqa: F401
-
 # Before any observer that writes the log is added (see nexusws.scrub.install).
 scrub.install()
 
@@ -190,7 +185,7 @@ def classic_text(event, _stamps={}):  # noqa: B006 - the per-second cache of tim
             if len(_stamps) > 4:
                 _stamps.clear()
             stamp = _stamps[second] = formatTime(when)
-    except Exception:  # noqa: BLE001 - Twisted's own formatting says what is wrong
+    except Exception:  # Twisted's own formatting says what is wrong
         return formatEventAsClassicLogText(event)
     if not text:
         return None

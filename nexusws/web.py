@@ -19,7 +19,8 @@ from OpenSSL import SSL
 from twisted.web import http, server
 
 from nexusws.files import ConfinedFile
-from nexusws.logs import logger, printable, redact
+from nexusws.logs import logger, printable
+from nexusws.scrub import redact
 from nexusws.tls import openssl_reason
 
 ANSYS_ROOT = str(resources.files("nexusws") / "ansys")

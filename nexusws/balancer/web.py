@@ -75,7 +75,7 @@ class AvailabilityFactory(WebSocketServerFactory):
                 continue  # closing: it is told nothing more
             try:
                 client.sendMessage(b"1" if available else b"0", isBinary=False)
-            except Exception:  # noqa: BLE001 - one client's trouble is not the others'
+            except Exception:  # one client's trouble is not the others'
                 _log.failure("telling a WebSocket client the availability failed")
 
 
@@ -199,7 +199,7 @@ class Api(resource.Resource):
                     return e.code, error(f"{node.name}: {e.detail}")  # the same everywhere
                 tried.append(f"{node.name}: {one_line(e)}")
                 continue
-            except Exception as e:  # noqa: BLE001 - unreachable, timed out: the next node
+            except Exception as e:  # unreachable, timed out: the next node
                 tried.append(f"{node.name}: {one_line(e) or type(e).__name__}")
                 continue
             node.took(service)

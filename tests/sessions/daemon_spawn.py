@@ -7,7 +7,7 @@ import sys
 from nexusws.services import RemoteServiceScript
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from echo_common import free_port, server_argv  # noqa: E402
+from echo_common import free_port, server_argv
 
 
 class DaemonSpawn(RemoteServiceScript):
