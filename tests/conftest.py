@@ -333,8 +333,8 @@ def node_modules():
 
 @pytest.fixture
 def desktop():
-    """Start VNC desktops (L{desktop.Desktop}) with C{desktop(password=..., size=...)}; all stop at teardown."""
-    from desktop import Desktop
+    """Start VNC desktops (L{support.desktop.Desktop}) with C{desktop(password=..., size=...)}; all stop at teardown."""
+    from support.desktop import Desktop
 
     started = []
 

@@ -10,7 +10,6 @@ C{"group": "ClusterRendering"}; the echo script is tests/sessions/helper_echo.py
 import json
 import os
 import subprocess
-import time
 import urllib.parse
 
 import pytest
@@ -18,8 +17,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import BIN
-from sessions.harness import (
-    HERE,
+from support.sessions import (
+    SCRIPTS,
     assert_gone,
     echo,
     gateway_args,
@@ -31,6 +30,7 @@ from sessions.harness import (
     run,
     session_url,
 )
+from support.waiting import poke_until_logged
 
 GROUPS = {"ClusterRendering": ["alice"], "RemoteSession": ["alice", "bob"]}
 
@@ -45,7 +45,7 @@ def marker():
 @pytest.fixture
 def config(tmp_path):
     """The service config and the groups file: (config path, groups path)."""
-    script = str(HERE / "helper_echo.py")
+    script = str(SCRIPTS / "helper_echo.py")
     path = tmp_path / "services.json"
     path.write_text(json.dumps({
         "open": {"script": script, "count": 2, "options": {}},
@@ -144,9 +144,12 @@ def test_require_group_refuses_reservations_and_a_websocket_of_a_user_dropped_fr
     status, body = reserve(gw, "open", user="bob", marker=marker)
     assert status == 200, body
     groups.write_text(json.dumps({"RemoteSession": ["alice"]}))
-    time.sleep(1.1)  # the file is looked at no more than once a second
+    # The gateway looks at the file when it is used, once a second at most (a real delay
+    # is inherent): ask what carol (a member of neither version) may do until the new
+    # version is read. Bob's WebSocket must not be the probe: the old one lets him in.
+    poke_until_logged(gw, lambda: reserve(gw, "open", user="carol")[0] == 403,
+                      r"groups\.json re-read: 1 group")
     assert run(refused_as(session_url(gw, body["token"]), "bob")) == 403
-    gw.wait_for(r"groups\.json re-read: 1 group")
     gw.wait_for(r"for open#0: user 'bob' is not a member of group 'RemoteSession'")
     assert not marked(marker)
 
@@ -155,9 +158,11 @@ def test_a_bad_groups_file_while_running_keeps_the_last_good_version(start, conf
     _, groups = config
     gw = start("--allow_remote_api")
     groups.write_text('{"ClusterRendering": ["alice"')
-    time.sleep(1.1)
+    # Looked at when used, once a second at most: ask what bob (a member of neither
+    # version) may do until the gateway has seen the bad version.
+    poke_until_logged(gw, lambda: reserve(gw, "render", user="bob")[0] == 403,
+                      r"groups\.json: invalid JSON at line 1, column \d+: .*; keeping the last good version")
     assert reserve(gw, "render", user="alice")[0] == 200
-    gw.wait_for(r"groups\.json: invalid JSON at line 1, column \d+: .*; keeping the last good version")
 
 
 def test_a_remote_client_forwarded_by_the_proxy_may_not_reserve_without_the_security_token(start):

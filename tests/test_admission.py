@@ -10,7 +10,6 @@ listeners, the next is refused, and a closed one makes room.
 
 import itertools
 import socket
-import time
 
 import pytest
 from twisted.internet import error
@@ -28,7 +27,9 @@ from nexusws import tap
 from nexusws.admission import LOG_INTERVAL, ConnectionCap
 from nexusws.bridge import BridgeFactory, BridgeProtocol
 from support.bridge import Transport, lines
+from support.proc_sockets import accepted_peers
 from support.tls import make_cert
+from support.waiting import wait_until
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 TOO_MANY = b"HTTP/1.1 429 Too Many Requests\r\n"
@@ -330,7 +331,9 @@ def test_real_gateway_caps_idle_connections_from_one_address_on_both_listeners(g
         for label, port, request, ok in [("--ws_listen", gw.ws_port, ws_request, b"HTTP/1.1 101 "),
                                          ("--http_listen", gw.http_port, http_request, b"HTTP/1.1 200 ")]:
             held = [connect(port) for _ in range(3)]
-            time.sleep(0.2)  # accepted by the gateway, not only by the kernel
+            mine = {sock.getsockname()[1] for sock in held}
+            wait_until(lambda mine=mine, port=port: mine <= accepted_peers(gw.proc.pid, port), 10,
+                       f"{label}: the gateway accepted the 3 (not only the kernel)")
             for _ in range(5):
                 with connect(port) as extra:
                     extra.sendall(request)  # a client that sends at once still reads the answer
@@ -338,14 +341,18 @@ def test_real_gateway_caps_idle_connections_from_one_address_on_both_listeners(g
                 assert answer.startswith(TOO_MANY) and b"Connection: close" in answer, (label, answer)
             held[0].sendall(request)
             assert held[0].recv(65536).startswith(ok), f"{label}: a held connection still works"
-            held.pop().close()
-            time.sleep(0.2)
+            gone = held.pop()
+            gone_port = gone.getsockname()[1]
+            gone.close()
+            # The gateway gives the count back as it closes its end (in one call).
+            wait_until(lambda gone_port=gone_port, port=port: gone_port not in accepted_peers(gw.proc.pid, port),
+                       10, f"{label}: the gateway closed its end of the closed connection")
             with connect(port) as again:
                 again.sendall(request)
                 assert again.recv(65536).startswith(ok), f"{label}: the closed one made room"
             for sock in held:
                 sock.close()
-        time.sleep(0.3)
     for label in ("--ws_listen", "--http_listen"):
+        gw.wait_for(f"{label} refused")  # logged before its first 429 went out: wait until it is read
         refusals = [line for line in gw.lines if f"{label} refused" in line]
         assert len(refusals) == 1 and "from 127.0.0.1: it holds 3 (--max_connections_per_address 3)" in refusals[0]

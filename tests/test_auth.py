@@ -15,12 +15,12 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.python.systemd import ListenFDs
 
-from nexusws import tap
 from nexusws.addresses import is_local, listener_is_local, parse_network, peer_host
 from nexusws.api import CALLS, Who
 from nexusws.auth import Access, TrustedProxies, access_notes
 from nexusws.groups import GroupsFile
 from nexusws.routing import Launch, NoRouter, TokenRouter
+from support.options import parse
 
 USER = "x-remote-user"
 
@@ -342,12 +342,6 @@ def test_start_up_warns_about_a_group_service_when_no_groups_are_configured(tmp_
 
 
 # --- the options ---------------------------------------------------------------------------------
-
-
-def parse(*args):
-    options = tap.Options()
-    options.parseOptions(list(args))
-    return options
 
 
 def test_access_options_default_to_x_remote_user_loopback_proxies_and_no_groups():

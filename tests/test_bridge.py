@@ -277,6 +277,34 @@ def test_flow_control_is_wired_both_ways():
     assert not h.server_transport.paused
 
 
+def test_flow_control_pauses_and_resumes_are_logged_once_each_at_verbose_1(events):
+    """README's --verbose 1: flow control among the debugging lines; a repeated pause
+    (the transport asks again) is not a second line."""
+    from nexusws.logs import set_verbosity
+
+    set_verbosity(1)
+    try:
+        h = open_tunnel(greeting=b"")
+        h.server_transport.producer.pauseProducing()
+        h.server_transport.producer.pauseProducing()
+        h.server_transport.producer.resumeProducing()
+        h.gateway_backend_transport.producer.pauseProducing()
+        h.gateway_backend_transport.producer.resumeProducing()
+    finally:
+        set_verbosity(0)
+    flow = [line for line in lines(events) if "reading from the" in line]
+    assert flow == [
+        "127.0.0.1:40000: reading from the backend paused: the client is not taking its data",
+        "127.0.0.1:40000: reading from the backend resumed",
+        "127.0.0.1:40000: reading from the client paused: the backend is not taking its data",
+        "127.0.0.1:40000: reading from the client resumed",
+    ]
+    set_verbosity(0)
+    h.server_transport.producer.pauseProducing()
+    h.server_transport.producer.resumeProducing()
+    assert len([line for line in lines(events) if "reading from the" in line]) == 4  # not at 0
+
+
 def test_each_tunnel_logs_one_open_and_one_close_line_with_counts(events):
     h = open_tunnel(greeting=b"12345")
     h.client.sendMessage(b"abc", isBinary=True)

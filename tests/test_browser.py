@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, require
-from desktop import COLOUR, RGB, free_display, processes_with
+from support.desktop import COLOUR, RGB, free_display, processes_with
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",

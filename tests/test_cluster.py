@@ -18,8 +18,8 @@ import pytest
 import websockets
 
 from conftest import BIN
-from smtp_server import SmtpServer
 from support.cluster import LOOPBACK, Node, get
+from support.smtp_server import SmtpServer
 from support.tls import make_cert
 from support.waiting import wait_until
 
@@ -79,15 +79,16 @@ def test_sessions_spread_by_load_a_dead_node_is_out_within_a_poll_and_a_returnin
     # /session follows the loads the nodes report: after a poll, the least loaded.
     first = nodes[0]
     extra = get(f"http://{first.http}/v1/reserve/echo")  # node 0 now at 2 of 2: load 100
-    time.sleep(POLL + TIMEOUT + 0.2)
+    full = f'{first.http}</a></td><td><span style="color:red">100%</span>'
+    wait_until(lambda: full in get(f"{url}/monitor", parse=False), POLL + TIMEOUT + 2.0,
+               "a poll of the balancer sees node 0 full")
     loads = {n.http: get(f"http://{n.http}/v1/load?format=json")["load"] for n in nodes}
     assert loads[first.http] == 100
     lowest = {a for a, load in loads.items() if load == min(loads.values())}
     for _ in range(4):
         assert get(f"{url}/session", parse=False) in {
             f"ws://127.0.0.1:{by_address[a].gw.ws_port}/" for a in lowest}
-    monitor = get(f"{url}/monitor", parse=False)
-    assert f'{first.http}</a></td><td><span style="color:red">100%</span>' in monitor
+    assert full in get(f"{url}/monitor", parse=False)
 
     # A node killed mid-run is out within one poll (interval + timeout).
     dead = nodes[1]

@@ -28,7 +28,8 @@ from nexusws.sessions import procs
 from nexusws.sessions.backend import NOT_RECORDED, StartFailure
 from nexusws.sessions.keeper import SessionsService
 from nexusws.sessions.statefile import StateFile
-from sessions.harness import (
+from support.api import Api
+from support.sessions import (
     assert_gone,
     echo,
     gateway_args,
@@ -41,9 +42,8 @@ from sessions.harness import (
     run,
     session_url,
     state_path,
-    wait_until,
 )
-from support.api import Api
+from support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent / "crash"
 
@@ -311,13 +311,11 @@ def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monke
     from twisted.internet import defer
     from twisted.internet.task import Clock
 
-    from nexusws.sessions import keeper as service
     from nexusws.sessions import stopping
-    from nexusws.sessions.statefile import StateFile
 
     generations = [{(101, 1.0)}, {(102, 2.0)}, {(103, 3.0)}, set()]
     swept = []
-    monkeypatch.setattr(service.SessionsService, "_descendants",
+    monkeypatch.setattr(SessionsService, "_descendants",
                         staticmethod(lambda: generations[len(swept)] if len(swept) < 4 else set()))
 
     def kill_processes(reactor, procs, grace):
@@ -325,7 +323,7 @@ def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monke
         return defer.succeed([])
 
     monkeypatch.setattr(stopping, "kill_processes", kill_processes)
-    sessions = service.SessionsService(None, StateFile(str(tmp_path / "state.json")), Clock(),
+    sessions = SessionsService(None, StateFile(str(tmp_path / "state.json")), Clock(),
                                        kill_grace=5.0, launchers=[])
     sessions._sweep()
     assert swept == [([(101, 1.0)], 5.0), ([(102, 2.0)], 0), ([(103, 3.0)], 0)]

@@ -15,8 +15,8 @@ import time
 
 from websockets.asyncio.client import connect
 
+from support.tcp_peers import Backend
 from support.tunnels import basic, reset_peak, run, warm_up
-from tcp_peers import Backend
 
 MiB = 1024 * 1024
 KEY_HEADERS = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"

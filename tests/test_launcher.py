@@ -37,6 +37,7 @@ from nexusws.sessions.launcher import Launcher
 from nexusws.sessions.ports import StartTimeout, wait_for_port
 from nexusws.sessions.stopping import kill_processes, stop_tree
 from nexusws.sessions.wrapping import SETSID_WRAPPER
+from support.waiting import wait_until
 
 PROGRAMS = Path(__file__).parent / "programs"
 FAKE_PID = 4_999_000  # above any possible pid: /proc knows nothing of it
@@ -519,13 +520,6 @@ def identity(pid):
     return (pid, procs.start_time(pid))
 
 
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 IGNORE_TERM = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 
 
@@ -560,12 +554,13 @@ def test_kill_processes_never_signals_a_pid_whose_start_time_differs(popen):
 
 def test_kill_processes_also_ends_the_descendants_of_each_process(popen):
     p = popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
-    wait_until(lambda: len(procs.descendants(p.pid)) == 2)
+    wait_until(lambda: len(procs.descendants(p.pid)) == 2, 10, "both sleeps started", interval=0.01)
     sleeps = procs.descendants(p.pid)
     kills, clock = Kills(), Clock()
     assert drive(clock, kill_processes(clock, [identity(p.pid)], grace=1000, kill=kills)) == []
     assert kills.pids(signal.SIGTERM) == {p.pid} | sleeps
-    wait_until(lambda: not any(procs.is_alive(procs.info(s)) for s in sleeps))
+    wait_until(lambda: not any(procs.is_alive(procs.info(s)) for s in sleeps), 10, "the sleeps have exited",
+               interval=0.01)
 
 
 # A session leader whose session holds a process that is not its descendant:
@@ -587,7 +582,8 @@ def test_kill_processes_ends_the_whole_session_of_a_session_leader(popen):
     p = popen([sys.executable, "-c", ORPHAN_IN_SESSION], start_new_session=True,
               stdout=subprocess.PIPE, text=True)
     orphan = int(p.stdout.readline())
-    wait_until(lambda: orphan not in procs.descendants(p.pid))  # once the middle process is gone
+    # once the middle process is gone
+    wait_until(lambda: orphan not in procs.descendants(p.pid), 10, "the sleeper re-parented", interval=0.01)
     assert procs.info(orphan).sid == p.pid
     orphan_id = identity(orphan)
     kills, clock = Kills(), Clock()
@@ -622,7 +618,7 @@ def test_kill_processes_kills_processes_started_during_the_grace_period(popen):
     late_id = identity(late)
     assert drive(clock, d) == sorted([p.pid, late])
     assert kills.pids(signal.SIGKILL) == {p.pid, late}
-    wait_until(lambda: not procs.same_process(*late_id))
+    wait_until(lambda: not procs.same_process(*late_id), 10, "the late child has gone", interval=0.01)
 
 
 def test_kill_processes_never_signals_this_process_itself():

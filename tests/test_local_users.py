@@ -8,7 +8,7 @@ for a local caller, who sees every token and may stop the gateway.
 
 The deployment is the shipped one: nexusws.service's command line under socket
 activation with its two socket units' paths, owner, group and mode
-(L{shipped_units}), and config/nginx/nexusws.conf in a real nginx whose
+(L{support.shipped_units}), and config/nginx/nexusws.conf in a real nginx whose
 workers run as www-data, the sockets' group, exactly as Debian's nginx does.
 Only the paths move (under a temporary root), and the site's ports and
 certificate. Every client of the intruder runs as the intruder
@@ -36,7 +36,7 @@ from websockets.asyncio.client import connect
 
 from conftest import require
 from nexusws.sessions import procs
-from nginx_front import (
+from support.nginx_front import (
     CONFIG_DIR,
     FIXED_SCRIPT,
     Greeters,
@@ -47,7 +47,7 @@ from nginx_front import (
     short_tempdir,
     unix_get,
 )
-from shipped_units import ACTIVATE, activate, stage
+from support.shipped_units import ACTIVATE, activate, stage
 
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
 GROUPS = {"ClusterRendering": ["alice"]}

@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from nexusws.balancer import config
 from nexusws.balancer.mail import Mailer, message
 from nexusws.balancer.nodes import BACK, DOWN, FULL
-from smtp_server import SmtpServer
 from support.cluster import Node, get, start_balancer, stop
+from support.smtp_server import SmtpServer
 from support.tls import make_cert
 from support.waiting import wait_until
 

@@ -1,6 +1,6 @@
 """nexusws behind a real nginx, configured by the shipped config/nginx/ files.
 
-The test's nginx.conf (see L{nginx_front}) has its own upstreams (the gateway's
+The test's nginx.conf (see L{support.nginx_front}) has its own upstreams (the gateway's
 real ports) and a plain loopback server that includes config/nginx/locations.conf
 unmodified; the complete example site config/nginx/nexusws.conf is run too, with
 only its ports and certificate paths changed. Clients are real: Python
@@ -24,14 +24,13 @@ import re
 import ssl
 import subprocess
 import threading
-import time
 
 import pytest
 import websockets
 from websockets.asyncio.client import connect
 
 from conftest import have, require
-from nginx_front import (
+from support.nginx_front import (
     CONFIG_DIR,
     FIXED_SCRIPT,
     Greeters,
@@ -43,6 +42,7 @@ from nginx_front import (
     unix_get,
     unix_listening,
 )
+from support.waiting import poke_until_logged
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw"}
@@ -364,8 +364,12 @@ def test_a_group_session_websocket_opens_for_its_member_only(front):
 
 def test_a_member_removed_from_the_group_is_refused_at_the_websocket(front):
     token = front.reserve("render", "alice")
-    time.sleep(1.1)  # the groups file is looked at once a second at most
     front.groups_path.write_text(json.dumps({"ClusterRendering": []}))
+    # The gateway looks at the groups file when it is used, once a second at most (a real
+    # delay is inherent): ask what bob (a member of neither version) may reserve until the
+    # new version is read. Alice's WebSocket must not be the probe: the old one lets her in.
+    poke_until_logged(front.gw, lambda: front.api("/v1/reserve/render", "bob")[0] == 403,
+                      r"groups_file \S+ re-read: 1 group")
     status, body = front.refused(f"/websockify?token={token}", "alice")
     assert status == 403 and "user 'alice' is not a member of group 'ClusterRendering'" in body
     assert front.api("/v1/reserve/render", "alice")[0] == 403

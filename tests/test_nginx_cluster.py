@@ -15,8 +15,8 @@ import pytest
 import websockets
 
 from conftest import require
-from nginx_front import Nginx, adapt, basic, nginx_binary
 from support.cluster import LOOPBACK, TESTS, get, start_balancer, stop
+from support.nginx_front import Nginx, adapt, basic, nginx_binary
 from support.waiting import wait_until
 
 PASSWORDS = {"alice": "alice-pw"}

@@ -13,6 +13,7 @@ from twisted.python import usage
 from nexusws import tap
 from nexusws.errors import StartupError
 from nexusws.gateway import GatewayService, ListenerService, TunnelsService
+from support.options import parse
 
 #: The reference's Basic Operation step 2, word for word after the program name.
 BASIC_OPERATION = shlex.split(
@@ -27,12 +28,6 @@ def no_token_env(monkeypatch):
     monkeypatch.delenv(tap.SECURITY_TOKEN_ENV, raising=False)
     for name in ("LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"):
         monkeypatch.delenv(name, raising=False)
-
-
-def parse(*args):
-    options = tap.Options()
-    options.parseOptions(list(args))
-    return options
 
 
 def refused(*args):

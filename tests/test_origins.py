@@ -14,7 +14,7 @@ from nexusws import tap
 from nexusws.limits import OriginPattern, OriginPolicy, Refused, parse_origin
 from nexusws.routing import Target
 from support.bridge import Harness, lines
-from tcp_peers import Backend
+from support.tcp_peers import Backend
 
 # --- the matcher ----------------------------------------------------------------
 

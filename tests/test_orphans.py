@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from sessions.harness import (
+from support.sessions import (
     assert_gone,
     echo,
     gateway_args,

@@ -1,4 +1,4 @@
-"""nexusws.procs: /proc parsing, process identity, descendants, subreaper, orphan reaping.
+"""nexusws.sessions.procs: /proc parsing, process identity, descendants, subreaper, orphan reaping.
 
 Most tests read /proc about real processes this test starts; the subreaper and
 reaping tests run in a program of their own (tests/programs/proc_reap.py),
@@ -18,16 +18,10 @@ import pytest
 from conftest import require
 from nexusws.sessions import procs
 from nexusws.sessions.procs import ProcInfo
+from support.waiting import wait_until
 
 PROGRAMS = Path(__file__).parent / "programs"
 NO_SUCH_PID = 4_999_999  # above the kernel's highest possible pid_max (2**22)
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def run_program(*args):
@@ -64,7 +58,8 @@ def test_info_reads_a_real_process_whose_name_holds_parentheses_and_spaces(tmp_p
     program = tmp_path / "sl) Q 1 2 (x"
     program.symlink_to(shutil.which("sleep"))
     p = popen([str(program), "30"])
-    wait_until(lambda: procs.info(p.pid) is not None and procs.info(p.pid).cmdline.endswith(" 30"))
+    wait_until(lambda: procs.info(p.pid) is not None and procs.info(p.pid).cmdline.endswith(" 30"),
+               10, "the child has exec'd its command line", interval=0.01)
     entry = procs.info(p.pid)
     assert entry.pid == p.pid
     assert entry.ppid == os.getpid()
@@ -76,7 +71,7 @@ def test_info_reads_a_real_process_whose_name_holds_parentheses_and_spaces(tmp_p
 
 def test_info_reports_session_and_group_of_a_process_in_a_new_session(popen):
     p = popen(["sleep", "30"], start_new_session=True)
-    wait_until(lambda: procs.info(p.pid).sid == p.pid)
+    wait_until(lambda: procs.info(p.pid).sid == p.pid, 10, "the child leads its own session", interval=0.01)
     entry = procs.info(p.pid)
     assert (entry.pgid, entry.sid) == (p.pid, p.pid)
 
@@ -119,7 +114,7 @@ def test_descendants_follows_the_parent_chain_and_ignores_other_branches():
 
 def test_descendants_of_a_real_shell_are_its_background_children(popen):
     p = popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
-    wait_until(lambda: len(procs.descendants(p.pid)) == 2)
+    wait_until(lambda: len(procs.descendants(p.pid)) == 2, 10, "both children started", interval=0.01)
     children = procs.descendants(p.pid)
     table = procs.all_processes()
     assert {table[c].cmdline for c in children} == {"sleep 30"}
@@ -149,7 +144,8 @@ def test_same_process_is_false_without_a_start_time(popen):
 def test_a_zombie_is_not_the_same_process_any_more(popen):
     p = popen(["true"])
     started = procs.start_time(p.pid)
-    wait_until(lambda: procs.info(p.pid).state == "Z")  # exited, not yet waited for
+    # exited, not yet waited for
+    wait_until(lambda: procs.info(p.pid).state == "Z", 10, "the child is a zombie", interval=0.01)
     assert procs.start_time(p.pid) == started
     assert not procs.same_process(p.pid, started)
 
@@ -186,17 +182,17 @@ def test_reap_orphans_reaps_dead_orphans_only_never_a_child_someone_waits_for():
 
 def test_reap_orphans_leaves_a_known_zombie_child_so_its_owner_gets_its_exit_status(popen):
     p = popen(["sh", "-c", "exit 7"])
-    wait_until(lambda: procs.info(p.pid).state == "Z")
+    wait_until(lambda: procs.info(p.pid).state == "Z", 10, "the child is a zombie", interval=0.01)
     assert procs.reap_orphans([p.pid]) == []
     assert p.wait(5) == 7
 
 
 def test_group_alive_while_a_member_runs_and_not_once_only_a_zombie_is_left(popen):
     p = popen(["sleep", "30"], start_new_session=True)
-    wait_until(lambda: procs.info(p.pid).pgid == p.pid)
+    wait_until(lambda: procs.info(p.pid).pgid == p.pid, 10, "the child leads its own group", interval=0.01)
     assert procs.group_alive(p.pid)
     p.kill()
-    wait_until(lambda: procs.info(p.pid).state == "Z")
+    wait_until(lambda: procs.info(p.pid).state == "Z", 10, "the child is a zombie", interval=0.01)
     assert not procs.group_alive(p.pid)
 
 
@@ -204,10 +200,8 @@ def test_environ_has_finds_an_exact_entry_of_a_live_process():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
                              env={**os.environ, "NEXUSWS_INSTANCE": "abc123"})
     try:
-        deadline = time.monotonic() + 5
-        while not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123"):
-            assert time.monotonic() < deadline, "the entry never showed in /proc/PID/environ"
-            time.sleep(0.01)
+        wait_until(lambda: procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc123"), 5,
+                   "the entry shows in /proc/PID/environ", interval=0.01)
         assert not procs.environ_has(child.pid, b"NEXUSWS_INSTANCE=abc")
     finally:
         child.kill()

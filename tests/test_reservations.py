@@ -13,14 +13,14 @@ from zope.interface.verify import verifyObject
 
 from nexusws.errors import StartupError
 from nexusws.logs import printable
-from nexusws.sessions.backend import CRASHED, CUT_SHORT, FAILED, NOT_READY, ISessionBackend, StartFailure
+from nexusws.sessions.backend import CRASHED, CUT_SHORT, FAILED, NOT_READY, ISessionBackend, StartFailure, as_address
 from nexusws.sessions.registry import (
     NoFreeInstance,
     TokenInUse,
     UnknownService,
     UnknownToken,
 )
-from support.deferreds import result_of
+from support.deferreds import failure_of, result_of
 from support.reservations import ADDRESS, EPOCH, FakeService, World
 
 
@@ -40,14 +40,6 @@ def log():
     globalLogPublisher.addObserver(observe)
     yield lines
     globalLogPublisher.removeObserver(observe)
-
-
-def failure_of(d, kind):
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    assert hasattr(out[0], "check") and out[0].check(kind), f"expected {kind.__name__}, got {out[0]!r}"
-    return out[0].value
 
 
 def not_fired(d):
@@ -86,6 +78,8 @@ def test_aliases_reach_the_same_service_and_share_its_indices():
     assert (a.service, b.service, a.index, b.index) == (w.service, w.service, 0, 1)
     with pytest.raises(NoFreeInstance):
         w.registry.reserve("local_ensight")
+    assert w.registry.service("ensight") is w.registry.service("local_ensight") is w.service
+    assert w.registry.service("nope") is None
 
 
 def test_two_services_sharing_a_name_or_alias_is_a_startup_error():
@@ -177,7 +171,7 @@ def test_a_failed_start_stops_the_instance_frees_the_index_and_fails_with_one_li
         "returns garbage": lambda i: None,
     }[how]
     r = world.registry.reserve("demo")
-    error = failure_of(world.registry.activate(r.token), StartFailure)
+    error = failure_of(world.registry.activate(r.token), StartFailure).value
     assert "\n" not in str(error)
     assert str(error).startswith("service 'demo' instance 0 failed to start: ")
     assert ("RuntimeError: boom" if how != "returns garbage" else "not (host, port)") in str(error)
@@ -187,13 +181,35 @@ def test_a_failed_start_stops_the_instance_frees_the_index_and_fails_with_one_li
     assert any("starting -> stopping (start failed: " in line for line in log)
 
 
+@pytest.mark.parametrize("address", [None, "127.0.0.1:5900", ("127.0.0.1",), ("127.0.0.1", "x"),
+                                     ("127.0.0.1", 5900, 1)], ids=repr)
+def test_a_start_that_delivers_no_address_fails_and_frees_the_index(world, address):
+    """What a backend's start delivers must be a (host, port) pair whose port is a number
+    (nexusws.sessions.backend.as_address, lenient; the local backend checks its scripts strictly)."""
+    world.service.start_result = lambda i: address
+    r = world.registry.reserve("demo")
+    error = failure_of(world.registry.activate(r.token), StartFailure).value
+    assert error.what == NOT_READY, str(error)
+    assert error.why == f"start() returned {printable(repr(address))}, not (host, port)"
+    assert world.service.stops == [0] and world.states() == {}
+
+
+def test_as_address_is_strict_for_scripts_and_lenient_for_any_backend():
+    assert as_address(("127.0.0.1", 5900)) == as_address(["127.0.0.1", 5900]) == ("127.0.0.1", 5900)
+    for loose in [("127.0.0.1", "5900"), ("", 5900), ("a b", 1), ("127.0.0.1", 0), ("127.0.0.1", True)]:
+        assert as_address(loose) is None, loose
+        assert as_address(loose, lenient=True) == (str(loose[0]), int(loose[1]))
+    for bad in [None, "127.0.0.1:5900", ("127.0.0.1",), ("127.0.0.1", "x")]:
+        assert as_address(bad) is None and as_address(bad, lenient=True) is None, bad
+
+
 def test_a_backends_start_failure_is_passed_on_as_it_is_not_named_twice(world, log):
     """The backend's StartFailure names the instance: the registry fails with it unchanged,
     and logs it whole."""
     error = StartFailure("demo", 0, CRASHED, "RuntimeError: script crashed")
     world.service.start_result = lambda i: defer.fail(error)
     r = world.registry.reserve("demo")
-    assert failure_of(world.registry.activate(r.token), StartFailure) is error
+    assert failure_of(world.registry.activate(r.token), StartFailure).value is error
     assert str(error) == "service 'demo' instance 0: start failed: RuntimeError: script crashed"
     assert any(line.endswith("starting -> stopping (start failed: service 'demo' instance 0: "
                              "start failed: RuntimeError: script crashed)") for line in log)
@@ -206,7 +222,7 @@ def test_a_port_that_never_opens_times_out_at_start_timeout_and_is_cleaned_up(wo
     world.clock.advance(29.9)
     assert not_fired(d) and world.service.stops == []
     world.clock.advance(0.1)
-    error = failure_of(d, StartFailure)
+    error = failure_of(d, StartFailure).value
     assert str(error) == ("service 'demo' instance 0 failed to start: "
                           "127.0.0.1:5900 did not accept connections within 30 s")
     assert (error.service, error.index, error.what, error.exit_status) == ("demo", 0, NOT_READY, None)
@@ -240,7 +256,7 @@ def test_a_start_that_never_returns_times_out_too(world):
     r = world.registry.reserve("demo")
     d = world.registry.activate(r.token)
     world.clock.advance(30)
-    assert "start() gave no address within 30 s" in str(failure_of(d, StartFailure))
+    assert "start() gave no address within 30 s" in str(failure_of(d, StartFailure).value)
     assert world.service.stops == [0] and world.states() == {}
 
 
@@ -284,7 +300,7 @@ def test_deactivate_while_starting_cancels_the_start_stops_and_fails_the_activat
     activation = world.registry.activate(r.token)
     done = world.registry.deactivate(r.token)
     assert result_of(done) is None
-    error = failure_of(activation, StartFailure)
+    error = failure_of(activation, StartFailure).value
     assert str(error) == "service 'demo' instance 0 was stopped before it started (WebSocket closed)"
     assert (error.what, error.why) == (CUT_SHORT, "WebSocket closed")
     assert error.reason == "was stopped before it started (WebSocket closed)"
@@ -715,7 +731,7 @@ def test_the_registry_runs_a_backend_through_the_interface_alone(log):
 
     backend.outcome = StartFailure("batch", 0, FAILED, "job 42 failed: exit 3", exit_status=3)
     r = w.registry.reserve("batch")
-    error = failure_of(w.registry.activate(r.token), StartFailure)
+    error = failure_of(w.registry.activate(r.token), StartFailure).value
     assert error is backend.outcome and error.exit_status == 3
     assert error.reason == "job 42 failed: exit 3"
     assert any(line.endswith("(start failed: service 'batch' instance 0: job 42 failed: exit 3)")

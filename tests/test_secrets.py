@@ -30,10 +30,11 @@ from twisted.python import usage
 from websockets.sync.client import connect
 
 from conftest import ROOT
-from nexusws import credentials, tap
+from nexusws import credentials
 from nexusws.logs import tag
 from nexusws.sessions.registry import Registry
 from nexusws.sessions.statefile import StateFile
+from support.options import parse
 
 ENV = credentials.SECURITY_TOKEN_ENV
 TOKEN = "the-security-token-0123456789"
@@ -44,12 +45,6 @@ NOBODY = 65534
 @pytest.fixture(autouse=True)
 def no_token_in_environment(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-
-
-def parse(*args):
-    options = tap.Options()
-    options.parseOptions(list(args))
-    return options
 
 
 # --- where the token comes from ------------------------------------------------------------

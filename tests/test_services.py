@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pytest
 from twisted.internet import defer, task
-from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from nexusws.errors import StartupError
 from nexusws.services import RemoteServiceScript, ServiceError
 from nexusws.sessions import procs
 from nexusws.sessions.backend import BUSY, CRASHED, FAILED, NO_INSTANCE, ISessionBackend, StartFailure
-from nexusws.sessions.builtin import DEFAULT_VNC_PORT_BASE, builtin_services
-from nexusws.sessions.config import check_names, load_config
+from nexusws.sessions.builtin import DEFAULT_VNC_PORT_BASE
+from nexusws.sessions.config import check_names
 from nexusws.sessions.instances import Service
 from nexusws.sessions.owners import Tracker
-from support.deferreds import result_of
+from support.deferreds import failure_of, result_of
+from support.services import builtin_services, config_services
 
 HERE = Path(__file__).resolve().parent / "services"
 
@@ -133,13 +133,6 @@ def make(script_class, count=2, system=None, tracker=None, name="demo", options=
     return service, system, clock, launcher
 
 
-def failure_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results and isinstance(results[0], Failure), f"expected a failure, got {results}"
-    return results[0]
-
-
 class Fixed(RemoteServiceScript):
     def start(self, index, options):
         return ("127.0.0.1", 6000 + index)
@@ -164,7 +157,7 @@ def write(directory, files):
 
 
 def load(path):
-    return load_config(path, task.Clock(), FakeLauncher(FakeSystem()), system=FakeSystem())
+    return config_services(path, task.Clock(), FakeLauncher(FakeSystem()), system=FakeSystem())
 
 
 def test_config_gives_one_service_per_entry_in_file_order_with_count_options_and_group(tmp_path):
@@ -536,7 +529,7 @@ class CallLaterSpawner(RemoteServiceScript):
             try:
                 self.spawn(["late"], index=index if self.explicit else None)
                 d.callback(("127.0.0.1", 7000 + index))
-            except Exception:  # noqa: BLE001 - handed to start's caller
+            except Exception:  # handed to start's caller
                 d.errback()
 
         self.reactor.callLater(1, later)

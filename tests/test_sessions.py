@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 from nexusws.sessions.statefile import StateFile
-from sessions.harness import (
+from support.sessions import (
     all_instances,
     assert_gone,
     closed_with,
@@ -37,8 +37,8 @@ from sessions.harness import (
     run,
     session_url,
     state_path,
-    wait_until,
 )
+from support.waiting import wait_until, wait_until_async
 
 #: A log line of the launcher saying it started a process.
 STARTED = r"nexusws\.launcher#info\].*(started pid|\) started)"
@@ -148,8 +148,7 @@ def test_port_never_opening_closes_1011_after_start_timeout_and_stops_what_start
 
     async def scenario():
         async with open_ws(session_url(gw, token)) as ws:
-            await asyncio.sleep(0.5)
-            assert marked(marker), "the script's process did not start"
+            await wait_until_async(lambda: marked(marker), 10, "the script's process started")
             began = time.monotonic()
             code, reason = await closed_with(ws)
             return code, reason, time.monotonic() - began
@@ -198,20 +197,32 @@ def test_unused_reservation_is_reclaimed_after_timeout_and_its_token_refused(gat
 
 
 def test_reservation_used_in_time_is_not_reclaimed_while_active(gateway, tmp_path, marker):
-    """--timeout 1: a reservation used at once stays active (and tunnelling) well past
-    the timeout."""
+    """--timeout 1: a reservation used at once stays active (and tunnelling) past the
+    timeout: a second one, made after it and left unused, is reclaimed meanwhile."""
     gw = start(gateway, tmp_path, "--timeout", "1")
     token = reserve(gw, "echo", marker=marker)
 
     async def scenario():
         async with open_ws(session_url(gw, token)) as ws:
             await echo(ws)
-            await asyncio.sleep(2.0)  # twice the timeout; the reaper runs every 0.5 s
-            assert [i["state"] for i in instances(gw, "echo")] == ["active"]
-            await echo(ws)
+            (used,) = instances(gw, "echo")
+            # The control: reserved after the used one, so once the reaper has reclaimed it,
+            # it has run at a time the used one was older than the timeout too.
+            unused = reserve(gw, "echo")
 
-    run(scenario())
-    assert "expired" not in gw.log
+            def reclaimed():
+                tokens = [i["token"] for i in instances(gw, "echo")]
+                assert token in tokens, "the used reservation was reclaimed"
+                return unused not in tokens
+
+            await wait_until_async(reclaimed, 10, "the unused reservation reclaimed by the reaper")
+            assert [(i["token"], i["state"]) for i in instances(gw, "echo")] == [(token, "active")]
+            await echo(ws)
+            return used["index"]
+
+    index = run(scenario())
+    gw.wait_for(rf"reservation #\w+ echo#{1 - index}: reserved -> expired")
+    assert not re.search(rf"echo#{index}: \w+ -> expired", gw.log)
     assert_gone(marker)
 
 
@@ -276,7 +287,10 @@ def test_expired_reservation_is_dropped_at_restart(gateway, tmp_path, how):
     token = reserve(first, "echo")
     first.proc.send_signal(how)
     first.proc.wait(20)
-    time.sleep(1.2)
+    # The new gateway drops the saved reservation if it is 1 s old (wall clock) when it
+    # starts: a real delay is inherent; wait until the saved record is that old.
+    created = saved_reservations(tmp_path)[token]["created"]
+    wait_until(lambda: time.time() - created > 1.0, 5, "the saved reservation older than --timeout 1")
     second = start(gateway, tmp_path, "--timeout", "1")
     second.wait_for(r"previous run: reservation .* expired meanwhile; dropped", timeout=3)
     assert all_instances(second) == []
@@ -398,11 +412,7 @@ def test_a_client_that_leaves_during_the_launch_cancels_it_at_once(gateway, tmp_
 
     async def scenario():
         ws = await open_ws(session_url(gw, token))
-        for _ in range(200):
-            if marked(marker):
-                break
-            await asyncio.sleep(0.05)
-        assert marked(marker), "the script's process did not start"
+        await wait_until_async(lambda: marked(marker), 10, "the script's process started")
         ws.transport.abort()  # gone without a close frame
 
     run(scenario())

@@ -8,7 +8,7 @@
   (SocketMode=0660, SocketGroup=www-data), and the user header is believed
   from them alone (--trusted_proxy unix): no local user reaches the gateway
   around nginx, nor poses as another user (tests/test_local_users.py tries).
-* Socket activation for real (L{shipped_units}): ``systemd-socket-activate``
+* Socket activation for real (L{support.shipped_units}): ``systemd-socket-activate``
   listens as the two socket units would (their FileDescriptorName=s, their
   paths under a temporary root, their owner, group and mode) and, on the first
   connection, execs the service's ExecStart= command line, read from the file
@@ -37,8 +37,8 @@ from websockets.asyncio.client import unix_connect
 
 from conftest import BIN, ROOT, require
 from nexusws.sessions import procs
-from nginx_front import short_tempdir, unix_get
-from shipped_units import ACTIVATE, SERVICE, UNITS, activate, exec_start_words, one, read_unit, stage
+from support.nginx_front import short_tempdir, unix_get
+from support.shipped_units import ACTIVATE, SERVICE, UNITS, activate, exec_start_words, one, read_unit, stage
 
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")  # this machine's own units (Debian: usrmerge)
 ANALYZE = shutil.which("systemd-analyze")

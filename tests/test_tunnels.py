@@ -11,10 +11,14 @@ import websockets
 from websockets.asyncio.client import connect
 
 from conftest import NODE_DIR
+from support.tcp_peers import Backend, closed_port
 from support.tunnels import basic, fresh_peer, reset_peak, run, warm_up
-from tcp_peers import Backend, closed_port
+from support.waiting import wait_steady
 
 MiB = 1024 * 1024
+#: A flood is held back once it has not moved for this long (seconds): it moves every few
+#: milliseconds while any buffer on the way has room.
+STALL_QUIET = 0.5
 
 
 def test_echo_through_the_tunnel_is_exact_in_both_directions(gateway):
@@ -138,10 +142,12 @@ def test_flood_into_a_stalled_client_keeps_gateway_memory_bounded_and_loses_noth
             reset_peak(gw)
             async with connect(gw.ws_url, subprotocols=["binary"], max_size=None, max_queue=4) as ws:
                 peer = await fresh_peer(flood, ws)
-                sent = hashlib.sha256()
-                writer = asyncio.create_task(write_all(peer, chunk, total, sent))
-                await asyncio.sleep(3)  # the client reads nothing meanwhile
-                assert not writer.done(), "flow control must hold the backend back"
+                sent, progress = hashlib.sha256(), [0]
+                writer = asyncio.create_task(write_all(peer, chunk, total, sent, progress))
+                # The client reads nothing meanwhile: once the buffers on the way fill, flow
+                # control must stop the backend's writes (the writer blocks, its count stops).
+                stalled_at = await wait_steady(held_back(writer, progress, "the backend"), STALL_QUIET, 30,
+                                               "the backend's writes held back by flow control")
                 stalled_growth = gw.hwm_kib() - baseline
                 got = hashlib.sha256()
                 count = 0
@@ -151,24 +157,35 @@ def test_flood_into_a_stalled_client_keeps_gateway_memory_bounded_and_loses_noth
                     got.update(data)
                 await writer
                 growth = gw.hwm_kib() - baseline
-            print(f"\nGROWTH client-stalled: stalled={stalled_growth} KiB total={growth} KiB")
+            print(f"\nGROWTH client-stalled: stalled={stalled_growth} KiB total={growth} KiB"
+                  f" (held back after {stalled_at // MiB} MiB)")
             assert count == total and got.hexdigest() == sent.hexdigest()
             assert stalled_growth < 32 * 1024, f"grew {stalled_growth} KiB while stalled"
             assert growth < 32 * 1024, f"grew {growth} KiB during the flood"
     run(scenario())
 
 
-async def write_all(peer, chunk, total, digest):
-    """Write C{total} bytes to C{peer}, respecting asyncio's write buffer limits."""
+def held_back(task, progress, who):
+    """For L{wait_steady}: the bytes C{task} (C{who}'s sending) has sent so far
+    (C{progress[0]}); fails at once if it is done, all sent: flow control did not
+    hold it back."""
+    def value():
+        assert not task.done(), f"flow control must hold {who} back"
+        return progress[0]
+    return value
+
+
+async def write_all(peer, chunk, total, digest, progress):
+    """Write C{total} bytes to C{peer}, respecting asyncio's write buffer limits;
+    C{progress[0]} counts the bytes written."""
     transport = peer.transport
     transport.set_write_buffer_limits(high=256 * 1024)
-    written = 0
-    while written < total:
+    while progress[0] < total:
         while transport.get_write_buffer_size() > 256 * 1024:
             await asyncio.sleep(0.005)
         transport.write(chunk)
         digest.update(chunk)
-        written += len(chunk)
+        progress[0] += len(chunk)
 
 
 def test_flood_into_a_stalled_backend_keeps_gateway_memory_bounded_and_loses_nothing(gateway):
@@ -184,16 +201,19 @@ def test_flood_into_a_stalled_backend_keeps_gateway_memory_bounded_and_loses_not
             reset_peak(gw)
             async with connect(gw.ws_url, subprotocols=["binary"]) as ws:
                 peer = await fresh_peer(backend, ws)
-                sent = hashlib.sha256()
+                sent, progress = hashlib.sha256(), [0]
 
                 async def send_all():
                     for _ in range(total // len(chunk)):
                         await ws.send(chunk)
                         sent.update(chunk)
+                        progress[0] += len(chunk)
 
                 sender = asyncio.create_task(send_all())
-                await asyncio.sleep(3)  # the backend reads nothing meanwhile
-                assert not sender.done(), "flow control must hold the client back"
+                # The backend reads nothing meanwhile: once the buffers on the way fill, flow
+                # control must stop the client's sends (ws.send blocks, the count stops).
+                stalled_at = await wait_steady(held_back(sender, progress, "the client"), STALL_QUIET, 30,
+                                               "the client's sends held back by flow control")
                 stalled_growth = gw.hwm_kib() - baseline
                 peer.transport.resume_reading()
                 await sender
@@ -201,7 +221,8 @@ def test_flood_into_a_stalled_backend_keeps_gateway_memory_bounded_and_loses_not
                 while peer.count < total and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 growth = gw.hwm_kib() - baseline
-            print(f"\nGROWTH backend-stalled: stalled={stalled_growth} KiB total={growth} KiB")
+            print(f"\nGROWTH backend-stalled: stalled={stalled_growth} KiB total={growth} KiB"
+                  f" (held back after {stalled_at // MiB} MiB)")
             assert peer.count == total and peer.digest.hexdigest() == sent.hexdigest()
             assert stalled_growth < 32 * 1024, f"grew {stalled_growth} KiB while stalled"
             assert growth < 32 * 1024, f"grew {growth} KiB during the flood"

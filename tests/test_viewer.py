@@ -8,9 +8,10 @@ from twisted.python import usage
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from nexusws import tap, viewer, web
+from nexusws import viewer, web
 from nexusws.api import ApiRoot
 from nexusws.responses import NOT_FOUND
+from support.options import parse
 
 
 def fake_novnc(path, application=True, version=None):
@@ -96,24 +97,18 @@ def test_find_novnc_takes_the_first_candidate_holding_novnc(tmp_path):
     assert viewer.find_novnc([str(empty)]) is None
 
 
-def options(*args):
-    o = tap.Options()
-    o.parseOptions(list(args))
-    return o
-
-
 def test_novnc_dir_option(tmp_path, monkeypatch):
     www = tmp_path / "www"
     www.mkdir()
     novnc = fake_novnc(tmp_path / "novnc")
     base = ["--http_directory", str(www), "--http_port", "9091", "--client_port", "5900"]
-    assert options("--novnc_dir", str(novnc), *base, "9090")["novnc_dir"] == str(novnc)
+    assert parse("--novnc_dir", str(novnc), *base, "9090")["novnc_dir"] == str(novnc)
     for bad, why in ((tmp_path / "missing", "not a directory"), (www, "not a noVNC tree")):
         with pytest.raises(usage.UsageError) as e:
-            options("--novnc_dir", str(bad), *base, "9090")
+            parse("--novnc_dir", str(bad), *base, "9090")
         assert str(e.value).startswith(f"--novnc_dir: '{bad}': {why}")
     # Not given: the first candidate that holds noVNC, or none.
     monkeypatch.setattr(viewer, "CANDIDATES", (str(www), str(novnc)))
-    assert options(*base, "9090")["novnc_dir"] == str(novnc)
+    assert parse(*base, "9090")["novnc_dir"] == str(novnc)
     monkeypatch.setattr(viewer, "CANDIDATES", (str(www),))
-    assert options(*base, "9090")["novnc_dir"] is None
+    assert parse(*base, "9090")["novnc_dir"] is None

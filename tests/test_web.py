@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 
 from nexusws import api as api_module
-from nexusws import logs, tap, web
+from nexusws import scrub, tap, web
 from nexusws.api import ApiRoot
 from nexusws.files import ConfinedFile, content_types
 from support.http import PEER, Response
@@ -465,9 +465,9 @@ def test_no_log_line_of_any_logger_shows_a_secret(guarded, logged, method, targe
 
 
 def test_redact_uri_masks_only_secret_values():
-    assert logs.redact(b"/p?token=a&tokenish=b&x=token%3Dc") == "/p?token=***&tokenish=b&x=token%3Dc"
-    assert logs.redact("/p/token=a") == "/p/token=a"
-    assert logs.redact("/p?key=&secret") == "/p?key=***&secret"
+    assert scrub.redact(b"/p?token=a&tokenish=b&x=token%3Dc") == "/p?token=***&tokenish=b&x=token%3Dc"
+    assert scrub.redact("/p/token=a") == "/p/token=a"
+    assert scrub.redact("/p?key=&secret") == "/p?key=***&secret"
 
 
 # --- confinement --------------------------------------------------------------

@@ -4,6 +4,8 @@ import asyncio
 
 from websockets.asyncio.client import connect
 
+from support.waiting import wait_until_async
+
 LOOPBACK = ["--ws_listen", "tcp:0:interface=127.0.0.1"]
 
 
@@ -32,7 +34,9 @@ async def fresh_peer(backend, ws):
 
 
 async def warm_up(gw, backend):
-    """One tunnel to C{backend} first, so start-up allocations are not counted as growth."""
+    """One tunnel to C{backend} first, so start-up allocations are not counted as growth;
+    it is over (closed at the gateway and at the backend) when this returns."""
+    closed = gw.log.count("tunnel closed: ")
     async with connect(gw.ws_url, subprotocols=["binary"], max_size=None) as ws:
         peer = await fresh_peer(backend, ws)
         peer.transport.resume_reading()
@@ -41,6 +45,7 @@ async def warm_up(gw, backend):
         got = 0
         while got < 65536:
             got += len(await ws.recv())
-    await asyncio.sleep(0.2)
+    await wait_until_async(lambda: gw.log.count("tunnel closed: ") > closed and peer.transport.is_closing(),
+                           10, "the warm-up tunnel closed by the gateway and the backend")
     backend.peers.clear()
     backend.connected.clear()

@@ -23,9 +23,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import BIN
+from conftest import BIN, ROOT
 
-UNITS = Path(__file__).resolve().parent.parent / "config" / "systemd"
+UNITS = ROOT / "config" / "systemd"
 SERVICE = "nexusws.service"
 ACTIVATE = shutil.which("systemd-socket-activate")
 #: Where the service's ExecStart= expects things (see L{moved}): the install
