@@ -4,14 +4,18 @@ Everything is built with the reactor given (a test passes a memory reactor and
 no global reactor is touched). Nothing here listens or logs: the options were
 checked by L{nexusws.tap.Options} (which builds nothing), and everything that
 happens at start-up happens in L{nexusws.gateway}. Building runs the service
-scripts' C{__init__} and reads a groups file again, nothing more.
+scripts' C{__init__}, reads a groups file again and creates the default state
+file's directory, nothing more.
 """
+
+import os
 
 from nexusws import tls
 from nexusws.admission import TOO_MANY, ConnectionCap
 from nexusws.api import ApiRoot
 from nexusws.auth import TrustedProxies, access_from_options, access_notes
 from nexusws.bridge import BridgeFactory
+from nexusws.errors import StartupError
 from nexusws.gateway import (
     GatewayService,
     ListenerService,
@@ -77,7 +81,9 @@ def make_sessions(options, reactor, notes, metrics=None):
     are built here, with C{reactor} and one launcher: their scripts' objects are
     created now.
 
-    @raise StartupError: a script's C{__init__} raised."""
+    @raise StartupError: a script's C{__init__} raised, or the default state file's
+        directory cannot be created (made here, not by the options: a failed start
+        leaves nothing behind)."""
     if not options["services"]:
         return None, None
     if options["http_directory"] is None:
@@ -85,6 +91,12 @@ def make_sessions(options, reactor, notes, metrics=None):
                      "the /v1 API nothing can reserve them")
     launcher = Launcher(reactor)
     services = build_services(options["services"], reactor, launcher)
+    if options.get("state_file_is_default"):
+        try:
+            os.makedirs(os.path.dirname(options["state_file"]), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"--state_file: cannot create the default directory for "
+                               f"{options['state_file']!r}: {e.strerror}") from None
     registry = Registry(
         services, reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], metrics=metrics,

@@ -294,12 +294,7 @@ class Options(AccessOptions, ReferenceStyleOptions):
         self["services"] = services
         if services and self["state_file"] is None:
             self["state_file"] = default_state_file(self["ws_listen"])
-            try:
-                os.makedirs(os.path.dirname(self["state_file"]), mode=0o700, exist_ok=True)
-            except OSError as e:
-                raise usage.UsageError(
-                    f"--state_file: cannot create the default directory for "
-                    f"{self['state_file']!r}: {e.strerror}") from None
+            self["state_file_is_default"] = True  # makeService creates its directory
 
 
 def default_state_file(ws_listen, environ=os.environ):
@@ -330,7 +325,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     try:
         top = build_service(options, reactor)
-    except StartupError as e:  # a script's __init__ raised: an option error, as before
+    except StartupError as e:  # a script's __init__, the default state directory: option errors
         if options.parent is None:
             raise usage.UsageError(str(e)) from None
         say(TWISTD_PROG, e)

@@ -6,6 +6,7 @@ has a global reactor already.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,42 @@ def test_the_looping_call_runs_on_the_clock_it_is_given_and_installs_no_reactor(
     loop.stop()
     clock.advance(10)
     assert calls == ["tick"] * 3 and not loop.running
+
+
+def gateway_options(tmp_path, *extra):
+    (tmp_path / "ok.py").write_text(
+        "from nexusws.services import RemoteServiceScript\n\n\n"
+        "class Ok(RemoteServiceScript):\n"
+        "    def start(self, index, options):\n"
+        "        return ('127.0.0.1', 1)\n")
+    (tmp_path / "services.json").write_text(json.dumps({"ok": {"script": "ok.py", "count": 1, "options": {}}}))
+    return ["--http_directory", str(tmp_path), "--http_port", "0",
+            "--remote_session_config", str(tmp_path / "services.json"), *extra, "0"]
+
+
+def test_the_default_state_directory_is_made_by_make_service_not_by_the_options(tmp_path, monkeypatch):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from nexusws import tap
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    options = tap.Options()
+    options.parseOptions(gateway_options(tmp_path, "--dumpable"))
+    assert options["state_file"].startswith(str(tmp_path / "state" / "nexusws") + "/")
+    assert not (tmp_path / "state").exists()  # options build nothing
+    tap.makeService(options, MemoryReactorClock())
+    made = tmp_path / "state" / "nexusws"
+    assert made.is_dir() and made.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_default_state_directory_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
+    """A failed start leaves nothing behind: the directory is made after the scripts are."""
+    env = {**os.environ, "XDG_STATE_HOME": "/proc/no-such-dir"}
+    env.pop("STATE_DIRECTORY", None)
+    done = subprocess.run([sys.executable, "-m", "nexusws.cli", *gateway_options(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("nexus-websocketserver: error: --state_file: cannot create the default "
+                                  "directory for '/proc/no-such-dir/nexusws/")
+    assert done.stderr.count("\n") == 1
