@@ -215,6 +215,7 @@ FAILURES = [  # (the registry's StartFailure, the close reason)
     (StartFailure("Demo Session", 1, NOT_RECORDED, "the session state cannot be recorded (disk full)"),
      "Demo Session instance 1 not started: the session state cannot be recorded (disk full)"),
     (StartFailure("Demo Session", 1, BUSY), "is already running"),
+    (StartFailure("Demo Session", 1, FAILED, " "), "no reason given"),  # a script's ServiceError("")
     (StartFailure("Demo Session", 1, NO_INSTANCE), "service 'Demo Session' has no instance 1"),
 ]
 
@@ -255,3 +256,9 @@ def test_the_close_reason_from_the_fields_is_what_parsing_the_message_gave(what)
     e = StartFailure("demo", 0, what, "ValueError: no display free")
     assert e.reason == (_OLD_PREFIX.sub("", str(e), count=1) or str(e))
 
+
+
+def test_a_start_failure_without_a_reason_still_tells_the_client_something():
+    e = StartFailure("modes", 0, FAILED, "")
+    assert (str(e), e.reason) == ("service 'modes' instance 0: no reason given", "no reason given")
+    assert str(StartFailure("modes", 0, BUSY)) == "service 'modes' instance 0 is already running"

@@ -126,6 +126,9 @@ _TEXT = {
     NO_INSTANCE: ("service '{shown}' has no instance {index!r}", None),
 }
 
+#: C{why} when the backend gave an empty one.
+NO_REASON = "no reason given"
+
 #: A message is at most this many characters (then "..."): C{why} is cut to fit.
 LIMIT = 1000
 
@@ -150,6 +153,8 @@ class StartFailure(Exception):
         super().__init__(service, index, what, why, exit_status)
         self.service, self.index, self.what, self.exit_status = service, index, what, exit_status
         head = _TEXT[what][0].partition("{why}")[0].format(**self._names())
+        if not str(why).strip() and "{why}" in _TEXT[what][0]:
+            why = NO_REASON  # a script's ServiceError(""): the client is still told something
         self.why = printable(why, limit=max(LIMIT - len(head), 0))
 
     def _names(self):
