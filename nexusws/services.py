@@ -5,7 +5,9 @@ the API itself lives in L{nexusws.sessions.script}. Nothing in nexusws
 imports this module.
 """
 
-from nexusws.sessions.instances import ServiceError
+from nexusws.sessions.instances import Service, ServiceError
 from nexusws.sessions.script import RemoteServiceScript
 
-__all__ = ["RemoteServiceScript", "ServiceError"]
+#: What scripts import from here: the base class, the error a helper raises, and the
+#: running service (C{self._nexus}), as this module exported them before nexusws.sessions.
+__all__ = ["RemoteServiceScript", "Service", "ServiceError"]
