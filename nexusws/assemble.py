@@ -31,6 +31,7 @@ from nexusws.sessions.config import build_services
 from nexusws.sessions.keeper import SessionsService
 from nexusws.sessions.launcher import Launcher
 from nexusws.sessions.registry import Registry
+from nexusws.sessions.reservation import LIVE
 from nexusws.sessions.statefile import StateFile
 from nexusws.viewer import viewer_resource
 from nexusws.web import make_site
@@ -100,6 +101,7 @@ def make_sessions(options, reactor, notes, metrics=None):
     registry = Registry(
         services, reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], metrics=metrics,
+        reconnect_grace=options["reconnect_grace"],
     )
     sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
     registry.on_change = sessions.save  # every change recorded in the state file before it counts
@@ -164,6 +166,8 @@ def build_service(options, reactor):
     registry, sessions = make_sessions(options, reactor, notes, metrics)
     bridge = make_bridge(options, reactor, registry, notes, access)
     metrics.watch_tunnels(bridge)
+    if registry is not None:
+        metrics.watch_sessions(registry, LIVE)
     listeners = [make_listener("--ws_listen", options["ws_listen"], bridge, reactor, options["tls"], "ws",
                                cap=make_connection_cap(options, "--ws_listen", reactor))]
 

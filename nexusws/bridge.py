@@ -133,6 +133,7 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
         if self.closing or failure.check(ConnectionDeny, defer.CancelledError):
             return
         reason = pipes.close_reason(f"backend {target} unreachable: {describe(failure.value)}")
+        self._ended_why = reason
         self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
                        launch=self.launch, reason=reason)
         self._close(CLOSE_INTERNAL_ERROR, reason)

@@ -21,6 +21,11 @@ Close rules (nothing is lost):
     close frame is waited for L{FAILED_CLOSE_TIMEOUT} at most, not
     C{close_timeout}; there is no backlog worth draining.
   - Shutdown: tunnels are closed with 1001 "going away".
+  - Taken over (another WebSocket asked C{takeover=1} for its session): the client
+    is closed with 4001 "taken over" and the backend connection at once.
+  - A session tunnel tells its launch why it ended: on purpose (the backend's
+    end, a shutdown: the session stops) or the client's side lost (None: the
+    session may wait for its token to re-attach, L{nexusws.sessions.attach}).
 """
 
 from autobahn.util import encode_truncate
@@ -32,6 +37,8 @@ from nexusws.pipes import describe
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
+#: Another WebSocket took this one's session over (?takeover=1).
+CLOSE_TAKEN_OVER = 4001
 
 #: Seconds a client has to answer the close of a connection the gateway failed.
 FAILED_CLOSE_TIMEOUT = 2.0
@@ -43,6 +50,9 @@ class Closing:
     _client_drain_call = None
     _backend_done = None  # (code, reason) the client is closed with once it has the backend's last data
     _drain_call = None
+    #: Why the tunnel's session ended on purpose (the backend's end, a shutdown), for
+    #: its launch (L{nexusws.routing.Launch.end}); None: the client's side was lost.
+    _ended_why = None
 
     # _fail_connection is Autobahn's internal method (nexusws.internals checks at
     # start-up that it is still there).
@@ -66,6 +76,7 @@ class Closing:
                 CLOSE_INTERNAL_ERROR,
                 f"backend connection lost: {describe(reason.value)}",
             )
+        self._ended_why = self._backend_done[1]
         if self._backend_valve is not None and self._backend_valve.paused:
             # Bytes are still queued for the client; close once they are written,
             # or cut it off if it does not take them within close_timeout.
@@ -106,8 +117,23 @@ class Closing:
     def close_for_shutdown(self):
         """Close this tunnel because the server is stopping; fires when it is gone."""
         if not self.closing:
+            self._ended_why = "server shutting down"
             self._close(CLOSE_GOING_AWAY, "server shutting down")
         return self.gone
+
+    def taken_over(self):
+        """Another WebSocket took this tunnel's session over: close the client with
+        4001 "taken over" and the backend connection at once (its session is the
+        new tunnel's; what this client still sends is not for it)."""
+        if self.closing:
+            return
+        if self.state == self.STATE_OPEN:
+            self._close(CLOSE_TAKEN_OVER, "taken over")
+        else:
+            self.closing = True
+            self.dropConnection(abort=True)
+        if self.backend is not None and self.backend.transport.connected:
+            self.backend.transport.loseConnection()
 
     def onClose(self, wasClean, code, reason):
         self.closing = True
@@ -121,7 +147,7 @@ class Closing:
         if self.backend is not None and self.backend.transport.connected:
             self._finish_backend()
         if self.launch is not None:
-            self.launch.end().addErrback(
+            self.launch.end(self._ended_why).addErrback(
                 lambda f: self._log.failure("ending {launch} failed", f, launch=self.launch)
             )
         if not self.opened:

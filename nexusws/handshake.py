@@ -62,6 +62,7 @@ class Handshake:
         if isinstance(route, Launch):
             # The backend is being started: open now, connect once it is up.
             self.launch = route
+            route.tunnel = self
             self.target = route
             return None
         return self._connect_backend(route)

@@ -13,6 +13,9 @@ metric.
   nexusws_reservations_total{service,outcome}     reserved, released, expired, no_free_instance
   nexusws_launches_total{service,outcome}         started, failed, cancelled
   nexusws_launch_seconds{service}                 token presented -> instance accepting (histogram)
+  nexusws_reattaches_total{service}               WebSockets that re-attached to a detached session
+  nexusws_takeovers_total{service}                sessions taken over by a new WebSocket (?takeover=1)
+  nexusws_sessions{service,state}                 live reservations by state (reserved, ..., detached)
   nexusws_http_requests_total{call,code}          /v1 answers by call (nexusws.api.CALLS) and status
 """
 
@@ -43,6 +46,12 @@ class Metrics:
         self.launch_seconds = Histogram(
             "nexusws_launch_seconds", "From the token's WebSocket to the instance accepting",
             ["service"], buckets=LAUNCH_BUCKETS, registry=self.registry)
+        self.reattaches = Counter(
+            "nexusws_reattaches", "WebSockets that re-attached to a detached session, by service",
+            ["service"], registry=self.registry)
+        self.takeovers = Counter(
+            "nexusws_takeovers", "Sessions taken over by a new WebSocket (takeover=1), by service",
+            ["service"], registry=self.registry)
         self.requests = Counter(
             "nexusws_http_requests", "Answers of the /v1 API by call and HTTP status",
             ["call", "code"], registry=self.registry)
@@ -50,6 +59,11 @@ class Metrics:
     def watch_tunnels(self, bridge):
         """Report C{bridge}'s tunnels (read at each scrape)."""
         self.registry.register(_Tunnels(bridge))
+
+    def watch_sessions(self, sessions, states):
+        """Report the live reservations of C{sessions} (a registry: its C{status()}) by
+        service and state, every one of C{states} (read at each scrape)."""
+        self.registry.register(_Sessions(sessions, tuple(states)))
 
     def api_answered(self, call, code):
         """Count one /v1 answer; C{call}: the metric label of the call its path names
@@ -85,3 +99,22 @@ class _Tunnels:
         moved.add_metric(["backend_to_client"],
                          bridge.closed_bytes_down + sum(t.bytes_down for t in live))
         yield moved
+
+
+class _Sessions:
+    """A collector of live reservations by service and state, from the registry's status."""
+
+    def __init__(self, registry, states):
+        self.sessions, self.states = registry, states
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gauge = GaugeMetricFamily("nexusws_sessions", "Live reservations by service and state",
+                                  labels=["service", "state"])
+        for service in self.sessions.status():
+            states = [i["state"] for i in service["instances"]]
+            for state in self.states:
+                gauge.add_metric([service["name"], state], states.count(state))
+        yield gauge

@@ -3,7 +3,8 @@
 A router has C{route(request)} returning one of:
   - a L{Target} (or a Deferred firing with one): the backend already listens;
     the bridge connects during the handshake and answers 101 once connected;
-  - a L{Launch}: the backend is being started; the bridge answers 101 at once,
+  - a L{Launch}: the backend is being started (or, for a session that runs
+    already, re-attached); the bridge answers 101 at once,
     holds the client's data, and connects when the launch delivers a target
     (or closes with 1011 and the launch's reason if it fails);
 or raises L{ConnectionDeny} with the HTTP status to refuse with.
@@ -18,6 +19,9 @@ from nexusws.sessions.backend import StartFailure
 from nexusws.sessions.registry import TokenInUse, UnknownToken
 
 _log = logger("nexusws.routing")
+
+#: The value of the query parameter C{takeover} that asks to take a session over.
+TAKEOVER = "1"
 
 
 class Target:
@@ -63,20 +67,33 @@ class Launch:
     @param started: a Deferred firing with the L{Target} to connect to, or
         failing with the reason the start failed (its message is sent to the
         client as the close reason).
-    @param ended: called once when the WebSocket is gone, whatever happened.
+    @param ended: called once when the WebSocket is gone, whatever happened,
+        with why its session ended on purpose (the backend closed the tunnel or
+        could not be reached, the server is shutting down), or None when it was
+        the client's side that was lost (a session may then wait for it to re-attach).
     @param label: names the instance in log lines.
+    @ivar tunnel: the WebSocket's protocol, set by the bridge; L{take_over} closes it.
     """
+
+    tunnel = None
 
     def __init__(self, started, ended, label):
         self.started = started
         self._ended = ended
         self.label = label
 
-    def end(self):
+    def end(self, why=None):
         ended, self._ended = self._ended, None
         if ended is not None:
-            return defer.maybeDeferred(ended)
+            return defer.maybeDeferred(ended, why)
         return defer.succeed(None)
+
+    def take_over(self):
+        """Another WebSocket took this one's session over: this WebSocket is closed
+        (L{nexusws.bridge.BridgeProtocol.taken_over}) and ends nothing any more."""
+        self._ended = None
+        if self.tunnel is not None:
+            self.tunnel.taken_over()
 
     def __str__(self):
         return self.label
@@ -90,6 +107,14 @@ class TokenRouter:
     when the user may not use the service (its group, C{--require_group}).
     Nothing is launched for a refused WebSocket. Requests without a token go
     to C{fallback} (basic mode, or refusal).
+
+    A token whose session runs detached (its WebSocket lost within the grace)
+    re-attaches: a new connection to the same address, nothing launched. One
+    whose session has a WebSocket is refused with 409, unless the request asks
+    C{takeover=1}: the session is then the new WebSocket's and the old one is
+    closed (4001 "taken over"). Only the user the token may be presented by
+    (the checks above: its user, or anyone for an anonymous reservation) gets
+    that far; any other value of C{takeover} counts as none.
 
     @param access: the L{nexusws.auth.Access} that identifies and authorizes users.
     """
@@ -108,15 +133,17 @@ class TokenRouter:
         reservation = self.registry.get(token)
         if reservation is not None:
             self._authorize(request, reservation)
+        label = "-" if reservation is None else f"{printable(reservation.service.name)}#{reservation.index}"
+        launch = Launch(None, lambda why: self.registry.deactivate(token, launch, why), label)
+        takeover = request.params.get("takeover", [None])[0] == TAKEOVER
         try:
-            started = self.registry.activate(token)
+            started = self.registry.activate(token, attachment=launch, takeover=takeover)
         except UnknownToken:
             raise ConnectionDeny(404, "unknown, released or expired token") from None
         except TokenInUse:
             raise ConnectionDeny(409, "token already in use by another WebSocket") from None
-        label = f"{printable(reservation.service.name)}#{reservation.index}"
-        started.addCallbacks(lambda address: Target(*address), _cause)
-        return Launch(started, lambda: self.registry.deactivate(token), label)
+        launch.started = started.addCallbacks(lambda address: Target(*address), _cause)
+        return launch
 
     def _authorize(self, request, reservation):
         """Refuse (403) unless the handshake's user may use C{reservation}."""

@@ -4,6 +4,12 @@ import json
 from html import escape
 
 
+def _grace_left(instance):
+    """" (N s left)" for a detached instance (its grace: /v1/status's C{grace_left})."""
+    left = instance.get("grace_left")
+    return f" ({left:.0f} s left)" if isinstance(left, (int, float)) else ""
+
+
 def status_page(services):
     """The /v1/status list as a human-readable HTML page (everything escaped)."""
     rows = []
@@ -16,7 +22,7 @@ def status_page(services):
             else:
                 cells += [
                     str(instance["index"]),
-                    escape(str(instance.get("state", ""))),
+                    escape(str(instance.get("state", "")) + _grace_left(instance)),
                     escape(str(instance.get("user") or "")),
                     escape(str(instance.get("timestamp", ""))),
                     escape(json.dumps(instance.get("options", {}), sort_keys=True)),

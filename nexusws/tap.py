@@ -93,6 +93,10 @@ class Options(AccessOptions, ReferenceStyleOptions):
         ["start_timeout", None, timeouts.START_TIMEOUT,
          "Seconds a session instance may take to start and accept connections.",
          _coerced(_positive_seconds, "start_timeout")],
+        ["reconnect_grace", None, timeouts.RECONNECT_GRACE,
+         "Seconds a session is kept after its WebSocket is lost, for the same token to "
+         "re-attach (0: stop at once); a service's options.reconnect_grace overrides it.",
+         _coerced(_seconds, "reconnect_grace")],
         ["ensight_executable", None, None,
          "The EnSight program for --local_session ensight (default: $NEXUSWS_ENSIGHT, else "
          "'ensight' on PATH)."],

@@ -409,13 +409,13 @@ class Registry:
     def get(self, token):
         return self.reservation
 
-    def activate(self, token):
+    def activate(self, token, attachment=None, takeover=False):
         from twisted.internet import defer
 
         self.activated.append(token)
         return defer.Deferred()
 
-    def deactivate(self, token):
+    def deactivate(self, token, attachment=None, ended=None):
         pass
 
 

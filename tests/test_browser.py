@@ -166,7 +166,8 @@ def status(gw):
 
 
 def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, novnc, tmp_path, artifacts, request):
-    """The token flow: reserve over /v1, open the page with the token, close it: the desktop is gone."""
+    """The token flow: reserve over /v1, open the page with the token, close it: the desktop is
+    gone (with --reconnect_grace 0, the reference's behaviour: no grace to wait out)."""
     base = free_display(count=1)
     config = tmp_path / "desktops.json"
     config.write_text(json.dumps({"Local Software Session": {
@@ -174,7 +175,7 @@ def test_a_reserved_desktop_session_in_the_browser(gateway, chromium, novnc, tmp
         "options": {"sizes": ["800x600"], "display_base": base, "background": COLOUR}}}))
     gw = gateway(["--remote_session_config", str(config), "--state_file", str(tmp_path / "state.json"),
                   "--http_directory", www(tmp_path), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK,
-                  "--novnc_dir", novnc], http=True)
+                  "--novnc_dir", novnc, "--reconnect_grace", "0"], http=True)
     token = reserve(gw, "Local Software Session", password="veronica")["token"]
     # The reference's page URL for a launched service: path, token, session_name.
     page = chromium(viewer_url(gw, "vnc_envision.html", path="websockify", token=token,

@@ -29,7 +29,7 @@ class LaunchRouter:
         self.ended = []
 
     def route(self, request):
-        return Launch(self.started, lambda: self.ended.append(True), "Demo#0")
+        return Launch(self.started, lambda why: self.ended.append(True), "Demo#0")
 
 
 def launching():
@@ -166,13 +166,13 @@ class Registry:
     def get(self, token):
         return Reservation() if self.error is None else None
 
-    def activate(self, token):
+    def activate(self, token, attachment=None, takeover=False):
         if self.error is not None:
             raise self.error
         self.activated.append(token)
         return self.started
 
-    def deactivate(self, token):
+    def deactivate(self, token, attachment=None, ended=None):
         self.deactivated.append(token)
 
 

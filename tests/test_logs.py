@@ -428,6 +428,9 @@ def test_no_secret_reaches_the_log_of_a_real_gateway_at_verbose_3(gateway, echo_
     with connect(f"{gw.ws_url}/any/path?token={used}&password=PW2SECRET", additional_headers=headers,
                  open_timeout=15) as ws:
         assert ws.recv(timeout=10).startswith(b"hello from the nexusws demo")
+    # Kept for the grace (--reconnect_grace, 60 s): its lines and its release are logged too.
+    gw.wait_for(re.escape(f"reservation {tag(used)} Demo Session#1: active -> detached"))
+    assert call(f"/v1/release/{used}?password=PW2SECRET") == {"released": used}
     gw.wait_for(re.escape(f"reservation {tag(used)} Demo Session#1: stopping -> released"))
     assert call(f"/v1/%72elease/{kept}") == {"released": kept}
     call(f"/v1/status?security_token={security}", {"Cookie": "sid=COOKIESECRET"})

@@ -33,7 +33,8 @@ def desktop_gateway(gateway, tmp_path):
     www = tmp_path / "www"
     www.mkdir()
     gw = gateway(["--remote_session_config", str(config), "--state_file", str(tmp_path / "state.json"),
-                  "--http_directory", str(www), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK],
+                  "--http_directory", str(www), "--http_listen", LOOPBACK, "--ws_listen", LOOPBACK,
+                  "--reconnect_grace", "0"],  # the reference's behaviour: stopped with the WebSocket
                  http=True)
     gw.display_base = base
     yield gw

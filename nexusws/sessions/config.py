@@ -2,7 +2,8 @@
 
 Each entry names a Python script defining one L{RemoteServiceScript}
 subclass (L{nexusws.sessions.script}), the number of instances and their
-common options. L{read_config} reads and checks the whole file and runs each
+common options (C{group} and C{reconnect_grace} are nexusws's own, checked
+here; see L{nexusws.sessions.attach}). L{read_config} reads and checks the whole file and runs each
 script (the options stage: no reactor); L{ServiceSpec.build} creates the
 script's object and its L{Service} with the reactor C{makeService} is given.
 L{check_names} refuses two services reachable by one name (the built-in ones
@@ -133,6 +134,9 @@ def read_config(path):
         group = options.get("group")
         if "group" in options and (not isinstance(group, str) or not group.strip()):
             raise bad(f"'options.group' must be a group name, not {show(group)}")
+        grace = options.get("reconnect_grace")
+        if "reconnect_grace" in options and not _is_seconds(grace):
+            raise bad(f"'options.reconnect_grace' must be a number of seconds >= 0, not {show(grace)}")
         if not isinstance(script, str) or not script.strip():
             raise bad(f"'script' must be a file name, not {show(script)}")
         path_of_script = os.path.join(base, script)
@@ -190,6 +194,12 @@ def check_names(services):
                 raise StartupError(f"service name {name!r} is defined twice: by {seen[name]} "
                                    f"and by {service.origin or service.name}")
             seen[name] = service.origin or service.name
+
+
+def _is_seconds(value):
+    """Whether C{value} (from JSON) is a finite number >= 0 (a boolean is not)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < float("inf"))
 
 
 def _kind(value):

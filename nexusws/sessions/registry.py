@@ -9,7 +9,9 @@ L{nexusws.sessions.starting} and fails with a L{StartFailure}. Its states::
     reserved --release--> released;  reserved --unused for `timeout` s--> expired
     (shutdown leaves reserved ones: the state file keeps them for the next run)
     starting --start failed or timed out, release, WebSocket gone, shutdown--> stopping
-    active --WebSocket closed, release, shutdown--> stopping
+    active --WebSocket lost (client side), grace > 0--> detached --same token--> active
+    active --WebSocket closed (grace 0, backend end), release, shutdown--> stopping
+    detached --grace expired, release, shutdown--> stopping  (L{nexusws.sessions.attach})
     stopping --service.stop done (or failed, or timed out)--> released
 
 Every transition is logged once, the token named by its tag (L{nexusws.logs.tag},
@@ -30,6 +32,7 @@ from nexusws.clock import LoopingCall
 from nexusws.errors import StartupError
 from nexusws.logs import logger, printable, tag
 from nexusws.sessions import starting
+from nexusws.sessions.attach import Attaching, TokenInUse  # noqa: F401 (TokenInUse: raised by activate)
 from nexusws.sessions.backend import CUT_SHORT, NOT_READY, NOT_RECORDED, StartFailure
 from nexusws.sessions.ports import wait_for_port
 from nexusws.sessions.records import recover
@@ -40,6 +43,7 @@ from nexusws.sessions.timeouts import (
     GRACE,
     REAP_INTERVAL_MAX,
     REAP_INTERVAL_MIN,
+    RECONNECT_GRACE,
     RESERVATION_TIMEOUT,
     START_TIMEOUT,
     STOP_TIMEOUT,
@@ -60,11 +64,7 @@ class UnknownToken(Exception):
     """The token was never issued, or its reservation has ended or is ending."""
 
 
-class TokenInUse(Exception):
-    """The token has already been presented by a WebSocket."""
-
-
-class Registry:
+class Registry(Attaching):
     """All reservations of all services.
 
     @param services: the L{nexusws.sessions.backend.ISessionBackend}s (the local one:
@@ -82,11 +82,14 @@ class Registry:
     @param stop_timeout: seconds a service's stop may take before its index is freed anyway.
     @param kill_grace: seconds from SIGTERM to SIGKILL for a previous run's processes.
     @param metrics: a L{nexusws.metrics.Metrics} that counts reservations and launches, or None.
+    @param reconnect_grace: seconds an instance is kept after its WebSocket is lost, unless
+        its service's options say otherwise (L{nexusws.sessions.attach}).
     @raise StartupError: two services share a name or alias."""
 
     def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
                  on_change=None, wallclock=time.time, wait_for_port=wait_for_port,
-                 kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None):
+                 kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None,
+                 reconnect_grace=RECONNECT_GRACE):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             for name in (service.name, *getattr(service, "aliases", ())):
@@ -95,7 +98,7 @@ class Registry:
         self._reactor, self._wallclock, self.on_change = reactor, wallclock, on_change
         self.timeout, self.start_timeout, self.stop_timeout = timeout, start_timeout, stop_timeout
         self.kill_grace, self._kill_processes = kill_grace, kill_processes
-        self.metrics = metrics
+        self.metrics, self.reconnect_grace = metrics, reconnect_grace
         self._wait_for_port = wait_for_port
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
@@ -111,15 +114,16 @@ class Registry:
         return self._by_name.get(name)
 
     def outstanding(self, user, client):
-        """How many reservations hold an instance for C{user} (reserved, starting or active:
-        a stopping one is ending); without a user, how many anonymous ones C{client} made."""
+        """How many reservations hold an instance for C{user} (reserved, starting, active or
+        detached: a stopping one is ending); without a user, how many anonymous ones C{client} made."""
         return sum(r.user == user if user is not None else r.user is None and r.client == client
                    for r in self._live.values() if r.state != STOPPING)
 
     def status(self):
         """/v1/status: every service, with its live instances sorted by index."""
+        now = self._reactor.seconds()
         return [{"name": s.name, "count": s.count, "common_options": dict(s.common_options),
-                 "instances": [r.as_status() for r in self._instances(s)]} for s in self.services]
+                 "instances": [r.as_status(now) for r in self._instances(s)]} for s in self.services]
 
     def _instances(self, service):
         return sorted((r for r in self._live.values() if r.service is service), key=lambda r: r.index)
@@ -151,20 +155,25 @@ class Registry:
         self._count(service, "reserved")
         return r
 
-    def activate(self, token):
-        """A WebSocket presented C{token}: start its instance (the token is checked first).
+    def activate(self, token, attachment=None, takeover=False):
+        """A WebSocket presented C{token}: start its instance (the token is checked first),
+        or attach to it while it runs (L{nexusws.sessions.attach}: detached, or C{takeover}).
 
+        @param attachment: the caller's object for that WebSocket, given back to
+            L{deactivate} when it is gone (its C{take_over()} is called if another takes over).
         @raise UnknownToken: never issued, released, expired or being stopped.
-        @raise TokenInUse: already presented (starting or active).
+        @raise TokenInUse: presented by another WebSocket still there (starting, or
+            active without C{takeover}).
         @return: a Deferred firing with C{(host, port)} once that address accepts
-            connections, or failing with L{StartFailure} once whatever was started
+            connections (at once when attaching), or failing with L{StartFailure} once whatever was started
             has been stopped and the index freed (or at once, the reservation
             kept, when the start cannot be recorded). Cancelling it stops the instance."""
         r = self._live.get(token)
         if r is None or r.state == STOPPING:
             raise UnknownToken(f"unknown, ended or ending token {tag(token)}")
         if r.state != RESERVED:
-            raise TokenInUse(f"token {tag(token)} is already in use ({r.state})")
+            return self._attach(r, attachment, takeover)
+        r.attached = attachment
         try:
             self._set_state(r, STARTING, required=True)
         except NotRecorded as e:  # nothing started; the token stays reserved
@@ -191,17 +200,6 @@ class Registry:
         failed = defer.Deferred()  # not chained: cancelling it must not cut the stop short
         self._stop_instance(r).addBoth(lambda _: failed.errback(failure))
         return failed
-
-    def deactivate(self, token):
-        """The WebSocket that activated C{token} closed: stop the instance, free the index.
-
-        Harmless for a token that is unknown, ended, or not activated.
-        @return: a Deferred firing (None) once the index is free."""
-        r = self._live.get(token)
-        if r is None or r.state == RESERVED:
-            _log.debug("deactivate {token}: nothing to stop", token=tag(token))
-            return defer.succeed(None)
-        return self._end(r, "WebSocket closed")
 
     def release(self, token):
         """End a reservation: at once if unused, else once its instance has stopped.
@@ -237,7 +235,7 @@ class Registry:
             self._set_state(r, STOPPING, f"{why} while starting")
             if r.pending is not None:
                 r.pending.cancel()  # _start_settled then stops it
-        elif r.state == ACTIVE:
+        elif r.state != STOPPING:  # active or detached
             self._set_state(r, STOPPING, why)
             self._stop_instance(r)
         return done
@@ -261,6 +259,7 @@ class Registry:
         if new not in NEXT.get(old, ()):
             raise RuntimeError(f"reservation {r.label}: no transition {old} -> {new}")
         r.state = new
+        self._ungrace(r)  # leaving detached ends its grace
         if new in (ACTIVE, STOPPING):
             try:
                 self._refresh_pids(r)
@@ -353,7 +352,7 @@ class Registry:
             self._changed()
 
     def running(self):
-        """Whether any instance is starting, active or stopping (may have processes)."""
+        """Whether any instance is starting, active, detached or stopping (may have processes)."""
         return any(r.state != RESERVED for r in self._live.values())
 
     def snapshot(self):

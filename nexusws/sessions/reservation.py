@@ -9,15 +9,16 @@ shows in /v1/status and in the state file, and which transitions exist
 from nexusws.logs import iso_utc, printable, tag
 
 RESERVED, STARTING, ACTIVE, STOPPING = "reserved", "starting", "active", "stopping"
+DETACHED = "detached"  # running, its WebSocket lost: kept for its grace (L{nexusws.sessions.attach})
 RELEASED, EXPIRED = "released", "expired"
 
 #: state -> the states it may go to.
 NEXT = {RESERVED: (STARTING, RELEASED, EXPIRED), STARTING: (ACTIVE, STOPPING),
-        ACTIVE: (STOPPING,), STOPPING: (RELEASED,)}
+        ACTIVE: (STOPPING, DETACHED), DETACHED: (ACTIVE, STOPPING), STOPPING: (RELEASED,)}
 
 #: The states of a live reservation, in order: the registry's, and the state file's
 #: (L{nexusws.sessions.records}); the others are final (it is gone).
-LIVE = (RESERVED, STARTING, ACTIVE, STOPPING)
+LIVE = (RESERVED, STARTING, ACTIVE, DETACHED, STOPPING)
 
 
 class Reservation:
@@ -31,10 +32,15 @@ class Reservation:
     @ivar pending: its start while in flight (L{nexusws.sessions.starting.start});
         C{why}: why it was ended while starting; C{waiters}: Deferreds to fire
         once it has ended; C{cancelled}: its start was cut short by a release,
-        its WebSocket closing or a shutdown. The registry's to change."""
+        its WebSocket closing or a shutdown. The registry's to change.
+    @ivar attached: what its WebSocket's router gave the registry (starting,
+        active), None once detached; C{grace_call}: the grace timer while
+        detached, C{grace_ends} when it fires (reactor clock).
+        L{nexusws.sessions.attach}'s to change."""
 
     client = None
     activated = None  # when its token's WebSocket came (reactor clock)
+    attached = grace_call = grace_ends = None
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (
@@ -52,10 +58,14 @@ class Reservation:
     def label(self):
         return f"{tag(self.token)} {printable(self.service.name)}#{self.index}"
 
-    def as_status(self):
-        """Its entry in /v1/status (JSON-safe)."""
-        return {"index": self.index, "token": self.token, "timestamp": self.timestamp,
-                "state": self.state, "options": dict(self.options), "user": self.user}
+    def as_status(self, now=None):
+        """Its entry in /v1/status (JSON-safe); at C{now} (reactor clock), a detached
+        one also tells the seconds of grace it has left (C{grace_left})."""
+        status = {"index": self.index, "token": self.token, "timestamp": self.timestamp,
+                  "state": self.state, "options": dict(self.options), "user": self.user}
+        if now is not None and self.state == DETACHED and self.grace_ends is not None:
+            status["grace_left"] = round(max(0.0, self.grace_ends - now), 1)
+        return status
 
     def record(self):
         """Its entry in the state file (read back by L{nexusws.sessions.records.saved_records}).

@@ -1,7 +1,7 @@
 """Every time limit of a session's life, in seconds, in one place.
 
 Values only: the modules that wait, poll or give up import them from here
-(L{registry}, L{instances}, L{script}, L{builtin}, L{launcher}, L{stopping},
+(L{registry}, L{attach}, L{instances}, L{script}, L{builtin}, L{launcher}, L{stopping},
 L{ports}, L{keeper}). Several are defaults that an option or a caller may
 override (C{--start_timeout}, C{Service.grace}, a script's C{timeout=}).
 """
@@ -42,6 +42,11 @@ SCRIPT_STOP_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 
 # --- while running --------------------------------------------------------------
+
+#: An active instance whose WebSocket is lost (not ended on purpose) is kept this
+#: long for the same token to re-attach (the registry's default; C{--reconnect_grace},
+#: a service's C{options.reconnect_grace}; L{attach}). 0: stopped at once.
+RECONNECT_GRACE = 60.0
 
 #: A program's output is read this long after it exited, while other processes
 #: (daemons it started) still hold its pipes open.

@@ -7,6 +7,7 @@ command line, so a test finds it (and its leftovers) in /proc.
 --daemonize: double fork and setsid, stdio to /dev/null (a classic daemon):
 the process its launcher started exits at once.
 --grandchild: also start a sleeping child carrying MARKER (a descendant to end too).
+--hello: greet each connection with "pid N\n" (N: this server's pid) before echoing.
 It exits on its own after 300 s, so a failed test cannot leak it for ever.
 """
 
@@ -19,10 +20,15 @@ import threading
 LIFETIME = 300.0
 
 
-def serve(conn):
+def serve(conn, hello):
     with conn:
-        while data := conn.recv(65536):
-            conn.sendall(data)
+        try:
+            if hello:
+                conn.sendall(f"pid {os.getpid()}\n".encode())
+            while data := conn.recv(65536):
+                conn.sendall(data)
+        except OSError as e:  # the peer reset the connection: its business, one line
+            print(f"echo_server: connection ended: {e}", file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -45,7 +51,7 @@ def main(argv):
     listener.listen(8)
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, "--hello" in flags), daemon=True).start()
 
 
 if __name__ == "__main__":

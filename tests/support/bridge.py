@@ -104,9 +104,11 @@ class Harness:
     """One client, the gateway, and (once connected) one backend, all in memory."""
 
     def __init__(self, router=None, protocols=("binary",), close_timeout=30.0, ping_interval=0.0,
-                 ping_timeout=None, origin=None, peer=("127.0.0.1", 40000), like=None, **factory_options):
+                 ping_timeout=None, origin=None, peer=("127.0.0.1", 40000), like=None,
+                 url="ws://127.0.0.1:9090/websockify?token=SECRET", headers=None, **factory_options):
         """C{origin}: the client's Origin header; C{peer}: its address; C{like}: another
         Harness whose gateway (factory, reactor, backend endpoint) this client joins;
+        C{url}: the one the client asks for; C{headers}: more request headers;
         C{factory_options}: more L{BridgeFactory} arguments."""
         if like is not None:
             self.reactor, self.endpoint, self.targets = like.reactor, like.endpoint, like.targets
@@ -127,8 +129,7 @@ class Harness:
             ping_interval=ping_interval, ping_timeout=ping_timeout, **factory_options,
         )
         client_factory = WebSocketClientFactory(
-            "ws://127.0.0.1:9090/websockify?token=SECRET", protocols=list(protocols), reactor=self.reactor,
-            origin=origin,
+            url, protocols=list(protocols), reactor=self.reactor, origin=origin, headers=headers,
         )
         client_factory.protocol = Client
         peer = IPv4Address("TCP", *peer)

@@ -80,6 +80,8 @@ class World:
         self.changes = []
         kwargs.setdefault("timeout", 300.0)
         kwargs.setdefault("start_timeout", 30.0)
+        # The reference's behaviour (stop when the WebSocket is lost) unless a test asks for a grace.
+        kwargs.setdefault("reconnect_grace", 0.0)
         self.registry = Registry(
             self.services, self.clock, on_change=self._changed,
             wallclock=lambda: EPOCH + self.clock.seconds(),

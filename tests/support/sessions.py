@@ -28,10 +28,13 @@ LOOPBACK = ["--http_listen", "tcp:0:interface=127.0.0.1", "--ws_listen", "tcp:0:
 
 
 def gateway_args(tmp_path, *extra, config=CONFIG):
-    """A gateway's command line: loopback port 0, its own state file and http directory."""
+    """A gateway's command line: loopback port 0, its own state file and http directory,
+    and the reference's behaviour (a session stops when its WebSocket is lost) unless
+    C{extra} gives another --reconnect_grace (the last one counts)."""
     www = tmp_path / "www"
     www.mkdir(exist_ok=True)
-    args = [*LOOPBACK, "--http_directory", str(www), "--state_file", str(state_path(tmp_path))]
+    args = [*LOOPBACK, "--http_directory", str(www), "--state_file", str(state_path(tmp_path)),
+            "--reconnect_grace", "0"]
     if config is not None:
         args += ["--remote_session_config", str(config)]
     return [*args, *extra]
