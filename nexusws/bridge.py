@@ -172,7 +172,7 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
     def onMessageFrameData(self, payload):
         # Stream each frame's payload straight through instead of assembling
         # whole messages: memory stays bounded whatever the message size.
-        if self.failedByMe or self._backend_done is not None:
+        if self.failedByMe or self._backend_done is not None or self._taken_over:
             return
         if self.backend is None or self._pending is not None:
             if self._pending is not None and not self.closing:  # a launch: until it is up

@@ -53,6 +53,8 @@ class Closing:
     #: Why the tunnel's session ended on purpose (the backend's end, a shutdown), for
     #: its launch (L{nexusws.routing.Launch.end}); None: the client's side was lost.
     _ended_why = None
+    #: Another WebSocket took this one's session over: what this client still sends is dropped.
+    _taken_over = False
 
     # _fail_connection is Autobahn's internal method (nexusws.internals checks at
     # start-up that it is still there).
@@ -127,6 +129,7 @@ class Closing:
         new tunnel's; what this client still sends is not for it)."""
         if self.closing:
             return
+        self._taken_over = True  # nothing more of this client reaches the session (or its counts)
         if self.state == self.STATE_OPEN:
             self._close(CLOSE_TAKEN_OVER, "taken over")
         else:

@@ -12,6 +12,7 @@ from twisted.logger import formatEvent
 from twisted.python import usage
 
 from nexusws.errors import StartupError
+from nexusws.logs import show
 from nexusws.metrics import Metrics
 from nexusws.routing import Launch, NoRouter, Target, TokenRouter
 from nexusws.sessions import timeouts
@@ -372,7 +373,12 @@ def test_takeover_closes_the_old_websocket_4001_taken_over_and_attaches_the_new_
     first = attached(world, r.token, headers=alice)
     second = session_tunnel(world, r.token, like=first, query="&takeover=1", headers=alice)
     assert second.client.opened
+    # What the old client sends before it reads its close reaches no backend
+    # connection and is not counted: the session is the new WebSocket's.
+    up = first.server.bytes_up
+    first.client.sendMessage(b"late", isBinary=True)
     first.flush()
+    assert b"late" not in bytes(first.backend.received) and first.server.bytes_up == up
     assert first.client.closed is not None and first.client.closed[1:] == (4001, "taken over")
     assert first.backend.lost is not None, "the old backend connection is closed"
     second.connect_backend(b"RFB 003.008\n")
@@ -460,7 +466,7 @@ SCRIPT = "../sessions/helper_echo.py"
 
 
 @pytest.mark.parametrize("value, shown", [(-1, "-1"), ("30", '"30"'), (True, "true"), (None, "null"),
-                                          ([5], "[5]")])
+                                          ([5], "[5]"), (10 ** 400, show(10 ** 400))])
 def test_a_bad_reconnect_grace_in_the_config_file_is_one_line_naming_file_service_and_key(tmp_path, value, shown):
     config = tmp_path / "services.json"
     config.write_text(json.dumps({"desk": {"script": "missing.py", "count": 1,

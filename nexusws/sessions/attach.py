@@ -68,8 +68,8 @@ class Attaching:
         if r is None or r.state in (RESERVED, DETACHED) or r.attached is not attachment:
             _log.debug("deactivate {token}: nothing to do", token=tag(token))
             return defer.succeed(None)
+        grace = self.grace_of(r.service)  # first: nothing is changed if it cannot be known
         r.attached = None
-        grace = self.grace_of(r.service)
         if r.state == ACTIVE and ended is None and grace > 0 and not self._closing:
             self._set_state(r, DETACHED, f"WebSocket closed; grace {grace:g} s")
             r.grace_ends = self._reactor.seconds() + grace

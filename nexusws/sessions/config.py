@@ -197,9 +197,15 @@ def check_names(services):
 
 
 def _is_seconds(value):
-    """Whether C{value} (from JSON) is a finite number >= 0 (a boolean is not)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and 0 <= value < float("inf"))
+    """Whether C{value} (from JSON) is a finite number >= 0 (a boolean is not), and one
+    a float can hold (a JSON integer of 400 digits cannot: it is refused here, not
+    when a WebSocket closes)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return 0 <= float(value) < float("inf")
+    except OverflowError:
+        return False
 
 
 def _kind(value):
