@@ -278,6 +278,16 @@ def events():
 
 
 @pytest.fixture
+def marker():
+    """A unique argv marker for this test's session processes; leftovers are killed after."""
+    from support.sessions import kill_marked, new_marker
+
+    value = new_marker()
+    yield value
+    kill_marked(value)
+
+
+@pytest.fixture
 def popen():
     """Start processes with C{popen(argv, **kw)}; whatever is left is killed and waited for."""
     from nexusws.sessions import procs

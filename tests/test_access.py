@@ -24,22 +24,13 @@ from support.sessions import (
     gateway_args,
     get,
     instances,
-    kill_marked,
     marked,
-    new_marker,
     run,
     session_url,
 )
 from support.waiting import poke_until_logged
 
 GROUPS = {"ClusterRendering": ["alice"], "RemoteSession": ["alice", "bob"]}
-
-
-@pytest.fixture
-def marker():
-    value = new_marker()
-    yield value
-    kill_marked(value)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import shutil
 import urllib.request
 
-import pytest
 import websockets
 
 from conftest import ROOT, require
@@ -19,9 +18,7 @@ from support.sessions import (
     gateway_args,
     get,
     instances,
-    kill_marked,
     marked,
-    new_marker,
     open_ws,
     refusal,
     reserve,
@@ -30,13 +27,6 @@ from support.sessions import (
 )
 
 DESKTOP = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
-
-
-@pytest.fixture
-def marker():
-    value = new_marker()
-    yield value
-    kill_marked(value)
 
 
 def hello_config(tmp_path, **options):

@@ -28,9 +28,7 @@ from support.sessions import (
     gateway_args,
     get,
     instances,
-    kill_marked,
     marked,
-    new_marker,
     open_ws,
     refusal,
     reserve,
@@ -43,14 +41,6 @@ from support.waiting import wait_until, wait_until_async
 #: A log line of the launcher saying it started a process.
 STARTED = r"nexusws\.launcher#info\].*(started pid|\) started)"
 FAKE_ENSIGHT = ROOT / "tests" / "services" / "fake_ensight.py"
-
-
-@pytest.fixture
-def marker():
-    """A unique argv marker for this test's session processes; leftovers are killed after."""
-    value = new_marker()
-    yield value
-    kill_marked(value)
 
 
 def start(gateway, tmp_path, *extra, **kwargs):
