@@ -6,6 +6,8 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
                                 free, or the state file cannot record it
   /v1/release/{token}           200 {"released": token}; 404 unknown token; 503 unrecordable
   /v1/status                    200 [{"name", "count", "common_options", "instances": [...]}]
+  /v1/session/{token}           200 its session's snapshot; /v1/events/{token}: its event stream
+                                (nexusws.streams); 404 unknown token, 403 another user's
   /v1/status_view               200 the same as an HTML table
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
   /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
@@ -55,6 +57,7 @@ from nexusws.scrub import mask_options, redact
 from nexusws.sessions.records import check_options
 from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownToken
 from nexusws.status_page import status_page
+from nexusws.streams import events, session
 
 #: Query parameters that are not options of a reservation: the API's own, and
 #: the names nexusws itself sets in the options a script receives (a client
@@ -360,6 +363,8 @@ CALLS = {call.name: call for call in (
     Call("stop",        0,     True,     Who.LOCAL,       ApiRoot._stop_server,  "stop"),
     Call("metrics",     0,     False,    Who.ANYONE,      ApiRoot._metrics,      "metrics"),
     Call("load",        0,     False,    Who.ANYONE,      ApiRoot._load,         "load"),
+    Call("session",     1,     False,    Who.ANYONE,      session,               "session"),
+    Call("events",      1,     False,    Who.ANYONE,      events,                "events"),
 )}
 
 #: The methods some call answers (C{Allow} of the 405 to any other).

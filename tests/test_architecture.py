@@ -21,7 +21,7 @@ LAYERS = {
         "cmdline", "credentials", "tls", "load", "metrics", "status_page", "pipes"),
     1: ("groups", "limits", "sites", "auth", "admission"),
     2: ("sessions",),
-    3: ("routing", "handshake", "closing", "bridge", "responses", "ranges", "files", "web", "viewer", "api"),
+    3: ("routing", "handshake", "closing", "bridge", "responses", "ranges", "files", "web", "viewer", "streams", "api"),
     4: ("gateway", "assemble", "tap", "cli", "services"),
     5: ("balancer",),
 }

@@ -3,6 +3,7 @@
   registry     reservations, tokens, the state machine, the reaper
   reservation  one reservation: its record, states and allowed transitions
   attach       sessions that outlive their WebSocket: detach, grace, re-attach, take over
+  events       each reservation's event log (for /v1/events, /v1/session); progress reports
   starting     one instance's start: backend start, port wait, start timeout -> StartFailure
   statefile    the crash-safe record of the registry: the file (check, read, write, set aside)
   journal      the state file's format: full record and change lines, compaction, replay

@@ -48,7 +48,7 @@ class Attaching:
     """The detach/re-attach part of the registry (see the module docstring).
 
     Expects of the class it is mixed into: C{_live}, C{_reactor}, C{_closing},
-    C{metrics}, C{reconnect_grace}, C{_set_state} and C{_end}."""
+    C{metrics}, C{reconnect_grace}, C{_set_state}, C{_end} and C{_emit}."""
 
     def grace_of(self, service):
         """Seconds an instance of C{service} is kept after its WebSocket is lost."""
@@ -94,6 +94,7 @@ class Attaching:
         _log.info("reservation {label}: taken over by a new WebSocket (the previous one is closed)",
                   label=r.label)
         self._count_attach("takeovers", r)
+        self._emit(r, "attached", takeover=True)  # L{nexusws.sessions.events}
         if displaced is not None:
             try:
                 displaced.take_over()

@@ -80,6 +80,7 @@ class Service:
 
     grace = GRACE
     stop_timeout = SCRIPT_STOP_TIMEOUT
+    on_progress = None  # the registry's: called with (service, index, text) by progress()
 
     def __init__(self, name, script_class, count, common_options, reactor, launcher,
                  aliases=(), origin="", system=None, tracker=None):
@@ -327,6 +328,13 @@ class Service:
             raise ServiceError(f"service '{self.name}': {helper}() for instance {index}, "
                                f"which is not running")
         return instance
+
+    def progress(self, text, index=None):
+        """Report a step of instance C{index}'s start (default: the current one, as for
+        C{spawn}) to C{on_progress}, which the registry sets: C{(service, index, text)}."""
+        instance = self.instance_for(index, "progress")
+        if self.on_progress is not None:
+            self.on_progress(self, instance.index, text)
 
     def current_index(self):
         """The index of the instance whose code is running, or None if unknown."""

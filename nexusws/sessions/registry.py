@@ -34,6 +34,7 @@ from nexusws.logs import logger, printable, tag
 from nexusws.sessions import starting
 from nexusws.sessions.attach import Attaching, TokenInUse  # noqa: F401 (TokenInUse: raised by activate)
 from nexusws.sessions.backend import CUT_SHORT, NOT_READY, NOT_RECORDED, StartFailure
+from nexusws.sessions.events import SHUTDOWN, Reporting
 from nexusws.sessions.ports import wait_for_port
 from nexusws.sessions.records import recover
 from nexusws.sessions.reservation import ACTIVE, EXPIRED, NEXT, RELEASED, RESERVED, STARTING, STOPPING, Reservation
@@ -64,7 +65,7 @@ class UnknownToken(Exception):
     """The token was never issued, or its reservation has ended or is ending."""
 
 
-class Registry(Attaching):
+class Registry(Attaching, Reporting):
     """All reservations of all services.
 
     @param services: the L{nexusws.sessions.backend.ISessionBackend}s (the local one:
@@ -84,6 +85,8 @@ class Registry(Attaching):
     @param metrics: a L{nexusws.metrics.Metrics} that counts reservations and launches, or None.
     @param reconnect_grace: seconds an instance is kept after its WebSocket is lost, unless
         its service's options say otherwise (L{nexusws.sessions.attach}).
+    Each reservation's events (L{nexusws.sessions.events}: C{events_of}, C{session})
+    are reported as its transitions are logged; a service's C{on_progress} is set to report its steps.
     @raise StartupError: two services share a name or alias."""
 
     def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
@@ -92,6 +95,7 @@ class Registry(Attaching):
                  reconnect_grace=RECONNECT_GRACE):
         self.services, self._by_name = list(services), {}
         for service in self.services:
+            service.on_progress = self._progress
             for name in (service.name, *getattr(service, "aliases", ())):
                 if self._by_name.setdefault(name, service) is not service:
                     raise StartupError(f"service name {name!r} is used by two services")
@@ -194,6 +198,7 @@ class Registry(Attaching):
             failure = result.value  # a StartFailure (see nexusws.sessions.starting)
             # Its cause: the backend's own failure names the instance, the registry's is a reason.
             cause = failure.why if failure.what == NOT_READY else str(failure)
+            r.failure = failure
             self._set_state(r, STOPPING, f"start failed: {cause}")
         else:  # ended by release, deactivate or shutdown while starting
             failure = StartFailure(r.service.name, r.index, CUT_SHORT, r.why)
@@ -219,7 +224,7 @@ class Registry(Attaching):
         in pages work again after a restart (within their timeout)."""
         self._closing = True
         self.stop_reaper()
-        ends = [self._end(r, "server shutting down") for r in list(self._live.values())
+        ends = [self._end(r, SHUTDOWN) for r in list(self._live.values())
                 if r.state != RESERVED]
         ends += [self._killing] if self._killing is not None else []
         return defer.DeferredList(ends, consumeErrors=True).addCallback(lambda _: None)
@@ -291,10 +296,6 @@ class Registry(Attaching):
     def _count(self, service, outcome):
         if self.metrics is not None:
             self.metrics.reservations.labels(service.name, outcome).inc()
-
-    def _logged(self, r, old, new, why):
-        _log.info("reservation {label}: {old} -> {new}{why}", label=r.label, old=old, new=new,
-                  why=f" ({why})" if why else "")
 
     def _changed(self):
         """Call C{on_change}; whether the change was recorded (else C{unrecorded} says why).

@@ -41,6 +41,8 @@ class Reservation:
     client = None
     activated = None  # when its token's WebSocket came (reactor clock)
     attached = grace_call = grace_ends = None
+    since = None  # when it entered its state (wall clock)
+    failure = None  # the StartFailure that failed its start, if one did
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (

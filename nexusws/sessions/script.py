@@ -42,7 +42,7 @@ class RemoteServiceScript:
 
     nexusws runs the script file and instantiates the one subclass it defines
     as C{cls(common_options)} (the service's C{options} from the config file).
-    The helpers (L{spawn}, L{wait_for_port}, L{terminate}, L{reactor}, L{log})
+    The helpers (L{spawn}, L{wait_for_port}, L{terminate}, L{progress}, L{reactor}, L{log})
     work from C{__init__} on: nexusws binds the instance before calling it.
     """
 
@@ -128,6 +128,16 @@ class RemoteServiceScript:
         result = _Relay(self._service())
         child.terminate(grace).addBoth(result.fire)
         return result.deferred
+
+    def progress(self, text, index=None):
+        """Tell the instance's page how its start goes: a C{progress} event (GET /v1/events/{token}).
+
+        @param text: a human-readable step (C{"starting the X server"}), made one
+            printable line of at most 200 characters.
+        @param index: as for L{spawn}: needed only where nexusws cannot tell the instance.
+        @raise ServiceError: the instance is unknown or not running.
+        """
+        self._service().progress(text, index)
 
     @property
     def reactor(self):

@@ -58,3 +58,7 @@ WATCH_INTERVAL = 2.0
 #: The reaper (expiry of unused reservations) runs every tenth of the
 #: reservation timeout, but at most this often and at least this rarely.
 REAP_INTERVAL_MIN, REAP_INTERVAL_MAX = 0.5, 5.0
+
+#: The event log of an ended reservation (L{events}) is kept this long, so that a
+#: page can still read how its session ended; then its token is unknown.
+EVENTS_KEPT_AFTER_END = 60.0

@@ -43,13 +43,14 @@ class FakeService:
 class Exchange:
     """One request on its own connection; its response may come later."""
 
-    def __init__(self, site, target, method, headers):
+    def __init__(self, site, target, method, headers, transport=None):
         if isinstance(target, str):
             target = target.encode("ascii")
         lines = [method + b" " + target + b" HTTP/1.1", b"Host: localhost"]
         lines += [f"{name}: {value}".encode("latin-1") for name, value in headers]
         self.method = method
-        self.transport = StringTransport(peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        self.transport = transport if transport is not None else StringTransport(
+            peerAddress=PEER, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
         self.protocol = site.buildProtocol(PEER)
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(b"\r\n".join([*lines, b"Connection: close", b"", b""]))
@@ -88,8 +89,8 @@ class Api:
     def _stop(self):
         self.stop_calls.append([e.finished for e in self.exchanges])
 
-    def send(self, target, method=b"GET", headers=()):
-        exchange = Exchange(self.site, target, method, headers)
+    def send(self, target, method=b"GET", headers=(), transport=None):
+        exchange = Exchange(self.site, target, method, headers, transport)
         self.exchanges.append(exchange)
         return exchange
 
