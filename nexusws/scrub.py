@@ -8,7 +8,7 @@ the observers that write the log, so what they write, at any verbosity, is
 already masked. L{scrub} masks, in the text a line would show and in the
 event's fields: values of the query parameters in L{SECRET_PARAMS} (their
 names percent-decoded, also inside an encoded query such as
-C{path=websockify%3Ftoken%3D...}), the token in C{/v1/release/<token>} (its
+C{path=websockify%3Ftoken%3D...}), the token in C{/v1/release/<token>} (and events, session: its
 path percent-decoded), C{Authorization}, C{Proxy-Authorization}, C{Cookie} and
 C{Set-Cookie} header values (raw or in a dict's repr), and anything shaped
 like a reservation token (a UUID). Callers still mask what they know to be a
@@ -55,8 +55,12 @@ def _spelled(word):
 
 
 _SLASH = "(?:/|%2f)"
-_RELEASE_PREFIX = rf"({_SLASH}{_spelled('v')}(?:[0-9]|%3[0-9])+{_SLASH}{_spelled('release')}{_SLASH})"
-#: /v1/release/<token> in a URI's path (twisted.web routes on the percent-decoded path).
+#: The /v1 calls whose path holds a token (L{nexusws.api.CALLS}: release, events, session).
+TOKEN_CALLS = ("release", "events", "session")
+_TOKEN_CALL = "(?:" + "|".join(_spelled(call) for call in TOKEN_CALLS) + ")"
+_RELEASE_PREFIX = rf"({_SLASH}{_spelled('v')}(?:[0-9]|%3[0-9])+{_SLASH}{_TOKEN_CALL}{_SLASH})"
+#: /v1/release/<token> (and events, session) in a URI's path (twisted.web routes on the
+#: percent-decoded path).
 _TOKEN_IN_PATH = re.compile(_RELEASE_PREFIX + r"[^/?#]+", re.I)
 #: The same in free text, where the token ends at white space or a quote.
 _TOKEN_IN_TEXT = re.compile(_RELEASE_PREFIX + r"""[^/?#\s'"\\]+""", re.I)
@@ -94,7 +98,7 @@ def redact(uri):
     Parameter names are compared after percent-decoding, as twisted.web
     decodes them before the API sees them: C{security%5Ftoken=...} is masked
     too. Both C{&} and C{;} separate parameters, as in twisted.web's parser.
-    The token of C{/v1/release/<token>} is masked however the path is
+    The token of C{/v1/release/<token>} (events, session) is masked however the path is
     percent-encoded (C{/v1/%72elease/...} is routed to the release too).
     """
     if isinstance(uri, bytes):
@@ -117,7 +121,7 @@ def redact_text(text):
     # case-sensitively on the lower-cased text where it can: about 2 us a line.
     lowered = text.lower()
     decoded = unquote(text, encoding="latin-1").lower() if "%" in text else lowered
-    if "release" in decoded:
+    if any(call in decoded for call in TOKEN_CALLS):
         text = _TOKEN_IN_TEXT.sub(r"\1" + MASK, text)
         lowered = text.lower()
     params = _ANY_PARAM.search(decoded) is not None

@@ -167,6 +167,8 @@ FREE_TEXT = [
     ('"GET /v1/%72elease/TOKSECRET HTTP/1.1" 200', '"GET /v1/%72elease/*** HTTP/1.1" 200'),
     ("GET /n1/v2/REL%45ASE/TOKSECRET", "GET /n1/v2/REL%45ASE/***"),
     ("GET /v1/release%2FTOKSECRET", "GET /v1/release%2F***"),
+    ('"GET /v1/session/e502%2d249c HTTP/1.1" 200 139 "http://h/v1/events/aa4f%2Dbf7e" "curl/7"',
+     '"GET /v1/session/*** HTTP/1.1" 200 139 "http://h/v1/events/***" "curl/7"'),
     # a reservation token wherever it stands, in any words
     (f"start failed for {TOKEN}: boom", "start failed for ***: boom"),
     (f"path=websockify%253Ftoken%253D{TOKEN.upper()}", "path=websockify%253Ftoken%253D***"),
@@ -190,6 +192,9 @@ def test_lines_without_secrets_are_left_as_they_are(text):
 
 @pytest.mark.parametrize("uri, shown", [
     ("/v1/%72elease/5121d252-ce4c-4172-a1ca-9cbb2e8f026c", "/v1/%72elease/***"),
+    ("/v1/session/5121d252%2dce4c%2d4172%2da1ca%2d9cbb2e8f026c", "/v1/session/***"),
+    ("/v1/%73ession/%35%31%32%31", "/v1/%73ession/***"),
+    ("/v1/events/5121d252%2Dce4c?last_event_id=3", "/v1/events/***?last_event_id=3"),
     ("/v1/%72%65%6c%65%61%73%65/abc?x=1", "/v1/%72%65%6c%65%61%73%65/***?x=1"),
     ("/v1/RELEASE/abc", "/v1/RELEASE/***"),
     ("/%76%31/release/abc", "/%76%31/release/***"),
