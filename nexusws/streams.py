@@ -69,11 +69,12 @@ def events(api, request, caller, token):
     raw = request.getHeader(b"last-event-id")
     if raw is None:
         raw = (request.args.get(b"last_event_id") or [None])[0]
-    try:
-        last_id = 0 if raw is None or not raw.strip() else int(raw)
-        if last_id < 0:
+    text = b"" if raw is None else raw.strip()
+    try:  # ASCII digits only: int() would also take "+1", "1_0" and other scripts' digits
+        if text and not text.isdigit():
             raise ValueError
-    except ValueError:
+        last_id = int(text) if text else 0
+    except ValueError:  # also more digits than Python converts
         return answer.error(request, 400, "Last-Event-ID: not a whole number >= 0")
     request.setResponseCode(200)
     request.setHeader(b"content-type", EVENT_STREAM)

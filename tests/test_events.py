@@ -133,7 +133,7 @@ def test_last_event_id_resumes_without_loss_or_duplicates(api):
     assert [int(e["id"]) for e in read(api.exchanges[-1])[0]] == [8, 9]
 
 
-@pytest.mark.parametrize("value", ["x", "-1", "1.5"])
+@pytest.mark.parametrize("value", ["x", "-1", "1.5", "+1", "1_0", "-0", "9" * 5000])
 def test_a_bad_last_event_id_is_400(api, value):
     token = api.reserve()
     assert api.get(f"/v1/events/{token}", headers=[("Last-Event-ID", value)]).status == 400
