@@ -16,6 +16,7 @@ metric.
   nexusws_reattaches_total{service}               WebSockets that re-attached to a detached session
   nexusws_takeovers_total{service}                sessions taken over by a new WebSocket (?takeover=1)
   nexusws_sessions{service,state}                 live reservations by state (reserved, ..., detached)
+  nexusws_session_ends_total{service,reason}      released, closed, grace_expired, stopped, expired, failed
   nexusws_http_requests_total{call,code}          /v1 answers by call (nexusws.api.CALLS) and status
 """
 
@@ -52,6 +53,9 @@ class Metrics:
         self.takeovers = Counter(
             "nexusws_takeovers", "Sessions taken over by a new WebSocket (takeover=1), by service",
             ["service"], registry=self.registry)
+        self.session_ends = Counter(
+            "nexusws_session_ends", "Sessions ended, by service and reason (the ending event's)",
+            ["service", "reason"], registry=self.registry)
         self.requests = Counter(
             "nexusws_http_requests", "Answers of the /v1 API by call and HTTP status",
             ["call", "code"], registry=self.registry)

@@ -123,6 +123,19 @@ def test_the_grace_running_out_stops_the_instance_and_frees_its_index(events):
     assert world.service.stops == [0] and world.states() == {}
     assert any(line.endswith("demo#0: detached -> stopping (grace_expired)") for line in lines(events))
     assert world.registry.reserve("demo").index == 0, "the index is free again"
+
+
+def test_session_ends_are_counted_by_reason():
+    world, metrics = world_with()
+    r, attachment = active(world)
+    world.registry.deactivate(r.token, attachment)
+    world.clock.advance(GRACE)  # grace_expired
+    world.registry.release(world.registry.reserve("demo").token)  # released, unused
+    r, attachment = active(world)
+    world.registry.release(r.token)  # released, running
+    counted = {reason: sample(metrics, "nexusws_session_ends_total", service="demo", reason=reason)
+               for reason in ("grace_expired", "released", "closed")}
+    assert counted == {"grace_expired": 1, "released": 2, "closed": 0}
     with pytest.raises(Exception, match="unknown"):
         world.registry.activate(r.token, attachment=Attachment())
 

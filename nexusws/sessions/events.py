@@ -157,7 +157,10 @@ class Reporting:
         elif new == DETACHED:
             self._emit(r, "detached", grace_left=self.grace_of(r.service))
         elif new == STOPPING or old == RESERVED:
-            self._emit(r, "ending", **self._ending(r, new, why))
+            ending = self._ending(r, new, why)
+            self._emit(r, "ending", **ending)
+            if self.metrics is not None:
+                self.metrics.session_ends.labels(r.service.name, ending["reason"]).inc()
         if new in (RELEASED, EXPIRED):
             self._emit(r, "ended")
             self._logs[r.token].ended = new, r.since
