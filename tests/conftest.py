@@ -162,11 +162,22 @@ class Gateway:
         return code
 
     def kill(self):
+        """SIGKILL the gateway and everything below it: its sessions run in sessions
+        (and process groups) of their own, which the gateway's group does not reach,
+        and a killed gateway ends nothing (a restart on its state file would)."""
         if self.proc.poll() is None:
+            from nexusws.sessions import procs
+
+            below = procs.descendants(self.proc.pid)
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            for pid in below:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(5)
 
 
