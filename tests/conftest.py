@@ -128,12 +128,20 @@ class Gateway:
     def error_lines(self):
         """The log lines that report an unhandled error (L{ERROR_LINE_RE}), each with
         the continuation lines (a traceback) that follow it."""
-        found, within = [], False
+        found, within, program = [], False, None
         with self._cond:
             for line in self.lines:
+                if program is not None and program in line:  # a session program's traceback goes on
+                    found[-1] += "\n" + line
+                    continue
+                program = None
                 if ERROR_LINE_RE.search(line) and not (within and line.startswith("\t")):
                     found.append(line)
                     within = True
+                    # A session program's output comes a line at a time ("] echo[0] python3: ..."):
+                    # the lines after its "Traceback" line with the same prefix are the traceback.
+                    head, sep, _ = line.partition(" Traceback (most recent call last)")
+                    program = head.rpartition("] ")[2] if sep and "#warn] " in head else None
                 elif within and line.startswith("\t"):
                     found[-1] += "\n" + line
                 else:

@@ -846,3 +846,14 @@ def test_real_wait_for_port_on_a_closed_port_fails_with_start_timeout():
     result = scenario("port_closed", "0.5")
     assert result["error"] == f"port 127.0.0.1:{result['port']} did not accept connections within 0.5s"
     assert 0.5 <= result["seconds"] < 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGSEGV])
+def test_the_supervisor_ends_as_its_program_did_killed_by_any_signal(sig):
+    """A program killed by SIGKILL (the end of every TERM, grace, KILL) made the supervisor
+    print a traceback (no handler can be set for SIGKILL) instead of dying the same way."""
+    program = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(sig)})"]
+    done = subprocess.run([sys.executable, "-I", "-S", wrapping.SUPERVISOR],
+                          input=wrapping.supervisor_command(program, dict(os.environ), None),
+                          capture_output=True, timeout=30)
+    assert done.returncode == -sig and b"Traceback" not in done.stderr, done.stderr

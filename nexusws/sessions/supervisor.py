@@ -135,7 +135,8 @@ def main():
             status = code
     if status is not None and os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
-        _signal.signal(number, _signal.SIG_DFL)
+        if number in FORWARDED:  # SIGKILL and the like have no handler to reset (EINVAL)
+            _signal.signal(number, _signal.SIG_DFL)
         import resource
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its core, if any, was the program's
