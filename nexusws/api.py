@@ -6,8 +6,10 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
                                 free, or the state file cannot record it
   /v1/release/{token}           200 {"released": token}; 404 unknown token; 503 unrecordable
   /v1/status                    200 [{"name", "count", "common_options", "instances": [...]}]
-  /v1/session/{token}           200 its session's snapshot; /v1/events/{token}: its event stream
-                                (nexusws.streams); 404 unknown token, 403 another user's
+  /v1/session/{token}           200 its session's snapshot; /v1/touch/{token}: its user is there;
+                                /v1/extend/{token}?seconds=N: a later time limit (nexusws.controls);
+                                /v1/events/{token}: its event stream (nexusws.streams); each
+                                404 unknown token, 403 another user's
   /v1/status_view               200 the same as an HTML table
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
   /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
@@ -48,6 +50,7 @@ from twisted.web import resource, server
 
 from nexusws.answers import HTML, TEXT, Answers
 from nexusws.auth import Access
+from nexusws.controls import extend, session, touch
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import logger, printable
@@ -57,7 +60,7 @@ from nexusws.scrub import mask_options, redact
 from nexusws.sessions.records import check_options
 from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownToken
 from nexusws.status_page import status_page
-from nexusws.streams import events, session
+from nexusws.streams import events
 
 #: Query parameters that are not options of a reservation: the API's own, and
 #: the names nexusws itself sets in the options a script receives (a client
@@ -365,6 +368,8 @@ CALLS = {call.name: call for call in (
     Call("load",        0,     False,    Who.ANYONE,      ApiRoot._load,         "load"),
     Call("session",     1,     False,    Who.ANYONE,      session,               "session"),
     Call("events",      1,     False,    Who.ANYONE,      events,                "events"),
+    Call("touch",       1,     True,     Who.ANYONE,      touch,                 "touch"),
+    Call("extend",      1,     True,     Who.ANYONE,      extend,                "extend"),
 )}
 
 #: The methods some call answers (C{Allow} of the 405 to any other).

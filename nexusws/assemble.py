@@ -28,6 +28,7 @@ from nexusws.metrics import Metrics
 from nexusws.routing import FixedRouter, NoRouter, Target, TokenRouter
 from nexusws.sessions import procs
 from nexusws.sessions.config import build_services
+from nexusws.sessions.deadlines import LIMITS
 from nexusws.sessions.keeper import SessionsService
 from nexusws.sessions.launcher import Launcher
 from nexusws.sessions.registry import Registry
@@ -101,7 +102,7 @@ def make_sessions(options, reactor, notes, metrics=None):
     registry = Registry(
         services, reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], metrics=metrics,
-        reconnect_grace=options["reconnect_grace"],
+        reconnect_grace=options["reconnect_grace"], limits={name: options[name] for name in LIMITS},
     )
     sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
     registry.on_change = sessions.save  # every change recorded in the state file before it counts

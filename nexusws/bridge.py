@@ -14,6 +14,9 @@ Data rules:
     UTF-8 bytes, exactly like binary frames.
   - Flow control both ways: each side's transport is the producer of the other,
     so a stalled reader on either side stops reading on the other.
+  - A session tunnel tells its launch when the client sends user input
+    (L{nexusws.activity}: key, pointer and clipboard events of a VNC session, any
+    byte otherwise), for the session's idle limit (L{nexusws.sessions.deadlines}).
 
 The protocol comes in three parts: L{nexusws.handshake} (admission and the
 opening handshake, with its rules), this module (the open tunnel: connecting
@@ -27,6 +30,7 @@ from OpenSSL import SSL
 from twisted.internet import defer
 
 from nexusws import internals, limits, pipes
+from nexusws.activity import InputTracker
 from nexusws.closing import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, Closing
 from nexusws.handshake import HELD_LIMIT, Handshake
 from nexusws.logs import Quieter, logger, printable
@@ -53,6 +57,8 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
     _client_valve = None
     _backend_valve = None
     _max_frame = None  # the largest client frame payload the size options let through (0: any)
+    _input = None  # a session tunnel's InputTracker: which client bytes are its user's input
+    _watch_server = False  # whether the tracker still reads the backend's bytes (its greeting)
 
     # --- the connection and its backend ------------------------------------------
 
@@ -102,6 +108,9 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
         self.factory.tunnels.add(self)
         self.factory.opened_total += 1
         if self.launch is not None:
+            # A session's idle limit counts its user's input (nexusws.activity).
+            self._input = InputTracker(on_fallback=self._input_fallback)
+            self._watch_server = True
             # The client's payload waits for the backend (HELD_LIMIT at most read).
             self._pending = bytearray()
             self.launch.started.addCallback(self._launched)
@@ -137,6 +146,10 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
         self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
                        launch=self.launch, reason=reason)
         self._close(CLOSE_INTERNAL_ERROR, reason)
+
+    def _input_fallback(self, reason):
+        self._log.info("{client}: input tracking: {reason}; counting every byte from the client as input",
+                       client=self.client, reason=reason)
 
     def _flow(self, read, slow, paused):
         """A flow-control pause or resume, at --verbose 1."""
@@ -179,9 +192,13 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
                 self._pending += payload
                 if len(self._pending) > HELD_LIMIT:
                     self._hold_client("launch")
+                if self._input is not None and self._input.client(payload):
+                    self.launch.input(self.factory.reactor.seconds())
             return
         self.bytes_up += len(payload)
         internals.write_now(self.backend.transport, payload)
+        if self._input is not None and self._input.client(payload):
+            self.launch.input(self.factory.reactor.seconds())
 
     def dataReceived(self, data):
         # Whole binary frames (nearly all a tunnel gets) are forwarded here;
@@ -217,6 +234,8 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
     def backendData(self, data):
         if self.closing or self.state != self.STATE_OPEN:
             return  # closing or failing: the client is sent nothing more (see _finish_backend)
+        if self._watch_server:  # a session tunnel's tracker reads the backend's greeting
+            self._watch_server = self._input.server(data)
         self.bytes_down += len(data)
         # Autobahn applies the message size limit to what it sends too.
         pieces = pipes.chunks(data, self.maxMessagePayloadSize)

@@ -23,6 +23,8 @@ Close rules (nothing is lost):
   - Shutdown: tunnels are closed with 1001 "going away".
   - Taken over (another WebSocket asked C{takeover=1} for its session): the client
     is closed with 4001 "taken over" and the backend connection at once.
+  - Its session ended by a limit: 4002 "session ended: idle", 4003 "session ended:
+    time limit reached"; the backend's last data is not waited for (the session stops).
   - A session tunnel tells its launch why it ended: on purpose (the backend's
     end, a shutdown: the session stops) or the client's side lost (None: the
     session may wait for its token to re-attach, L{nexusws.sessions.attach}).
@@ -39,6 +41,12 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
 #: Another WebSocket took this one's session over (?takeover=1).
 CLOSE_TAKEN_OVER = 4001
+#: The session was ended by its idle limit, by its time limit (L{nexusws.sessions.deadlines}).
+CLOSE_IDLE, CLOSE_TIME_LIMIT = 4002, 4003
+
+#: A limit's name (the C{ending} event's reason) -> the close code and reason its WebSocket gets.
+SESSION_END_CLOSES = {"idle": (CLOSE_IDLE, "session ended: idle"),
+                      "max_duration": (CLOSE_TIME_LIMIT, "session ended: time limit reached")}
 
 #: Seconds a client has to answer the close of a connection the gateway failed.
 FAILED_CLOSE_TIMEOUT = 2.0
@@ -130,8 +138,20 @@ class Closing:
         if self.closing:
             return
         self._taken_over = True  # nothing more of this client reaches the session (or its counts)
+        self._end_now(CLOSE_TAKEN_OVER, "taken over")
+
+    def session_ended(self, code, reason):
+        """The registry ends this tunnel's session for a limit: close the client with
+        C{code} and C{reason}, and the backend connection at once."""
+        if self.closing:
+            return
+        self._ended_why = reason  # ended on purpose: its launch must not wait for a re-attach
+        self._end_now(code, reason)
+
+    def _end_now(self, code, reason):
+        """Close the client with C{code} (dropped if it is not open yet) and the backend at once."""
         if self.state == self.STATE_OPEN:
-            self._close(CLOSE_TAKEN_OVER, "taken over")
+            self._close(code, reason)
         else:
             self.closing = True
             self.dropConnection(abort=True)

@@ -16,7 +16,9 @@ metric.
   nexusws_reattaches_total{service}               WebSockets that re-attached to a detached session
   nexusws_takeovers_total{service}                sessions taken over by a new WebSocket (?takeover=1)
   nexusws_sessions{service,state}                 live reservations by state (reserved, ..., detached)
-  nexusws_session_ends_total{service,reason}      released, closed, grace_expired, stopped, expired, failed
+  nexusws_session_extends_total{service}          time limits extended (/v1/extend)
+  nexusws_session_ends_total{service,reason}      released, closed, grace_expired, idle, max_duration,
+                                                  stopped, expired, failed
   nexusws_http_requests_total{call,code}          /v1 answers by call (nexusws.api.CALLS) and status
 """
 
@@ -52,6 +54,9 @@ class Metrics:
             ["service"], registry=self.registry)
         self.takeovers = Counter(
             "nexusws_takeovers", "Sessions taken over by a new WebSocket (takeover=1), by service",
+            ["service"], registry=self.registry)
+        self.extends = Counter(
+            "nexusws_session_extends", "Time limits extended through /v1/extend, by service",
             ["service"], registry=self.registry)
         self.session_ends = Counter(
             "nexusws_session_ends", "Sessions ended, by service and reason (the ending event's)",

@@ -14,6 +14,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 
 from nexusws.auth import Access
+from nexusws.closing import CLOSE_NORMAL, SESSION_END_CLOSES
 from nexusws.logs import logger, printable
 from nexusws.sessions.backend import StartFailure
 from nexusws.sessions.registry import TokenInUse, UnknownToken
@@ -73,9 +74,13 @@ class Launch:
         the client's side that was lost (a session may then wait for it to re-attach).
     @param label: names the instance in log lines.
     @ivar tunnel: the WebSocket's protocol, set by the bridge; L{take_over} closes it.
+    @ivar last_input: when its client last sent user input (reactor clock; set by
+        L{input}), for the session's idle limit (L{nexusws.sessions.deadlines});
+        C{on_input}: called once at the next input, if the registry set it.
     """
 
     tunnel = None
+    last_input = on_input = None
 
     def __init__(self, started, ended, label):
         self.started = started
@@ -87,6 +92,19 @@ class Launch:
         if ended is not None:
             return defer.maybeDeferred(ended, why)
         return defer.succeed(None)
+
+    def input(self, now):
+        """The tunnel's client sent user input at C{now} (the bridge calls it; see L{nexusws.activity})."""
+        self.last_input = now
+        if self.on_input is not None:
+            call, self.on_input = self.on_input, None
+            call()
+
+    def session_ending(self, reason):
+        """Its session is being ended for a limit (C{"idle"}, C{"max_duration"}): the
+        WebSocket is closed with the code that says so (L{nexusws.closing.SESSION_END_CLOSES})."""
+        if self.tunnel is not None:
+            self.tunnel.session_ended(*SESSION_END_CLOSES.get(reason, (CLOSE_NORMAL, reason)))
 
     def take_over(self):
         """Another WebSocket took this one's session over: this WebSocket is closed

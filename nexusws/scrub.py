@@ -55,8 +55,8 @@ def _spelled(word):
 
 
 _SLASH = "(?:/|%2f)"
-#: The /v1 calls whose path holds a token (L{nexusws.api.CALLS}: release, events, session).
-TOKEN_CALLS = ("release", "events", "session")
+#: The /v1 calls whose path holds a token (L{nexusws.api.CALLS}: release, events, session, touch, extend).
+TOKEN_CALLS = ("release", "events", "session", "touch", "extend")
 _TOKEN_CALL = "(?:" + "|".join(_spelled(call) for call in TOKEN_CALLS) + ")"
 _RELEASE_PREFIX = rf"({_SLASH}{_spelled('v')}(?:[0-9]|%3[0-9])+{_SLASH}{_TOKEN_CALL}{_SLASH})"
 #: /v1/release/<token> (and events, session) in a URI's path (twisted.web routes on the

@@ -1,10 +1,10 @@
-"""/v1/events/{token} (a Server-Sent Events stream) and /v1/session/{token} (a snapshot).
+"""/v1/events/{token}: a Server-Sent Events stream of a session's events.
 
-Both read a reservation's event log (L{nexusws.sessions.events}) through the
-registry; their L{nexusws.api.CALLS} entries route them. Access is the
-token's own: its user, or a call with the security token and no C{user}
-(403 for anyone else; anyone, for an anonymous reservation); an unknown
-token, or one ended more than a minute ago, is 404.
+It reads a reservation's event log (L{nexusws.sessions.events}) through the
+registry; its L{nexusws.api.CALLS} entry routes it. Access is the token's own
+(L{nexusws.controls.owned_log}, as for the session's other calls): its user, or
+a call with the security token and no C{user} (403 for anyone else; anyone, for an
+anonymous reservation); an unknown token, or one ended more than a minute ago, is 404.
 
 The stream sends every kept event after the client's C{Last-Event-ID} header
 (or C{?last_event_id=}; all kept events without one), then each new one, as
@@ -25,7 +25,8 @@ from twisted.web import server
 from zope.interface import implementer
 
 from nexusws.answers import Answers
-from nexusws.logs import logger, printable, tag
+from nexusws.controls import owned_log
+from nexusws.logs import logger, tag
 from nexusws.responses import respond
 
 #: Seconds between two keep-alive comments on an event stream (proxies close idle ones).
@@ -40,30 +41,9 @@ _log = logger("nexusws.api")
 answer = Answers(respond)
 
 
-def _log_of(api, request, caller, token, call):
-    """The token's L{EventLog}, or the bytes of its 404 or 403 answer."""
-    log = None if api.registry is None else api.registry.events_of(token)
-    if log is None:
-        return answer.error(request, 404, "unknown token")
-    # The security token without a user parameter is the operator's: it may read any.
-    if log.user is not None and caller.user != log.user and not (
-            caller.with_token and not request.args.get(b"user")):
-        api._refused(caller, call, f"the token was reserved by {printable(log.user)!r}")
-        return answer.error(request, 403, "this token was reserved by another user")
-    return log
-
-
-def session(api, request, caller, token):
-    """/v1/session/{token}: its snapshot (L{nexusws.sessions.events.Reporting.session})."""
-    log = _log_of(api, request, caller, token, "session")
-    if isinstance(log, bytes):
-        return log
-    return answer.json(request, 200, api.registry.session(token))
-
-
 def events(api, request, caller, token):
     """/v1/events/{token}: its event stream (see the module docstring)."""
-    log = _log_of(api, request, caller, token, "events")
+    log = owned_log(api, request, caller, token, "events")
     if isinstance(log, bytes):
         return log
     raw = request.getHeader(b"last-event-id")

@@ -21,6 +21,7 @@ from nexusws.gateway import is_tls_endpoint, parse_endpoint
 from nexusws.sessions import timeouts
 from nexusws.sessions.builtin import EXECUTABLE_ENV, builtin_specs
 from nexusws.sessions.config import check_names, read_config
+from nexusws.sessions.deadlines import LIMITS
 
 #: What option checks that need a clock get: the wall clock, not a reactor.
 WALL_CLOCK = types.SimpleNamespace(seconds=runtime.seconds)
@@ -97,6 +98,22 @@ class Options(AccessOptions, ReferenceStyleOptions):
          "Seconds a session is kept after its WebSocket is lost, for the same token to "
          "re-attach (0: stop at once); a service's options.reconnect_grace overrides it.",
          _coerced(_seconds, "reconnect_grace")],
+        ["idle_timeout", None, LIMITS["idle_timeout"],
+         "Seconds without user input (keys, pointer, clipboard; any byte for a non-VNC "
+         "session) that end a session (0: never); a service's options.idle_timeout overrides it.",
+         _coerced(_seconds, "idle_timeout")],
+        ["idle_warning", None, LIMITS["idle_warning"],
+         "The page is warned this many seconds before an idle session ends (at most half "
+         "the idle timeout).", _coerced(_seconds, "idle_warning")],
+        ["max_duration", None, LIMITS["max_duration"],
+         "Seconds from its start that end a session (0: never); /v1/extend moves it.",
+         _coerced(_seconds, "max_duration")],
+        ["time_warning", None, LIMITS["time_warning"],
+         "The page is warned this many seconds before a session's time limit (at most half "
+         "of it).", _coerced(_seconds, "time_warning")],
+        ["max_extend", None, LIMITS["max_extend"],
+         "Seconds /v1/extend may add to a session's time limit in all (0: no extension).",
+         _coerced(_seconds, "max_extend")],
         ["ensight_executable", None, None,
          "The EnSight program for --local_session ensight (default: $NEXUSWS_ENSIGHT, else "
          "'ensight' on PATH)."],

@@ -17,11 +17,12 @@ MAX_LINES = 400
 #: (the package docstring of nexusws says the same in words). A new module is put
 #: in one here, deliberately.
 LAYERS = {
-    0: ("nexusws", "errors", "convert", "scrub", "logs", "clock", "internals", "answers", "addresses",
+    0: ("nexusws", "errors", "activity", "convert", "scrub", "logs", "clock", "internals", "answers", "addresses",
         "cmdline", "credentials", "tls", "load", "metrics", "status_page", "pipes"),
     1: ("groups", "limits", "sites", "auth", "admission"),
     2: ("sessions",),
-    3: ("routing", "handshake", "closing", "bridge", "responses", "ranges", "files", "web", "viewer", "streams", "api"),
+    3: ("routing", "handshake", "closing", "bridge", "responses", "ranges", "files", "web", "viewer", "controls", "streams",
+        "api"),
     4: ("gateway", "assemble", "tap", "cli", "services"),
     5: ("balancer",),
 }

@@ -213,26 +213,28 @@ def test_the_snapshot_in_each_state(tmp_path):
         assert r.status == 200, r.raw
         return r.json()
 
+    quiet = {"idle": None, "time_left": None, "bytes_up": 0, "bytes_down": 0}
     assert snapshot() == {"service": "demo", "index": 0, "user": None, "state": "reserved",
-                          "since": "2026-01-01T00:00:00Z", "attached": False, "grace_left": None}
+                          "since": "2026-01-01T00:00:00Z", "attached": False, "grace_left": None, **quiet}
     api.clock.advance(3)
     launch(api, token)
     assert snapshot() | {"since": None} == {"service": "demo", "index": 0, "user": None, "state": "active",
-                                            "since": None, "attached": True, "grace_left": None}
+                                            "since": None, "attached": True, "grace_left": None,
+                                            **quiet, "idle": 0.0}
     assert snapshot()["since"] == "2026-01-01T00:00:03Z"
     api.clock.advance(2)
     api.registry.deactivate(token)
     api.clock.advance(10.5)
     assert snapshot() | {"since": None} == {"service": "demo", "index": 0, "user": None,
                                             "state": "detached", "since": None, "attached": False,
-                                            "grace_left": 49.5}
+                                            "grace_left": 49.5, **quiet, "idle": 12.5}
     assert snapshot()["since"] == "2026-01-01T00:00:05Z"
     api.registry.release(token)
     assert snapshot()["state"] == "stopping" and snapshot()["attached"] is False
     api.clock.advance(1)
     service.stopping.callback(None)
     assert snapshot() == {"service": "demo", "index": 0, "user": None, "state": "released",
-                          "since": "2026-01-01T00:00:16Z", "attached": False, "grace_left": None}
+                          "since": "2026-01-01T00:00:16Z", "attached": False, "grace_left": None, **quiet}
 
 
 def test_a_starting_session_is_attached_and_reports_its_progress(tmp_path):

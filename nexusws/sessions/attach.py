@@ -48,7 +48,8 @@ class Attaching:
     """The detach/re-attach part of the registry (see the module docstring).
 
     Expects of the class it is mixed into: C{_live}, C{_reactor}, C{_closing},
-    C{metrics}, C{reconnect_grace}, C{_set_state}, C{_end} and C{_emit}."""
+    C{metrics}, C{reconnect_grace}, C{_set_state}, C{_end}, C{_emit} and
+    L{nexusws.sessions.deadlines}' C{_fold} and C{_watch_input}."""
 
     def grace_of(self, service):
         """Seconds an instance of C{service} is kept after its WebSocket is lost."""
@@ -69,6 +70,7 @@ class Attaching:
             _log.debug("deactivate {token}: nothing to do", token=tag(token))
             return defer.succeed(None)
         grace = self.grace_of(r.service)  # first: nothing is changed if it cannot be known
+        self._fold(r, attachment)  # its last input and bytes (L{nexusws.sessions.deadlines})
         r.attached = None
         if r.state == ACTIVE and ended is None and grace > 0 and not self._closing:
             self._set_state(r, DETACHED, f"WebSocket closed; grace {grace:g} s")
@@ -87,10 +89,15 @@ class Attaching:
             r.attached = attachment
             self._set_state(r, ACTIVE, "re-attached")
             self._count_attach("reattaches", r)
+            if r.idle_warned:
+                self._watch_input(r)
             return defer.succeed(r.address)
         if r.state != ACTIVE or not takeover:
             raise TokenInUse(f"token {tag(r.token)} is already in use ({r.state})")
         displaced, r.attached = r.attached, attachment
+        self._fold(r, displaced)
+        if r.idle_warned:
+            self._watch_input(r)
         _log.info("reservation {label}: taken over by a new WebSocket (the previous one is closed)",
                   label=r.label)
         self._count_attach("takeovers", r)

@@ -2,8 +2,9 @@
 
 Each entry names a Python script defining one L{RemoteServiceScript}
 subclass (L{nexusws.sessions.script}), the number of instances and their
-common options (C{group} and C{reconnect_grace} are nexusws's own, checked
-here; see L{nexusws.sessions.attach}). L{read_config} reads and checks the whole file and runs each
+common options (C{group}, C{reconnect_grace} and the limits C{idle_timeout},
+C{idle_warning}, C{max_duration}, C{time_warning} and C{max_extend} are nexusws's
+own, checked here; see L{nexusws.sessions.attach} and L{nexusws.sessions.deadlines}). L{read_config} reads and checks the whole file and runs each
 script (the options stage: no reactor); L{ServiceSpec.build} creates the
 script's object and its L{Service} with the reactor C{makeService} is given.
 L{check_names} refuses two services reachable by one name (the built-in ones
@@ -21,6 +22,7 @@ import types
 from nexusws.convert import DuplicateKey, unique_keys
 from nexusws.errors import StartupError
 from nexusws.logs import describe, logger, show
+from nexusws.sessions.deadlines import LIMITS
 from nexusws.sessions.instances import Service
 from nexusws.sessions.script import RemoteServiceScript
 
@@ -30,6 +32,9 @@ _log = logger("nexusws.services")
 
 #: The keys of a service's object in the config file, all required.
 SERVICE_KEYS = ("script", "count", "options")
+
+#: The options nexusws itself reads as seconds (L{nexusws.sessions.attach}, L{nexusws.sessions.deadlines}).
+SECONDS_OPTIONS = ("reconnect_grace", *LIMITS)
 
 _module_numbers = itertools.count(1)
 
@@ -134,9 +139,9 @@ def read_config(path):
         group = options.get("group")
         if "group" in options and (not isinstance(group, str) or not group.strip()):
             raise bad(f"'options.group' must be a group name, not {show(group)}")
-        grace = options.get("reconnect_grace")
-        if "reconnect_grace" in options and not _is_seconds(grace):
-            raise bad(f"'options.reconnect_grace' must be a number of seconds >= 0, not {show(grace)}")
+        for key in SECONDS_OPTIONS:
+            if key in options and not _is_seconds(options[key]):
+                raise bad(f"'options.{key}' must be a number of seconds >= 0, not {show(options[key])}")
         if not isinstance(script, str) or not script.strip():
             raise bad(f"'script' must be a file name, not {show(script)}")
         path_of_script = os.path.join(base, script)

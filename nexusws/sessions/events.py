@@ -12,8 +12,12 @@ turns each transition of the state machine into events as it logs it:
   attached {"takeover": true}    another WebSocket took the session over
   detached {"grace_left"}        its WebSocket was lost: kept that many seconds
   reattached                     the same token came back within the grace
-  ending {"reason"}              C{released}, C{closed}, C{grace_expired}, C{stopped}
-                                 (shutdown, /v1/stop), C{expired} (unused), or
+  idle_warning {"seconds_left"}  no user input for a while: it ends that much later without any
+  active {"by"}                  input (C{"input"}) or a touch (C{"touch"}) after an idle warning
+  time_warning {"seconds_left"}  its time limit is that near
+  extended {"seconds", "time_left"}  its time limit was moved (L{nexusws.sessions.deadlines})
+  ending {"reason"}              C{released}, C{closed}, C{grace_expired}, C{idle},
+                                 C{max_duration}, C{stopped} (shutdown, /v1/stop), C{expired} (unused), or
                                  C{failed} with C{"failure"}: the StartFailure's reason
   ended                          the index is free
 
@@ -27,6 +31,7 @@ import itertools
 
 from nexusws.logs import iso_utc, logger
 from nexusws.sessions.attach import GRACE_EXPIRED
+from nexusws.sessions.deadlines import IDLE, MAX_DURATION
 from nexusws.sessions.reservation import ACTIVE, DETACHED, EXPIRED, RELEASED, RESERVED, STARTING, STOPPING
 from nexusws.sessions.timeouts import EVENTS_KEPT_AFTER_END
 
@@ -43,7 +48,8 @@ SHUTDOWN = "server shutting down"
 
 #: An end's cause, as the registry gives it -> the C{reason} of the C{ending} event
 #: (any other cause: the WebSocket or the backend closed, C{closed}).
-REASONS = {"released": "released", GRACE_EXPIRED: "grace_expired", SHUTDOWN: "stopped"}
+REASONS = {"released": "released", GRACE_EXPIRED: "grace_expired", SHUTDOWN: "stopped", IDLE: "idle",
+           MAX_DURATION: "max_duration"}
 
 
 def progress_text(text):
@@ -63,6 +69,7 @@ class EventLog:
         self.service, self.index, self.user = service, index, user
         self.events = collections.deque(maxlen=KEEP_EVENTS)
         self.last_id, self.ended, self._listeners = 0, None, []
+        self.traffic = (0, 0)  # (bytes up, bytes down) once it has ended
 
     def add(self, name, time, fields):
         self.last_id += 1
@@ -93,7 +100,8 @@ class EventLog:
 
 class Reporting:
     """The event part of the registry. Expects of the class it is mixed into:
-    C{_live}, C{_reactor}, C{_wallclock}, C{grace_of}; it owns C{_logs}, C{_ended_logs}."""
+    C{_live}, C{_reactor}, C{_wallclock}, C{grace_of}, C{metrics} and L{nexusws.sessions.deadlines}'
+    C{idle_seconds}, C{time_left}, C{traffic}; it owns C{_logs}, C{_ended_logs}."""
 
     _logs = _ended_logs = None
 
@@ -110,10 +118,16 @@ class Reporting:
         snapshot = {"service": log.service, "index": log.index, "user": log.user}
         if r is None:
             state, since = log.ended
-            return dict(snapshot, state=state, since=iso_utc(since), attached=False, grace_left=None)
+            return dict(snapshot, state=state, since=iso_utc(since), attached=False, grace_left=None,
+                        idle=None, time_left=None, bytes_up=log.traffic[0], bytes_down=log.traffic[1])
+        now = self._reactor.seconds()
         grace = r.grace_ends if r.state == DETACHED else None
+        idle, left = self.idle_seconds(r, now), self.time_left(r, now)
+        up, down = self.traffic(r)
         return dict(snapshot, state=r.state, since=iso_utc(r.since), attached=r.state in (STARTING, ACTIVE),
-                    grace_left=None if grace is None else round(max(0.0, grace - self._reactor.seconds()), 1))
+                    grace_left=None if grace is None else round(max(0.0, grace - now), 1),
+                    idle=None if idle is None else round(idle, 1), time_left=None if left is None else round(left, 1),
+                    bytes_up=up, bytes_down=down)
 
     def _progress(self, service, index, text):
         """C{service}'s script reported C{text} for instance C{index}: a C{progress} event."""
@@ -164,6 +178,7 @@ class Reporting:
         if new in (RELEASED, EXPIRED):
             self._emit(r, "ended")
             self._logs[r.token].ended = new, r.since
+            self._logs[r.token].traffic = self.traffic(r)
             self._ended_logs.append((self._reactor.seconds() + EVENTS_KEPT_AFTER_END, r.token))
             self._forget_ended()
 

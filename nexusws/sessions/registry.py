@@ -28,27 +28,25 @@ import uuid
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from nexusws.clock import LoopingCall
 from nexusws.errors import StartupError
 from nexusws.logs import logger, printable, tag
 from nexusws.sessions import starting
 from nexusws.sessions.attach import Attaching, TokenInUse  # noqa: F401 (TokenInUse: raised by activate)
 from nexusws.sessions.backend import CUT_SHORT, NOT_READY, NOT_RECORDED, StartFailure
+from nexusws.sessions.deadlines import Deadlines
 from nexusws.sessions.events import SHUTDOWN, Reporting
 from nexusws.sessions.ports import wait_for_port
-from nexusws.sessions.records import recover
 from nexusws.sessions.reservation import ACTIVE, EXPIRED, NEXT, RELEASED, RESERVED, STARTING, STOPPING, Reservation
 from nexusws.sessions.statefile import NotRecorded
 from nexusws.sessions.stopping import kill_processes
 from nexusws.sessions.timeouts import (
     GRACE,
-    REAP_INTERVAL_MAX,
-    REAP_INTERVAL_MIN,
     RECONNECT_GRACE,
     RESERVATION_TIMEOUT,
     START_TIMEOUT,
     STOP_TIMEOUT,
 )
+from nexusws.sessions.upkeep import Upkeep
 
 _log = logger("nexusws.reservations")
 
@@ -65,7 +63,7 @@ class UnknownToken(Exception):
     """The token was never issued, or its reservation has ended or is ending."""
 
 
-class Registry(Attaching, Reporting):
+class Registry(Attaching, Deadlines, Reporting, Upkeep):
     """All reservations of all services.
 
     @param services: the L{nexusws.sessions.backend.ISessionBackend}s (the local one:
@@ -85,6 +83,8 @@ class Registry(Attaching, Reporting):
     @param metrics: a L{nexusws.metrics.Metrics} that counts reservations and launches, or None.
     @param reconnect_grace: seconds an instance is kept after its WebSocket is lost, unless
         its service's options say otherwise (L{nexusws.sessions.attach}).
+    @param limits: the defaults of the idle and time limits (L{nexusws.sessions.deadlines.LIMITS}'
+        names; those not given: its defaults), unless a service's options say otherwise.
     Each reservation's events (L{nexusws.sessions.events}: C{events_of}, C{session})
     are reported as its transitions are logged; a service's C{on_progress} is set to report its steps.
     @raise StartupError: two services share a name or alias."""
@@ -92,7 +92,7 @@ class Registry(Attaching, Reporting):
     def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
                  on_change=None, wallclock=time.time, wait_for_port=wait_for_port,
                  kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None,
-                 reconnect_grace=RECONNECT_GRACE):
+                 reconnect_grace=RECONNECT_GRACE, limits=None):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             service.on_progress = self._progress
@@ -102,7 +102,7 @@ class Registry(Attaching, Reporting):
         self._reactor, self._wallclock, self.on_change = reactor, wallclock, on_change
         self.timeout, self.start_timeout, self.stop_timeout = timeout, start_timeout, stop_timeout
         self.kill_grace, self._kill_processes = kill_grace, kill_processes
-        self.metrics, self.reconnect_grace = metrics, reconnect_grace
+        self.metrics, self.reconnect_grace, self.limit_defaults = metrics, reconnect_grace, dict(limits or {})
         self._wait_for_port = wait_for_port
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
@@ -265,6 +265,8 @@ class Registry(Attaching, Reporting):
             raise RuntimeError(f"reservation {r.label}: no transition {old} -> {new}")
         r.state = new
         self._ungrace(r)  # leaving detached ends its grace
+        if new == STOPPING:
+            self._limits_stop(r)
         if new in (ACTIVE, STOPPING):
             try:
                 self._refresh_pids(r)
@@ -288,6 +290,8 @@ class Registry(Attaching, Reporting):
                 self.metrics.launch_seconds.labels(r.service.name).observe(
                     self._reactor.seconds() - r.activated)
         self._logged(r, old, new, why)
+        if old == STARTING and new == ACTIVE:
+            self._limits_start(r)  # after its ready event: a warning comes after it
         while ended and r.waiters:
             r.waiters.pop(0).callback(None)
         if not required:
@@ -322,36 +326,6 @@ class Registry(Attaching, Reporting):
         changed, r.pids = current != r.pids, current
         return changed
 
-    def start_reaper(self, interval=None):
-        """Run L{reap} every C{interval} seconds (default: a tenth of the timeout, 0.5 to 5 s)."""
-        if interval is None:
-            interval = max(REAP_INTERVAL_MIN, min(self.timeout / 10.0, REAP_INTERVAL_MAX))
-        self.stop_reaper()
-        self._reaper = LoopingCall(self._reactor, self.reap)
-        self._reaper.start(interval, now=False).addErrback(
-            lambda f: _log.failure("the reaper stopped", f))
-
-    def stop_reaper(self):
-        if self._reaper is not None and self._reaper.running:
-            self._reaper.stop()
-        self._reaper = None
-
-    def reap(self):
-        """Expire reservations unused for the timeout; note processes started since.
-
-        One step per reservation: one failing does not stop the others or the loop."""
-        now, changed = self._reactor.seconds(), False
-        for r in list(self._live.values()):
-            try:
-                if r.state == RESERVED and now - r.created >= self.timeout:
-                    self._set_state(r, EXPIRED, f"unused for {self.timeout:g} s")
-                elif r.state != RESERVED:
-                    changed = self._refresh_pids(r) or changed
-            except Exception:  # logged; the next step and the loop go on
-                _log.failure("reaper: {label} failed", label=r.label)
-        if changed:
-            self._changed()
-
     def running(self):
         """Whether any instance is starting, active, detached or stopping (may have processes)."""
         return any(r.state != RESERVED for r in self._live.values())
@@ -360,39 +334,3 @@ class Registry(Attaching, Reporting):
         """What the state file records: live reservations and a previous run's leftovers."""
         live = sorted(self._live.values(), key=lambda r: (r.service.name, r.index))
         return {"reservations": [r.record() for r in live], "orphans": [list(p) for p in self._orphans]}
-
-    def restore(self, data, now=None):
-        """Take over what a previous run recorded (see L{nexusws.sessions.records.recover}).
-
-        Surviving reservations come back with the same token and index and the
-        time they had left; the previous run's processes are terminated.
-
-        @param now: wall-clock epoch seconds (default: the injected wall clock).
-        @return: a Deferred firing with the pids that had to be killed."""
-        keep, doomed = recover(data, self._wallclock() if now is None else now,
-                               self.timeout, self._by_name)
-        for s, service, age in keep:
-            if s.token not in self._live and s.index not in {r.index for r in self._instances(service)}:
-                r = Reservation(s.token, service, s.index, s.options, s.user,
-                                self._reactor.seconds() - age, s.created)
-                self._live[s.token] = r
-                self._logged(r, "saved", RESERVED, f"restored, {self.timeout - age:.0f} s left")
-        self._orphans = doomed
-        self._changed()
-        if not doomed:
-            return defer.succeed([])
-        _log.info("previous run: terminating its leftover processes {pids}",
-                  pids=" ".join(str(pid) for pid, _ in doomed))
-        self._killing = defer.maybeDeferred(self._kill_processes, self._reactor, doomed, self.kill_grace)
-        return self._killing.addBoth(self._killed)
-
-    def _killed(self, killed):
-        self._killing = None
-        if isinstance(killed, Failure):
-            _log.failure("previous run: terminating its processes failed", killed)
-            return []
-        _log.info("previous run: leftover processes ended (killed: {killed})",
-                  killed=" ".join(str(pid) for pid in killed or ()) or "none still running")
-        self._orphans = []
-        self._changed()
-        return killed

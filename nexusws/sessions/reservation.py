@@ -43,6 +43,13 @@ class Reservation:
     attached = grace_call = grace_ends = None
     since = None  # when it entered its state (wall clock)
     failure = None  # the StartFailure that failed its start, if one did
+    # Its limits (L{nexusws.sessions.deadlines}'s to change): the last input seen
+    # (reactor clock; the attached WebSocket may know a later one), the time limit
+    # (reactor clock) and the seconds extended, each limit's timer and whether it warned.
+    last_input = deadline = idle_call = time_call = None
+    extended = 0.0
+    idle_warned = time_warned = False
+    bytes_up = bytes_down = 0  # what its WebSockets carried before the attached one
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (

@@ -75,12 +75,12 @@ class Api:
         request sent so far had its complete answer written at that moment.
     """
 
-    def __init__(self, directory, services=None, security_token=None, with_registry=True):
+    def __init__(self, directory, services=None, security_token=None, with_registry=True, **registry_options):
         self.clock = Clock()
         self.services = [FakeService()] if services is None else services
         self.registry = Registry(
             self.services, self.clock, wallclock=lambda: EPOCH + self.clock.seconds(),
-            wait_for_port=lambda reactor, host, port, timeout: defer.succeed(None),
+            wait_for_port=lambda reactor, host, port, timeout: defer.succeed(None), **registry_options,
         ) if with_registry else None
         self.exchanges, self.stop_calls = [], []
         root = ApiRoot(security_token, registry=self.registry, stop=self._stop, reactor=self.clock)

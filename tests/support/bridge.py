@@ -105,15 +105,16 @@ class Harness:
 
     def __init__(self, router=None, protocols=("binary",), close_timeout=30.0, ping_interval=0.0,
                  ping_timeout=None, origin=None, peer=("127.0.0.1", 40000), like=None,
-                 url="ws://127.0.0.1:9090/websockify?token=SECRET", headers=None, **factory_options):
+                 url="ws://127.0.0.1:9090/websockify?token=SECRET", headers=None, reactor=None, **factory_options):
         """C{origin}: the client's Origin header; C{peer}: its address; C{like}: another
         Harness whose gateway (factory, reactor, backend endpoint) this client joins;
-        C{url}: the one the client asks for; C{headers}: more request headers;
+        C{url}: the one the client asks for; C{headers}: more request headers; C{reactor}:
+        the MemoryReactorClock of a new gateway (a registry's clock, say);
         C{factory_options}: more L{BridgeFactory} arguments."""
         if like is not None:
             self.reactor, self.endpoint, self.targets = like.reactor, like.endpoint, like.targets
         else:
-            self.reactor = MemoryReactorClock()
+            self.reactor = MemoryReactorClock() if reactor is None else reactor
             self.endpoint = ControlledEndpoint()
             self.targets = []
         endpoint = self.endpoint

@@ -72,8 +72,8 @@ class Killer:
 class World:
     """A registry over fake services, a Clock, a fake port waiter and a fake killer."""
 
-    def __init__(self, services=None, **kwargs):
-        self.clock = Clock()
+    def __init__(self, services=None, clock=None, **kwargs):
+        self.clock = Clock() if clock is None else clock
         self.services = services if services is not None else [FakeService()]
         self.ports = Ports()
         self.killer = Killer()

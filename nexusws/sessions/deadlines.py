@@ -1,0 +1,240 @@
+"""Idle and time limits of a running session, their warnings, touch and extend (issue 15, items 2-3).
+
+L{Deadlines} is the part of L{nexusws.sessions.registry.Registry} that ends a
+session nobody uses, or one that has run its time. Its limits are each
+service's config-file options, else the registry's defaults (the command line,
+L{LIMITS}):
+
+  idle_timeout   seconds without user input that end a session (0: never)
+  idle_warning   announced this long before (an C{idle_warning} event)
+  max_duration   seconds from its start that end a session (0: never)
+  time_warning   announced this long before (a C{time_warning} event)
+  max_extend     seconds L{Deadlines.extend} may add in all (0: no extension)
+
+A warning is given at most half the limit before it (a 60 s idle limit with
+the default 120 s warning warns after 30 s idle).
+
+User input is what the WebSocket's attachment reports: the bridge sets its
+C{last_input} (reactor clock) when the client sends key, pointer or clipboard
+events (L{nexusws.activity}), and calls its C{on_input} once if set; a
+L{touch} counts too. Nothing is scheduled per input: one timer per limit runs
+at the moment the limit could next be reached and looks at the last input
+then. After an idle warning, input (or a touch) gives an C{active} event at once.
+
+The time limit counts from the moment the session became active, on the
+reactor's clock, plus what L{extend} added.
+"""
+
+from nexusws.logs import logger
+
+_log = logger("nexusws.reservations")
+
+#: Why a session is ended by its limits (the C{ending} event's reasons).
+IDLE, MAX_DURATION = "idle", "max_duration"
+
+#: The limits' names and their built-in defaults (seconds; 0: off).
+LIMITS = {"idle_timeout": 0.0, "idle_warning": 120.0, "max_duration": 0.0, "time_warning": 300.0,
+          "max_extend": 0.0}
+
+#: The most seconds one extend call may ask for (a bigger number is a client's mistake).
+EXTEND_MAX_SECONDS = 10 ** 7
+
+
+class ExtendRefused(Exception):
+    """An extension the session's limits do not allow.
+
+    @ivar status: the HTTP status that says why: 403 (beyond C{max_extend}, or
+        no extension allowed), 409 (the session has no time limit, or has not started)."""
+
+    def __init__(self, status, reason):
+        super().__init__(reason)
+        self.status = status
+
+
+class Deadlines:
+    """The idle and time limits (see the module docstring). Expects of the class it
+    is mixed into: C{_reactor}, C{limit_defaults}, C{metrics}, C{_end} and C{_emit};
+    L{_limits_start} is called when a session becomes active, L{_limits_stop} when it stops,
+    L{_fold} when a WebSocket leaves it."""
+
+    def limit(self, service, name):
+        """Seconds of limit C{name} for C{service}: its options', else the default."""
+        value = (getattr(service, "common_options", None) or {}).get(name)
+        if value is None:
+            value = (self.limit_defaults or {}).get(name, LIMITS[name])
+        return float(value)
+
+    # --- what the snapshot and the API read -------------------------------------------
+
+    def last_input(self, r):
+        """When C{r}'s user last gave input (reactor clock): its attachment's latest, or the folded one."""
+        latest = r.last_input
+        seen = getattr(r.attached, "last_input", None)
+        if seen is not None and (latest is None or seen > latest):
+            latest = seen
+        return latest
+
+    def idle_seconds(self, r, now):
+        latest = self.last_input(r)
+        return None if latest is None else max(0.0, now - latest)
+
+    def time_left(self, r, now):
+        """Seconds until C{r}'s time limit, or None (no limit, or not started)."""
+        return None if r.deadline is None else max(0.0, r.deadline - now)
+
+    def traffic(self, r):
+        """C{(bytes_up, bytes_down)} of C{r}'s WebSockets so far, the attached one's included."""
+        up, down = r.bytes_up, r.bytes_down
+        tunnel = getattr(r.attached, "tunnel", None)
+        if tunnel is not None:
+            up, down = up + tunnel.bytes_up, down + tunnel.bytes_down
+        return up, down
+
+    # --- the calls --------------------------------------------------------------------
+
+    def touch(self, r):
+        """The page says its user is there: counts as input."""
+        r.last_input = self._reactor.seconds()
+        self._input_resumed(r, "touch")
+        _log.debug("{label}: touched", label=r.label)
+
+    def extend(self, r, seconds):
+        """Move C{r}'s time limit C{seconds} later.
+
+        @raise ExtendRefused: no time limit, not started, or beyond C{max_extend}.
+        @return: the seconds left afterwards."""
+        if self.limit(r.service, "max_duration") <= 0:
+            raise ExtendRefused(409, "this session has no time limit")
+        if r.deadline is None:
+            raise ExtendRefused(409, "this session has not started")
+        allowed = self.limit(r.service, "max_extend")
+        if r.extended + seconds > allowed:
+            left = max(0.0, allowed - r.extended)
+            raise ExtendRefused(403, f"extending by {seconds:g} s is beyond max_extend ({allowed:g} s in all; "
+                                     f"{left:g} s left to extend)")
+        r.extended += seconds
+        r.deadline += seconds
+        now = self._reactor.seconds()
+        r.time_warned = False
+        self._schedule(r, "time_call", self._time_check, 0.0)
+        left = self.time_left(r, now)
+        _log.info("{label}: time limit extended by {seconds:g} s ({left:.0f} s left)", label=r.label,
+                  seconds=seconds, left=left)
+        self._emit(r, "extended", seconds=seconds, time_left=round(left, 1))
+        if self.metrics is not None:
+            self.metrics.extends.labels(r.service.name).inc()
+        return left
+
+    # --- the registry's hooks ---------------------------------------------------------
+
+    def _limits_start(self, r):
+        """C{r} has become active: its limits start counting."""
+        now = self._reactor.seconds()
+        r.last_input = now
+        if self.limit(r.service, "max_duration") > 0:
+            r.deadline = now + self.limit(r.service, "max_duration") + r.extended
+            self._schedule(r, "time_call", self._time_check, 0.0)
+        if self.limit(r.service, "idle_timeout") > 0:
+            self._schedule(r, "idle_call", self._idle_check, 0.0)
+
+    def _limits_stop(self, r):
+        """C{r} is stopping: no limit applies any more."""
+        for name in ("idle_call", "time_call"):
+            call = getattr(r, name)
+            setattr(r, name, None)
+            if call is not None and call.active():
+                call.cancel()
+
+    def _fold(self, r, attachment):
+        """C{attachment}'s WebSocket leaves C{r}: keep its last input and its bytes."""
+        if attachment is None:
+            return
+        seen = getattr(attachment, "last_input", None)
+        if seen is not None and (r.last_input is None or seen > r.last_input):
+            r.last_input = seen
+        tunnel = getattr(attachment, "tunnel", None)
+        if tunnel is not None:
+            r.bytes_up += tunnel.bytes_up
+            r.bytes_down += tunnel.bytes_down
+        if hasattr(attachment, "on_input"):
+            attachment.on_input = None
+
+    def _watch_input(self, r):
+        """After a warning: the next input of the attached WebSocket gives an C{active} event."""
+        if hasattr(r.attached, "on_input"):
+            r.attached.on_input = lambda: self._input_resumed(r, "input")
+
+    def _input_resumed(self, r, how):
+        if r.idle_warned and r.state in ("active", "detached"):
+            r.idle_warned = False
+            _log.info("{label}: in use again ({how}) after the idle warning", label=r.label, how=how)
+            self._emit(r, "active", by=how)
+            self._schedule(r, "idle_call", self._idle_check, 0.0)
+
+    def _end_for(self, r, reason):
+        """End C{r} for limit C{reason}; its WebSocket, if one is attached, is told why
+        (its C{session_ending(reason)}: the tunnel closes with a code that says it)."""
+        self._end(r, reason)
+        ending = getattr(r.attached, "session_ending", None)
+        if ending is not None:
+            try:
+                ending(reason)
+            except Exception:  # logged; the session is stopping all the same
+                _log.failure("{label}: closing its WebSocket failed", label=r.label)
+
+    # --- the timers -------------------------------------------------------------------
+
+    def _schedule(self, r, name, check, delay):
+        call = getattr(r, name)
+        if call is not None and call.active():
+            call.cancel()
+        setattr(r, name, self._reactor.callLater(max(0.0, delay), self._run, r, name, check))
+
+    def _run(self, r, name, check):
+        setattr(r, name, None)
+        if r.state not in ("active", "detached"):
+            return
+        try:
+            check(r)
+        except Exception:  # logged; the session goes on without that limit
+            _log.failure("{label}: checking its limits failed", label=r.label)
+
+    def _idle_check(self, r):
+        timeout = self.limit(r.service, "idle_timeout")
+        warning = min(self.limit(r.service, "idle_warning"), timeout / 2)
+        now = self._reactor.seconds()
+        idle = self.idle_seconds(r, now) or 0.0
+        left = timeout - idle
+        if left <= 0:
+            _log.info("{label}: idle for {idle:.0f} s (idle_timeout {timeout:g} s): ending it",
+                      label=r.label, idle=idle, timeout=timeout)
+            self._end_for(r, IDLE)
+            return
+        if left <= warning:
+            if not r.idle_warned:
+                r.idle_warned = True
+                _log.info("{label}: idle for {idle:.0f} s: it ends in {left:.0f} s without input",
+                          label=r.label, idle=idle, left=left)
+                self._emit(r, "idle_warning", seconds_left=round(left, 1))
+                self._watch_input(r)
+            self._schedule(r, "idle_call", self._idle_check, left)
+        else:
+            self._schedule(r, "idle_call", self._idle_check, left - warning)
+
+    def _time_check(self, r):
+        duration = self.limit(r.service, "max_duration")
+        warning = min(self.limit(r.service, "time_warning"), duration / 2)
+        left = self.time_left(r, self._reactor.seconds())
+        if left <= 0:
+            _log.info("{label}: its time is up (max_duration {duration:g} s, extended by {extended:g} s)",
+                      label=r.label, duration=duration, extended=r.extended)
+            self._end_for(r, MAX_DURATION)
+            return
+        if left <= warning:
+            if not r.time_warned:
+                r.time_warned = True
+                _log.info("{label}: its time limit is in {left:.0f} s", label=r.label, left=left)
+                self._emit(r, "time_warning", seconds_left=round(left, 1))
+            self._schedule(r, "time_call", self._time_check, left)
+        else:
+            self._schedule(r, "time_call", self._time_check, left - warning)
