@@ -9,12 +9,13 @@ tests/test_architecture.py; docs/architecture.rst draws it):
                  start-up, shutdown), cli (console script), services (the
                  public import path of the script API, imported by nothing here)
   3  tunnel      routing, handshake, closing, bridge: a WebSocket to a TCP backend
-     http        responses, ranges, files, web, viewer, streams, api: the HTTP tree and /v1
-                 (streams: a session's event stream and snapshot)
+     http        responses, ranges, files, web, viewer, controls, streams, api: the HTTP
+                 tree and /v1 (controls: a session's snapshot, touch, extend; streams: its events)
   2  sessions/   a session's life, reservation to the last process ended
   1  access      groups, limits, sites, auth, admission: who may do what, how much
   0  foundation  errors, convert, scrub, logs, clock, internals, answers, addresses,
-                 cmdline, credentials, tls, load, metrics, status_page, pipes
+                 cmdline, credentials, tls, load, metrics, status_page, pipes, activity
+                 (which client bytes of a VNC tunnel are user input)
 
 May import: the standard library, Twisted, Autobahn, txaio, zope.interface,
 pyOpenSSL, cryptography and service-identity (TLS), prometheus_client;

@@ -103,6 +103,7 @@ def make_sessions(options, reactor, notes, metrics=None):
         services, reactor, timeout=options["timeout"],
         start_timeout=options["start_timeout"], metrics=metrics,
         reconnect_grace=options["reconnect_grace"], limits={name: options[name] for name in LIMITS},
+        keep_sessions=bool(options["keep_sessions"]),
     )
     sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
     registry.on_change = sessions.save  # every change recorded in the state file before it counts

@@ -187,6 +187,9 @@ class Options(AccessOptions, ReferenceStyleOptions):
          "processes of its user (session programs) cannot read its memory or /proc/PID/environ."],
         ["http_allow_dotfiles", None,
          "Serve and list names starting with a dot (.env, .git) under --http_directory (default: 404)."],
+        ["keep_sessions", None,
+         "Leave running sessions alive when the gateway stops (SIGTERM, /v1/stop); the next start "
+         "adopts them from the state file: their tokens re-attach without a launch."],
     ]
 
     def opt_allowed_origin(self, value):

@@ -323,7 +323,12 @@ def test_the_shutdown_sweep_looks_again_until_no_process_is_left(tmp_path, monke
         return defer.succeed([])
 
     monkeypatch.setattr(stopping, "kill_processes", kill_processes)
-    sessions = SessionsService(None, StateFile(str(tmp_path / "state.json")), Clock(),
-                                       kill_grace=5.0, launchers=[])
+    from types import SimpleNamespace
+
+    kept = {104: 4.0}  # a session kept running (--keep_sessions): never swept
+    generations[0].add((104, 4.0))
+    registry = SimpleNamespace(kept_processes=lambda: kept)
+    sessions = SessionsService(registry, StateFile(str(tmp_path / "state.json")), Clock(),
+                               kill_grace=5.0, launchers=[])
     sessions._sweep()
     assert swept == [([(101, 1.0)], 5.0), ([(102, 2.0)], 0), ([(103, 3.0)], 0)]

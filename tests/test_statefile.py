@@ -302,7 +302,7 @@ def test_recover_keeps_young_reserved_records_and_collects_processes_to_end(warn
         ],
         "orphans": [[777, 1], [4242, 9]],
     }
-    keep, doomed = recover(data, now=1010.0, timeout=300.0, services={"demo": demo})
+    keep, _, doomed = recover(data, now=1010.0, timeout=300.0, services={"demo": demo})
     assert [(s.token, service, age) for s, service, age in keep] == [("tok-a", demo, 10.0)]
     assert doomed == [(777, 1), (4242, 9)]
     assert len(warnings) == 3  # unknown service, index out of range, index taken twice
@@ -328,6 +328,9 @@ def test_a_state_save_scans_proc_only_when_an_instance_may_have_processes(tmp_pa
 
         def running(self):
             return self.busy
+
+        def kept_processes(self):
+            return {}
 
     scans = []
     monkeypatch.setattr(procs, "stat_table", lambda: scans.append(1) or {})

@@ -38,7 +38,17 @@ from websockets.asyncio.client import unix_connect
 from conftest import BIN, ROOT, require
 from nexusws.sessions import procs
 from support.nginx_front import short_tempdir, unix_get
-from support.shipped_units import ACTIVATE, SERVICE, UNITS, activate, exec_start_words, one, read_unit, stage
+from support.shipped_units import (
+    ACTIVATE,
+    SERVICE,
+    UNITS,
+    activate,
+    exec_start_words,
+    expand,
+    one,
+    read_unit,
+    stage,
+)
 
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")  # this machine's own units (Debian: usrmerge)
 ANALYZE = shutil.which("systemd-analyze")
@@ -112,6 +122,28 @@ def test_shipped_units_pass_systemd_analyze_verify(tmp_path):
     canary.unlink()
 
     code, out = run_analyze(*verify, *copies)
+    assert out == "" and code == 0, f"systemd-analyze verify ({code}):\n{out}"
+
+
+def test_the_keep_sessions_drop_in_verifies_and_keeps_only_what_it_must(tmp_path):
+    """config/systemd/nexusws.service.d/keep-sessions.conf: --keep_sessions, KillMode=process and a
+    static user; systemd-analyze verify takes the service with it; without it the unit is as before."""
+    drop_in = UNITS / "nexusws.service.d" / "keep-sessions.conf"
+    unit = read_unit(drop_in)
+    assert one(unit, "Service", "KillMode") == "process" and one(unit, "Service", "DynamicUser") == "no"
+    assert one(unit, "Service", "User") == "nexusws" and one(unit, "Service", "RemoveIPC") == "no"
+    (setting,) = unit[("Service", "Environment")]
+    name, _, value = setting.partition("=")
+    words = exec_start_words()
+    assert expand(words, {name: value}).count("--keep_sessions") == 1
+    assert "--keep_sessions" not in expand(words, {}), "without the drop-in: no word at all"
+    assert one(read_unit(UNITS / SERVICE), "Service", "KillMode") == "mixed"
+    require(ANALYZE is not None and SYSTEM_UNITS.is_dir(), WITH_SYSTEMD)
+    root, copies = analyze_root(tmp_path)
+    target = root / "etc" / "systemd" / "system" / "nexusws.service.d"
+    target.mkdir()
+    shutil.copyfile(drop_in, target / drop_in.name)
+    code, out = run_analyze("verify", "--generators=no", f"--root={root}", *copies)
     assert out == "" and code == 0, f"systemd-analyze verify ({code}):\n{out}"
 
 

@@ -1,8 +1,11 @@
 """Everything about a session's life, from reservation to the last process ended.
 
-  registry     reservations, tokens, the state machine, the reaper
+  registry     reservations, tokens, the state machine
   reservation  one reservation: its record, states and allowed transitions
   attach       sessions that outlive their WebSocket: detach, grace, re-attach, take over
+  deadlines    idle and time limits, their warnings, touch and extend
+  adoption     sessions kept running at shutdown (--keep_sessions) and adopted at start
+  upkeep       the reaper, and what a previous run left (restore)
   events       each reservation's event log (for /v1/events, /v1/session); progress reports
   starting     one instance's start: backend start, port wait, start timeout -> StartFailure
   statefile    the crash-safe record of the registry: the file (check, read, write, set aside)

@@ -130,7 +130,7 @@ class Deadlines:
     def _limits_start(self, r):
         """C{r} has become active: its limits start counting."""
         now = self._reactor.seconds()
-        r.last_input = now
+        r.last_input = r.active_since = now
         if self.limit(r.service, "max_duration") > 0:
             r.deadline = now + self.limit(r.service, "max_duration") + r.extended
             self._schedule(r, "time_call", self._time_check, 0.0)

@@ -27,7 +27,9 @@ class SessionsService(service.Service):
     subreaper (so processes a session daemonizes stay our descendants),
     restores the previous run's reservations and ends its processes, then
     starts the reaper. At stop it stops every instance, then ends whatever
-    descendant of the gateway is still alive, and records the final state.
+    descendant of the gateway is still alive, and records the final state;
+    with the registry's C{keep_sessions}, the instances it keeps running and
+    their processes are left alone (L{nexusws.sessions.adoption}).
 
     Every process a launcher starts is recorded in the state write that
     follows its start, before the script goes on (L{spawned}); others are
@@ -68,8 +70,9 @@ class SessionsService(service.Service):
         # find (a reserve or release): skip the pass over /proc; _watch looks anyway.
         if scan and (self._recorded or self.registry.running()):
             self._recorded = self._descendants()
+        kept = self.registry.kept_processes()  # left running for the next run: no orphans
         data["orphans"] = [list(p) for p in dict.fromkeys(
-            [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded))]
+            [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded)) if p not in kept.items()]
         try:
             self.statefile.write(data)
         except (OSError, ValueError) as e:
@@ -152,7 +155,8 @@ class SessionsService(service.Service):
 
         Looks again once a sweep is done, until none is left (L{SWEEPS} more at
         most): what ended the processes it knew of may have started others."""
-        leftovers = sorted(self._descendants())
+        kept = self.registry.kept_processes()  # --keep_sessions: left running for the next run
+        leftovers = sorted(p for p in self._descendants() if p not in kept.items())
         if not leftovers:
             return None
         if sweep > self.SWEEPS:

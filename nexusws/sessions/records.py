@@ -26,7 +26,12 @@ from nexusws.sessions.reservation import LIVE, RESERVED
 _log = logger("nexusws.statefile")
 
 #: One reservation as a previous run recorded it; C{created} is wall-clock epoch seconds.
-Saved = namedtuple("Saved", "token service index options user state created pids")
+#: A kept instance (L{nexusws.sessions.adoption}) also has C{kept} true, its C{address}
+#: C{(host, port)}, C{started} and C{last_input} (wall clock, or None), C{extended}
+#: seconds and C{bytes} C{(up, down)}; others have C{kept} false and the defaults.
+Saved = namedtuple("Saved", "token service index options user state created pids "
+                   "kept address started last_input extended bytes",
+                   defaults=(False, None, None, None, 0.0, (0, 0)))
 
 
 def saved_records(data):
@@ -50,31 +55,50 @@ def saved_records(data):
             _malformed("reservation", e)
             orphans += valid_procs(entry.get("pids") if isinstance(entry, dict) else None)
             continue
+        kept = {} if not r.get("kept") else {
+            "kept": True, "address": tuple(r["address"]), "started": r["started"],
+            "last_input": r["last_input"], "extended": r["extended"], "bytes": tuple(r["bytes"])}
         saved.append(Saved(r["token"], r["service"], r["index"], r["options"], r["user"],
-                           r["state"], float(r["created"]), [tuple(p) for p in r["pids"]]))
+                           r["state"], float(r["created"]), [tuple(p) for p in r["pids"]], **kept))
     return saved, list(dict.fromkeys(orphans))
 
 
-def recover(data, now, timeout, services):
+def recover(data, now, timeout, services, alive=None):
     """Sort out what a previous run recorded, as it stands at C{now}.
 
     Unused reservations of a known service, at a valid and unique index and
-    younger than C{timeout} seconds survive; any other reservation is dropped
+    younger than C{timeout} seconds survive; so do instances the previous run
+    kept running (L{nexusws.sessions.adoption}) whose processes are still
+    alive, whatever their age, to be adopted. Any other reservation is dropped
     (logged: a warning when that is surprising). Processes of instances that
-    were running, and orphans recorded but not yet terminated, are to be
-    terminated.
+    were running and are not adopted, and orphans recorded but not yet
+    terminated (but those of adopted instances), are to be terminated.
 
     @param data: what L{nexusws.sessions.statefile.StateFile.read} returned (None: nothing).
     @param now: wall-clock epoch seconds.
     @param services: service name or alias -> service.
-    @return: C{([(Saved, service, age)], [(pid, start_time)])}.
+    @param alive: C{[(pid, start_time)]} -> whether any of those is still that process
+        (None: nothing is adopted).
+    @return: C{([(Saved, service, age)], [(Saved, service, age)], [(pid, start_time)])}: the
+        reservations that survive, the instances to adopt, the processes to terminate.
     """
     saved, doomed = saved_records(data)
-    keep, taken = [], set()
+    keep, adopt, taken = [], [], set()
     for s in saved:
         label = f"{tag(s.token)} {printable(s.service)}#{s.index}"
         service, age = services.get(s.service), max(0.0, now - s.created)
-        if s.state != RESERVED:
+        if s.kept and s.state != RESERVED:
+            problem = (f"service {printable(s.service)!r} is not configured any more" if service is None
+                       else "index out of range or taken twice"
+                       if s.index >= service.count or {(service.name, s.index), s.token} & taken
+                       else "its processes are gone" if alive is None or not alive(s.pids) else None)
+            if problem is None:
+                taken |= {(service.name, s.index), s.token}
+                adopt.append((s, service, age))
+            else:
+                _log.info("previous run: kept instance {label} ended: {problem}", label=label, problem=problem)
+                doomed += s.pids
+        elif s.state != RESERVED:
             _log.info("previous run: {label} was {state}; ended", label=label, state=printable(s.state))
             doomed += s.pids
         elif service is None:
@@ -91,7 +115,8 @@ def recover(data, now, timeout, services):
         else:
             taken |= {(service.name, s.index), s.token}
             keep.append((s, service, age))
-    return keep, list(dict.fromkeys(doomed))
+    adopted = {p for s, _, _ in adopt for p in s.pids}
+    return keep, adopt, [p for p in dict.fromkeys(doomed) if p not in adopted]
 
 
 def _list(data, key):
@@ -191,9 +216,41 @@ def check_reservation(record):
     pids = record.get("pids") or []
     if not isinstance(pids, list):
         raise TypeError("pids is not a list")
-    return {"token": token, "service": service, "index": index, "options": dict(options),
-            "user": user, "state": state, "created": created,
-            "pids": [list(check_proc(p)) for p in pids]}
+    checked = {"token": token, "service": service, "index": index, "options": dict(options),
+               "user": user, "state": state, "created": created,
+               "pids": [list(check_proc(p)) for p in pids]}
+    if record.get("kept") is True:  # the same fields again: checking a checked record gives it back
+        checked.update(_check_kept(record))
+    return checked
+
+
+def _check_kept(record):
+    """The fields of a kept instance's record (L{nexusws.sessions.adoption.kept_fields}), checked."""
+    address = record.get("address")
+    if not (isinstance(address, list) and len(address) == 2 and _is_int(address[1])
+            and 0 < address[1] < 65536):
+        raise ValueError(f"address {printable(address, limit=100)} is not a [host, port]")
+    _check_text("address's host", address[0])
+    times = {}
+    for key in ("started", "last_input"):
+        value = record.get(key)
+        if value is not None and not _is_time(value):
+            raise ValueError(f"{key} {printable(value, limit=100)} is not a time")
+        times[key] = value
+    extended = record.get("extended", 0.0)
+    if not _is_time(extended):
+        raise ValueError(f"extended {printable(extended, limit=100)} is not a number of seconds")
+    traffic = record.get("bytes", [0, 0])
+    if not (isinstance(traffic, list) and len(traffic) == 2 and all(_is_int(n) and 0 <= n < 1 << 63
+                                                                    for n in traffic)):
+        raise ValueError(f"bytes {printable(traffic, limit=100)} is not [up, down]")
+    return dict(times, kept=True, address=[address[0], address[1]], extended=float(extended),
+                bytes=list(traffic))
+
+
+def _is_time(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= EPOCH_MAX)
 
 
 def _check_text(what, value, controls=False):

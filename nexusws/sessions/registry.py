@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 
 from nexusws.errors import StartupError
 from nexusws.logs import logger, printable, tag
-from nexusws.sessions import starting
+from nexusws.sessions import procs, starting
+from nexusws.sessions.adoption import Keeping
 from nexusws.sessions.attach import Attaching, TokenInUse  # noqa: F401 (TokenInUse: raised by activate)
 from nexusws.sessions.backend import CUT_SHORT, NOT_READY, NOT_RECORDED, StartFailure
 from nexusws.sessions.deadlines import Deadlines
@@ -63,7 +64,7 @@ class UnknownToken(Exception):
     """The token was never issued, or its reservation has ended or is ending."""
 
 
-class Registry(Attaching, Deadlines, Reporting, Upkeep):
+class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
     """All reservations of all services.
 
     @param services: the L{nexusws.sessions.backend.ISessionBackend}s (the local one:
@@ -85,6 +86,9 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
         its service's options say otherwise (L{nexusws.sessions.attach}).
     @param limits: the defaults of the idle and time limits (L{nexusws.sessions.deadlines.LIMITS}'
         names; those not given: its defaults), unless a service's options say otherwise.
+    @param keep_sessions: leave running instances alive at shutdown, for the next run to
+        adopt (L{nexusws.sessions.adoption}); C{family}: C{{pid: start}} -> the live processes
+        that belong to those (L{nexusws.sessions.procs.family}), for adopted instances.
     Each reservation's events (L{nexusws.sessions.events}: C{events_of}, C{session})
     are reported as its transitions are logged; a service's C{on_progress} is set to report its steps.
     @raise StartupError: two services share a name or alias."""
@@ -92,7 +96,7 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
     def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
                  on_change=None, wallclock=time.time, wait_for_port=wait_for_port,
                  kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None,
-                 reconnect_grace=RECONNECT_GRACE, limits=None):
+                 reconnect_grace=RECONNECT_GRACE, limits=None, keep_sessions=False, family=procs.family):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             service.on_progress = self._progress
@@ -104,6 +108,7 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
         self.kill_grace, self._kill_processes = kill_grace, kill_processes
         self.metrics, self.reconnect_grace, self.limit_defaults = metrics, reconnect_grace, dict(limits or {})
         self._wait_for_port = wait_for_port
+        self.keep_sessions, self._family = keep_sessions, family
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
         self._killing, self._reaper, self._closing = None, None, False
@@ -221,11 +226,15 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
         """Stop every running instance, refuse anything new; fires when done.
 
         Unused reservations stay: the state file keeps them, so tokens already
-        in pages work again after a restart (within their timeout)."""
+        in pages work again after a restart (within their timeout). With
+        C{keep_sessions}, active and detached instances stay too, running
+        (L{nexusws.sessions.adoption})."""
         self._closing = True
         self.stop_reaper()
+        if self.keep_sessions and self._keep_running():
+            self._changed()
         ends = [self._end(r, SHUTDOWN) for r in list(self._live.values())
-                if r.state != RESERVED]
+                if r.state != RESERVED and not r.kept]
         ends += [self._killing] if self._killing is not None else []
         return defer.DeferredList(ends, consumeErrors=True).addCallback(lambda _: None)
 
@@ -252,7 +261,7 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
                        if result.check(defer.TimeoutError) else starting.describe_failure(result))
                 _log.warn("{label}: stop failed: {why}; freeing the index anyway", label=r.label, why=why)
             self._set_state(r, RELEASED)
-        d = defer.maybeDeferred(r.service.stop, r.index)
+        d = self._stop_adopted(r) if r.adopted else defer.maybeDeferred(r.service.stop, r.index)
         return d.addTimeout(self.stop_timeout, self._reactor).addBoth(stopped)
 
     def _set_state(self, r, new, why=None, required=False):
@@ -320,7 +329,10 @@ class Registry(Attaching, Deadlines, Reporting, Upkeep):
     def _refresh_pids(self, r):
         """Update C{r.pids}; True if they changed. While stopping, the processes
         seen before are kept: the service may forget them before they are gone."""
-        current = [(int(pid), start) for pid, start in r.service.pids(r.index)]
+        if r.adopted:
+            current = self._adopted_pids(r)
+        else:
+            current = [(int(pid), start) for pid, start in r.service.pids(r.index)]
         if r.state == STOPPING:
             current = r.pids + [p for p in current if p not in r.pids]
         changed, r.pids = current != r.pids, current

@@ -50,6 +50,11 @@ class Reservation:
     extended = 0.0
     idle_warned = time_warned = False
     bytes_up = bytes_down = 0  # what its WebSockets carried before the attached one
+    active_since = None  # when it became active (reactor clock)
+    # Kept running at shutdown for the next run (C{kept_record}: what the state file
+    # keeps of it besides), or adopted from the previous run (L{nexusws.sessions.adoption}).
+    kept = adopted = False
+    kept_record = None
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (
@@ -81,9 +86,9 @@ class Reservation:
 
         The same object until its state or processes change: the state file
         tells what changed by identity, at no cost per unchanged reservation."""
-        key = (self.state, tuple(self.pids))
+        key = (self.state, tuple(self.pids), self.kept)
         if self._record is None or self._record[0] != key:
             self._record = key, dict(
                 self.as_status(), service=self.service.name, created=self.created_wall,
-                pids=[list(p) for p in self.pids])
+                pids=[list(p) for p in self.pids], **(self.kept_record if self.kept else {}))
         return self._record[1]

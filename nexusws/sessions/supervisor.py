@@ -21,7 +21,9 @@ start does not wait for an interpreter. It
     started lives;
   - on SIGTERM, SIGINT or SIGHUP passes the signal on to every descendant outside
     its process group (those inside got it with the group); SIGKILL ends it, and
-    its orphans then go to the next subreaper up (the gateway).
+    its orphans then go to the next subreaper up (the gateway);
+  - runs the program with SIGPIPE ignored: one that outlives the gateway
+    (C{--keep_sessions}) gets EPIPE writing to its output, not killed.
 
 C{signal} is not imported: its enums cost 4 ms at start; C{_signal} is enough.
 """
@@ -117,6 +119,9 @@ def main():
     subreaper = become_subreaper()
     for number in FORWARDED:
         _signal.signal(number, forward)
+    # The program inherits it ignored (an exec keeps ignored signals): a write to its
+    # output fails with EPIPE, not kills it, once the gateway has gone (--keep_sessions).
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
     raw = sys.stdin.buffer.read()  # waits, a spare, until the launcher has a program
     if not raw.strip():
         os._exit(0)

@@ -23,7 +23,7 @@ class Upkeep:
     """The reaper and the previous run's leftovers. Expects of the class it is mixed
     into: C{_live}, C{_reactor}, C{_wallclock}, C{timeout}, C{_by_name}, C{_orphans},
     C{_killing}, C{_reaper}, C{kill_grace}, C{_kill_processes}, C{_instances},
-    C{_set_state}, C{_refresh_pids}, C{_changed} and C{_logged}."""
+    C{_set_state}, C{_refresh_pids}, C{_changed}, C{_logged}, C{_family} and C{_adopt}."""
 
     def start_reaper(self, interval=None):
         """Run L{reap} every C{interval} seconds (default: a tenth of the timeout, 0.5 to 5 s)."""
@@ -59,12 +59,17 @@ class Upkeep:
         """Take over what a previous run recorded (see L{nexusws.sessions.records.recover}).
 
         Surviving reservations come back with the same token and index and the
-        time they had left; the previous run's processes are terminated.
+        time they had left; instances the previous run kept running come back
+        detached (L{nexusws.sessions.adoption}); the previous run's other
+        processes are terminated.
 
         @param now: wall-clock epoch seconds (default: the injected wall clock).
         @return: a Deferred firing with the pids that had to be killed."""
-        keep, doomed = recover(data, self._wallclock() if now is None else now,
-                               self.timeout, self._by_name)
+        wall = self._wallclock() if now is None else now
+        keep, adopt, doomed = recover(data, wall, self.timeout, self._by_name,
+                                      alive=lambda pids: bool(self._family(dict(pids))))
+        for s, service, age in adopt:
+            self._adopt(s, service, age, wall)
         for s, service, age in keep:
             if s.token not in self._live and s.index not in {r.index for r in self._instances(service)}:
                 r = Reservation(s.token, service, s.index, s.options, s.user,
