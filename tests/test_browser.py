@@ -8,102 +8,25 @@ tests/.artifacts/.
 """
 
 import json
-import os
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, require
-from support.desktop import COLOUR, RGB, free_display, processes_with
+from conftest import ROOT
+from support.browser import (  # noqa: F401 (the fixtures chromium and novnc)
+    LOOPBACK,
+    chromium_fixture,
+    novnc_fixture,
+    screenshot,
+    viewer_url,
+    wait_for_desktop,
+    www,
+)
+from support.desktop import COLOUR, free_display, processes_with
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-DEBIAN_NOVNC = "/usr/share/novnc"
-LOOPBACK = "tcp:0:interface=127.0.0.1"
 SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
-TIMEOUT_MS = 30_000
-
-# Connected: noVNC's application marks <html class="noVNC_connected">, our page data-state.
-CONNECTED = ("() => document.documentElement.classList.contains('noVNC_connected')"
-             " || document.documentElement.dataset.state === 'connected'")
-# The four corners of the remote screen, as the canvas holds them.
-CORNERS = """() => {
-    const canvas = document.querySelector('canvas');
-    if (!canvas || !canvas.width) return null;
-    const ctx = canvas.getContext('2d');
-    const w = canvas.width, h = canvas.height;
-    return [[5, 5], [w - 6, 5], [5, h - 6], [w - 6, h - 6]].map(
-        ([x, y]) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3)));
-}"""
-
-
-@pytest.fixture(params=["1.3", "1.7"])
-def novnc(request):
-    """A noVNC tree of each version: Debian's package (1.3) and npm's (1.7)."""
-    if request.param == "1.3":
-        require(os.path.isfile(os.path.join(DEBIAN_NOVNC, "vnc.html")), "noVNC 1.3 (apt-get install novnc)")
-        version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "novnc"],
-                                 capture_output=True, text=True).stdout
-        require(version.startswith("1:1.3."), f"Debian 12's novnc 1.3 (this is {version or 'not dpkg'})")
-        return DEBIAN_NOVNC
-    return str(request.getfixturevalue("node_modules") / "@novnc" / "novnc")
-
-
-@pytest.fixture
-def chromium(tmp_path):
-    """Open pages with C{chromium(url)} in headless Chromium with a fresh profile."""
-    require(os.access(CHROMIUM, os.X_OK), "Chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright (pip install '.[test]')")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1024, "height": 768},
-        )
-        errors = []
-
-        def open_page(url):
-            page = context.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            return page
-
-        open_page.errors = errors
-        try:
-            yield open_page
-        finally:
-            context.close()
-
-
-def www(tmp_path):
-    directory = tmp_path / "www"
-    directory.mkdir(exist_ok=True)
-    return str(directory)
-
-
-def viewer_url(gw, page, **query):
-    return f"{gw.http_url}/ansys/nexus/novnc/{page}?{urllib.parse.urlencode(query)}"
-
-
-def wait_for_desktop(page):
-    """Until the viewer is connected and the canvas shows the desktop's colour in every corner."""
-    page.wait_for_function(CONNECTED)
-    page.wait_for_function(f"() => {{ const c = ({CORNERS})(); "
-                           f"return c && c.every(p => p.join() === '{','.join(map(str, RGB))}'); }}")
-
-
-def screenshot(page, artifacts, name):
-    path = artifacts / f"{name}.png"
-    page.screenshot(path=str(path))
-    assert path.stat().st_size > 0
-    return path
 
 
 @pytest.mark.parametrize("page_name", ["vnc.html", "vnc_envision.html"])

@@ -59,3 +59,155 @@ def test_websocket_url(results, index):
 
 def test_fragment_parameters_fill_in_what_the_query_lacks(results):
     assert results["merged"] == {"password": "query", "x": "1", "token": "t"}
+
+
+# --- session_events.js: the viewer's logic over a session's events ---------------------
+
+SESSION_DRIVER = r"""
+import * as s from './session_events.mjs';
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+const at = (seconds) => new Date(T0 + seconds * 1000).toISOString();
+function play(events, now, connected = false, state = s.initialState()) {
+  for (const e of events) state = s.reduce(state, e, now, connected);
+  return state;
+}
+const out = {};
+out.delays = [0, 1, 2, 3, 4, 5, 9].map((a) => s.retryDelay(a));
+out.delaysInGrace = [[0, 3000], [2, 3000], [3, 600], [0, -5000], [1, null]].map(([a, g]) => s.retryDelay(a, g));
+out.endings = ['idle', 'max_duration', 'released', 'grace_expired', 'stopped', 'closed', 'expired', 'weird']
+  .map((reason) => s.endingText({ reason }));
+out.failed = s.endingText({ reason: 'failed', failure: 'Xvfb exited' });
+out.none = s.endingText(null);
+out.urls = [s.apiUrl(null, 'events', 'a b/c'), s.apiUrl('/prefix/', 'extend', 't', { seconds: 900 }),
+            s.apiUrl('https://gw.example.com', 'session', 't')];
+out.takeover = [s.withTakeover('ws://h:1/websockify?token=t'), s.withTakeover('ws://h:1/websockify')];
+
+// A start: its steps, in order; ready ends it.
+const start = [{ id: 1, event: 'reserved', time: at(0) }, { id: 2, event: 'starting', time: at(1) },
+  { id: 3, event: 'progress', text: 'starting the X server :5', time: at(1) },
+  { id: 4, event: 'progress', text: 'starting the VNC server', time: at(2) }];
+const starting = play(start, T0 + 2000);
+out.starting = { steps: starting.steps, ready: starting.ready, last: starting.last, lastId: starting.lastId };
+out.readyAfter = play([...start, { id: 5, event: 'ready', time: at(3) }], T0 + 3000).ready;
+
+// Warnings count down from when they were sent; input, a touch or an extension clears them.
+const warned = play([{ id: 6, event: 'idle_warning', seconds_left: 30, time: at(10) },
+  { id: 7, event: 'time_warning', seconds_left: 60, time: at(10) }], T0 + 12000);
+out.warned = s.warningTexts(warned, T0 + 12000);
+out.warnedLater = s.warningTexts(warned, T0 + 39500);
+out.warnedPast = s.warningTexts(warned, T0 + 99000);
+out.activeAgain = s.warningTexts(play([{ id: 8, event: 'active', by: 'touch', time: at(13) }], T0 + 13000, true, warned), T0 + 13000);
+out.extended = s.warningTexts(play([{ id: 8, event: 'extended', seconds: 900, time_left: 950, time: at(13) }], T0 + 13000, true, warned), T0 + 13000);
+// A clock behind the server's: counted from receipt, never longer than it said.
+out.skewed = s.warningTexts(play([{ id: 1, event: 'idle_warning', seconds_left: 30, time: at(100) }], T0), T0);
+// An ending clears the warnings and names its reason.
+const ending = play([{ id: 8, event: 'ending', reason: 'idle', time: at(40) }], T0 + 40000, true, warned);
+out.ending = { texts: s.warningTexts(ending, T0 + 40000), ending: ending.ending };
+
+// Takeovers: another window's, while connected; this page's own; one replayed before connecting.
+const attach = { id: 9, event: 'attached', takeover: true, time: at(50) };
+out.takenOver = play([attach], T0, true).takenOver;
+out.ownTakeover = play([attach], T0, true, { ...s.initialState(), ownTakeovers: 1 }).takenOver;
+out.replayedTakeover = play([attach], T0, false).takenOver;
+
+// Reconnect decisions.
+const fresh = s.initialState();
+const snap = (state, attached = false) => ({ state, attached, grace_left: state === 'detached' ? 40 : null });
+out.decisions = {
+  detached: s.retryDecision(fresh, snap('detached'), true, 0),
+  activeOurs: s.retryDecision(fresh, snap('active', true), true, 0),
+  activeFirst: s.retryDecision(fresh, snap('active', true), false, 0),
+  activeFirstLong: s.retryDecision(fresh, snap('active', true), false, 2),
+  starting: s.retryDecision(fresh, snap('starting', true), true, 0),
+  startingLong: s.retryDecision(fresh, snap('starting', true), true, s.MAX_ATTEMPTS - 1),
+  released: s.retryDecision(fresh, snap('released'), true, 0),
+  stopping: s.retryDecision(fresh, snap('stopping'), true, 0),
+  reservedFirst: s.retryDecision(fresh, snap('reserved'), false, 0),
+  notFound: s.retryDecision(fresh, null, true, 0),
+  unreachable: s.retryDecision(fresh, undefined, true, 0),
+  unreachableLong: s.retryDecision(fresh, undefined, true, s.MAX_ATTEMPTS - 1),
+  ending: s.retryDecision(ending, snap('detached'), true, 0),
+  takenOver: s.retryDecision(play([attach], T0, true), snap('active', true), true, 0),
+};
+out.elapsed = [0, 999, 7000, 59999, 60000, 125000].map(s.elapsedText);
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.fixture(scope="module")
+def session_logic(tmp_path_factory):
+    require(have("node"), "node")
+    work = tmp_path_factory.mktemp("session_events_js")
+    (work / "session_events.mjs").write_text((Path(PAGES) / "session_events.js").read_text())
+    (work / "driver.mjs").write_text(SESSION_DRIVER)
+    run = subprocess.run(["node", str(work / "driver.mjs")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_reconnect_backoff_doubles_to_ten_seconds_and_stays_within_the_grace(session_logic):
+    assert session_logic["delays"] == [1000, 2000, 4000, 8000, 10000, 10000, 10000]
+    # grace 3 s left: the first try after 1 s, later ones before it runs out; never under 250 ms
+    assert session_logic["delaysInGrace"] == [1000, 2500, 250, 250, 2000]
+
+
+def test_ending_reasons_are_said_in_words(session_logic):
+    assert session_logic["endings"] == [
+        "Session ended: idle", "Session ended: time limit reached", "Session ended: released",
+        "Session ended: not reconnected in time", "Session ended: stopped by the server",
+        "Session ended: its connection closed", "Session ended: never used", "Session ended: weird"]
+    assert session_logic["failed"] == "The session could not start: Xvfb exited"
+    assert session_logic["none"] == "The session has ended"
+
+
+def test_api_urls_encode_the_token_and_take_a_base(session_logic):
+    assert session_logic["urls"] == ["/v1/events/a%20b%2Fc", "/prefix/v1/extend/t?seconds=900",
+                                     "https://gw.example.com/v1/session/t"]
+    assert session_logic["takeover"] == ["ws://h:1/websockify?token=t&takeover=1",
+                                         "ws://h:1/websockify?takeover=1"]
+
+
+def test_the_start_shows_its_steps_until_ready(session_logic):
+    assert session_logic["starting"] == {
+        "steps": ["Starting the session", "starting the X server :5", "starting the VNC server"],
+        "ready": False, "last": "progress", "lastId": 4}
+    assert session_logic["readyAfter"] is True
+
+
+def test_warnings_count_down_from_their_event_and_clear(session_logic):
+    # sent at 10 s, seen at 12 s: 28 s and 58 s left; at 39.5 s: 1 s (rounded up) and 31 s
+    assert session_logic["warned"] == ["No activity: this session ends in 28 s",
+                                       "This session's time ends in 58 s"]
+    assert session_logic["warnedLater"] == ["No activity: this session ends in 1 s",
+                                            "This session's time ends in 31 s"]
+    assert session_logic["warnedPast"] == ["No activity: this session ends in 0 s",
+                                           "This session's time ends in 0 s"]
+    assert session_logic["activeAgain"] == ["This session's time ends in 57 s"]
+    assert session_logic["extended"] == ["No activity: this session ends in 27 s"]
+    assert session_logic["skewed"] == ["No activity: this session ends in 30 s"]
+    assert session_logic["ending"] == {"texts": [], "ending": {"reason": "idle"}}
+
+
+def test_only_another_windows_takeover_counts_as_taken_over(session_logic):
+    assert session_logic["takenOver"] is True
+    assert session_logic["ownTakeover"] is False
+    assert session_logic["replayedTakeover"] is False
+
+
+def test_reconnect_decisions(session_logic):
+    assert session_logic["decisions"] == {
+        "detached": "connect",  # within the grace
+        "activeOurs": "takeover",  # the gateway still counts this page's lost connection as attached
+        "activeFirst": "wait",  # a new page while another (a reloaded one?) is still attached
+        "activeFirstLong": "elsewhere",
+        "starting": "wait", "startingLong": "give-up",
+        "released": "gone", "stopping": "gone", "reservedFirst": "give-up", "notFound": "gone",
+        "unreachable": "connect",  # the WebSocket itself will tell
+        "unreachableLong": "give-up",
+        "ending": "ended",  # an idle or time limit, a release: never reconnect
+        "takenOver": "taken-over",  # closed 4001: the other window keeps it
+    }
+
+
+def test_elapsed_time_text(session_logic):
+    assert session_logic["elapsed"] == ["0 s", "0 s", "7 s", "59 s", "1 min 00 s", "2 min 05 s"]

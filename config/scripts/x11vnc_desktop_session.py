@@ -121,10 +121,12 @@ class X11VncDesktopSession(RemoteServiceScript):
         port = int(self.port_base) + index if self.port_base is not None else free_port()
 
         auth = self._private_file(index, "nexusws-xauth-", xauthority(os.urandom(16)))
+        self.progress(f"starting the X server :{display} ({size})")
         xvfb = self.spawn([self.xvfb, f":{display}", "-screen", "0", f"{size}x{self.depth}",
                            "-nolisten", "tcp", "-noreset", "-auth", auth])
         await self._wait_for_display(display, xvfb)
         if self.background is not None:
+            self.progress("painting the desktop's background")
             painter = self.spawn([self.xsetroot, "-display", f":{display}", "-solid", self.background],
                                  env={**os.environ, "XAUTHORITY": auth})
             status = await painter.ended
@@ -139,7 +141,9 @@ class X11VncDesktopSession(RemoteServiceScript):
             argv += ["-passwdfile", "rm:" + self._private_file(index, "nexusws-vnc-", password.encode() + b"\n")]
         else:
             argv += ["-nopw"]
+        self.progress("starting the VNC server")
         x11vnc = self.spawn(argv)
+        self.progress("waiting for the VNC server to listen")
         await self.wait_for_port("127.0.0.1", port, timeout=self.timeout, child=x11vnc)
         self.log.info("desktop {index}: display :{display} {size}, VNC on 127.0.0.1:{port}",
                       index=index, display=display, size=size, port=port)
