@@ -27,7 +27,11 @@ request whose C{Host} is not one of the gateway's names (DNS rebinding) get 403
 before anything else (L{nexusws.auth.Sites}).
 
 With a security token configured, a call must carry it as
-C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401.
+C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401; but a
+session's own calls (session, events, touch, extend: C{by_token} in L{CALLS})
+are answered without it, as the token's WebSocket is: the reservation token in
+their path is their credential, under its access rule (its user, from a
+trusted proxy, or anyone for an anonymous reservation).
 
 Access (see L{nexusws.auth}): the caller's user comes from the user header
 of a trusted proxy or, on a call authenticated with the security token, from
@@ -126,6 +130,9 @@ class Call:
     who: Who
     handler: Callable
     metric: str
+    #: The reservation token in its path is its credential: it is answered without the
+    #: security token too (as the token's WebSocket is), under the token's own access rule.
+    by_token: bool = False
 
     @property
     def methods(self):
@@ -190,7 +197,8 @@ class ApiRoot(resource.Resource):
             _log.warn("/v1 refused: {client}: {reason}",
                       client=printable(getattr(request.getClientAddress(), "host", "-")), reason=refusal)
             return answer.error(request, 403, refusal)
-        if not self.authorized(request):
+        with_token = self._token_digest is not None and self.authorized(request)
+        if not self.authorized(request) and not (call is not None and call.by_token and call.takes(args)):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return answer.error(request, 401, "missing or wrong security_token")
         if request.method not in API_METHODS:
@@ -201,7 +209,7 @@ class ApiRoot(resource.Resource):
         if request.method not in call.methods:
             request.setHeader(b"allow", b", ".join(call.methods))
             return answer.error(request, 405, f"/v1/{name} answers {b' and '.join(call.methods).decode()} only")
-        caller = self._caller(request)
+        caller = self._caller(request, with_token)
         if isinstance(caller, bytes):
             return caller
         if not self._may_call(call, caller):
@@ -216,14 +224,15 @@ class ApiRoot(resource.Resource):
             return True
         return self.access.may_change(caller, caller.with_token, call.who is Who.REMOTE_API)
 
-    def _caller(self, request):
-        """The caller's L{nexusws.auth.Identity}, with C{with_token} set; or the
-        bytes of a 400 answer for an unusable C{user} parameter."""
+    def _caller(self, request, with_token):
+        """The caller's L{nexusws.auth.Identity}, with C{with_token} set (whether the
+        request carried the security token); or the bytes of a 400 answer for an
+        unusable C{user} parameter."""
         headers = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
         caller = self.access.identify(request.getClientAddress(), headers)
-        caller.with_token = self._token_digest is not None
+        caller.with_token = with_token
         named = request.args.get(b"user")
         if named and not caller.with_token:
             _log.warn("ignored the user parameter from {client}: only calls with the "
@@ -366,10 +375,10 @@ CALLS = {call.name: call for call in (
     Call("stop",        0,     True,     Who.LOCAL,       ApiRoot._stop_server,  "stop"),
     Call("metrics",     0,     False,    Who.ANYONE,      ApiRoot._metrics,      "metrics"),
     Call("load",        0,     False,    Who.ANYONE,      ApiRoot._load,         "load"),
-    Call("session",     1,     False,    Who.ANYONE,      session,               "session"),
-    Call("events",      1,     False,    Who.ANYONE,      events,                "events"),
-    Call("touch",       1,     True,     Who.ANYONE,      touch,                 "touch"),
-    Call("extend",      1,     True,     Who.ANYONE,      extend,                "extend"),
+    Call("session",     1,     False,    Who.ANYONE,      session,               "session",      by_token=True),
+    Call("events",      1,     False,    Who.ANYONE,      events,                "events",       by_token=True),
+    Call("touch",       1,     True,     Who.ANYONE,      touch,                 "touch",        by_token=True),
+    Call("extend",      1,     True,     Who.ANYONE,      extend,                "extend",       by_token=True),
 )}
 
 #: The methods some call answers (C{Allow} of the 405 to any other).

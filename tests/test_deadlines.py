@@ -411,3 +411,27 @@ def test_a_bad_limit_option_is_a_usage_error_naming_it(name, value):
 def test_every_call_with_a_token_in_its_path_has_it_masked():
     with_token = {name for name, call in CALLS.items() if call.arity == 1 and name != "reserve"}
     assert with_token == set(TOKEN_CALLS)
+
+
+def test_a_sessions_own_calls_need_no_security_token_only_the_reservation_token(tmp_path):
+    """As the token's WebSocket: a page behind the proxy reads and keeps its session alive
+    without the operator's secret; everything else still needs it."""
+    api = Api(tmp_path, services=[FakeService(count=2)], security_token=SECRET,
+              limits={"max_duration": 600, "max_extend": 300})
+    alices = api.reserve(f"?security_token={SECRET}&user=alice")
+    anonymous = api.reserve(f"?security_token={SECRET}")
+    for token in (alices, anonymous):
+        api.registry.activate(token)
+    as_alice = [("X-Remote-User", "alice")]
+    for call in ("session", "touch", "extend?seconds=5"):
+        path, _, query = call.partition("?")
+        target = f"/v1/{path}/{alices}" + (f"?{query}" if query else "")
+        assert api.get(target, headers=as_alice).status == 200
+        assert api.get(target).status == 403, "anonymous, for alice's token"
+        assert api.get(target, headers=[("X-Remote-User", "bob")]).status == 403
+        anyone = f"/v1/{path}/{anonymous}" + (f"?{query}" if query else "")
+        assert api.get(anyone).status == 200
+    assert api.registry.get(alices).extended == 5 and api.registry.get(anonymous).extended == 5
+    for other in ("status", "metrics", f"release/{alices}", "reserve/demo", "stop"):
+        assert api.get(f"/v1/{other}", headers=as_alice).status == 401, other
+    assert api.registry.get(alices) is not None and api.stop_calls == []

@@ -165,8 +165,14 @@ def test_access_follows_the_token_user_or_the_security_token(tmp_path):
     token = api.reserve(f"?security_token={SECRET}&user=alice")
     for call in ("events", "session"):
         assert api.get(f"/v1/{call}/{token}?security_token={SECRET}&user=bob").status == 403
-        assert api.get(f"/v1/{call}/{token}").status == 401
+        # Without the security token: the token's own rule (its user, from the trusted proxy).
+        assert api.get(f"/v1/{call}/{token}").status == 403
+        assert api.get(f"/v1/{call}/{token}", method=b"HEAD", headers=[("X-Remote-User", "bob")]).status == 403
+        assert api.get(f"/v1/{call}/{token}", method=b"HEAD", headers=[("X-Remote-User", "alice")]).status == 200
+        assert api.get(f"/v1/{call}/{token}?security_token=wrong", method=b"HEAD",
+                       headers=[("X-Remote-User", "alice")]).status == 200
         assert api.get(f"/v1/{call}/no-such-token?security_token={SECRET}").status == 404
+        assert api.get(f"/v1/{call}/no-such-token").status == 404
     assert api.get(f"/v1/session/{token}?security_token={SECRET}&user=alice").json()["user"] == "alice"
     assert api.get(f"/v1/session/{token}?security_token={SECRET}").json()["user"] == "alice"
     mine = api.send(f"/v1/events/{token}?security_token={SECRET}&user=alice")

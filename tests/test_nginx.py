@@ -572,3 +572,30 @@ def test_the_example_site_terminates_tls_redirects_http_and_proxies_both_listene
             assert secret not in log
     finally:
         site.stop()
+
+
+def test_a_users_page_gets_its_sessions_events_through_nginx_without_the_security_token(make_front):
+    """The viewer has the reservation token, never the operator's secret: behind nginx its
+    /v1/session, /v1/events and /v1/touch are the user's, and the event stream is not buffered."""
+    front = make_front(["--security_token", "s3cret"])
+    status, body = unix_get(front.gw.http_socket, "/v1/reserve/open?security_token=s3cret&user=alice")
+    assert status == 200
+    token = json.loads(body)["token"]
+    assert front.api("/v1/status", "alice")[0] == 401, "everything else still needs the secret"
+    status, snapshot = front.api(f"/v1/session/{token}", "alice")
+    assert status == 200 and snapshot["user"] == "alice" and snapshot["state"] == "reserved"
+    assert front.api(f"/v1/session/{token}", "bob") == (403, {"error": "this token was reserved by another user"})
+    assert front.api(f"/v1/touch/{token}", "alice")[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
+    try:
+        conn.putrequest("GET", f"/v1/events/{token}", skip_accept_encoding=True)
+        conn.putheader("Authorization", basic("alice", PASSWORDS["alice"]))
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 200 and answer.getheader("content-type").startswith("text/event-stream")
+        seen = b""
+        while b"event: reserved" not in seen:  # while the stream stays open: nothing held back
+            seen += answer.read1(4096)
+    finally:
+        conn.close()
+    assert token not in front.gw.log
