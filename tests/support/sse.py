@@ -99,18 +99,18 @@ class Reader:
         self._thread.start()
 
     def _read(self):
-        block = []
+        # read1, not readline: on a chunked body readline looks for the next chunk's
+        # size before it returns, so the newest event waited for the next chunk.
+        pending = b""
         try:
-            for raw in iter(self.response.readline, b""):  # de-chunked
-                line = raw.decode("utf-8").rstrip("\n")
-                if line:
-                    block.append(line)
-                    continue
-                events, comments = parse("\n".join(block))
-                self.comments += comments
-                self.events += events
-                block = []
-        except OSError:
+            while chunk := self.response.read1(65536):  # de-chunked
+                pending += chunk
+                *blocks, pending = pending.split(b"\n\n")
+                for block in blocks:
+                    events, comments = parse(block.decode("utf-8"))
+                    self.comments += comments
+                    self.events += events
+        except (OSError, ValueError):  # the connection closed under the read
             pass
         finally:
             self.closed = True
