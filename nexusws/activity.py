@@ -16,7 +16,8 @@ The rules (RFC 6143 and U{rfbproto<https://github.com/rfbproto/rfbproto>}):
     quietly: every client byte then counts as input). Client bytes before
     the greeting count as input; if it is RFB after all, the tracker falls
     back (below).
-  - The client's 12-byte version picks the handshake. Before 3.7 (C{003.003},
+  - The lower of the client's 12-byte version and the server's picks the
+    handshake (a 3.8 client of a 3.3 server speaks 3.3). Before 3.7 (C{003.003},
     C{003.005}): the server names the security type, a C{u32} right after its
     greeting. From 3.7 on (Apple's C{003.889} and any C{004.x} too): the client
     names it, in one byte. Type 1 (None) is followed by C{ClientInit}; type 2 (VNC
@@ -358,11 +359,14 @@ class InputTracker:
         return -1
 
     def _version(self):
-        """Pick the handshake by the client's version line (in C{_head})."""
+        """Pick the handshake by the version both sides speak: the lower of the client's
+        line (in C{_head}) and the server's greeting (a server need not follow a client
+        that asks for more than it offered)."""
         line, self._head = self._head, b""
         if not _like_version(line):
             self._fall("the client's version is not an rfb version")
-        elif (int(line[4:7]), int(line[8:11])) >= (3, 7):
+        elif min((int(line[4:7]), int(line[8:11])),
+                 (int(self._greeting[4:7]), int(self._greeting[8:11]))) >= (3, 7):
             self._flavour, self._phase, self._listening = 38, _CHOICE, False
         else:
             self._flavour, self._phase = 33, _TYPE

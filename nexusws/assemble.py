@@ -105,6 +105,11 @@ def make_sessions(options, reactor, notes, metrics=None):
         reconnect_grace=options["reconnect_grace"], limits={name: options[name] for name in LIMITS},
         keep_sessions=bool(options["keep_sessions"]),
     )
+    if options["keep_sessions"]:
+        ungraced = [s.name for s in services if registry.grace_of(s) <= 0]
+        if ungraced:
+            notes.append(f"--keep_sessions with a reconnect_grace of 0 for {', '.join(map(repr, ungraced))}: "
+                         f"their sessions kept at a stop end as soon as the next start adopts them")
     sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
     registry.on_change = sessions.save  # every change recorded in the state file before it counts
     return registry, sessions

@@ -8,7 +8,8 @@ anonymous reservation); an unknown token is 404.
   /v1/session/{token}            200 its snapshot (L{nexusws.sessions.events.Reporting.session});
                                  also for a session ended less than a minute ago
   /v1/touch/{token}              200 the snapshot: the page's "I'm still here", counted as
-                                 user input (L{nexusws.sessions.deadlines}); 404 once ended
+                                 user input (L{nexusws.sessions.deadlines}); 409 before it has
+                                 started; 404 once ended
   /v1/extend/{token}?seconds=N   200 the snapshot, N whole seconds added to its time limit;
                                  400 N missing, repeated, not a whole number from 1 to
                                  L{EXTEND_MAX_SECONDS}; 403 beyond its C{max_extend}; 409 no time
@@ -61,12 +62,17 @@ def touch(api, request, caller, token):
     r = _live(api, request, caller, token, "touch")
     if isinstance(r, bytes):
         return r
+    if r.state not in ("active", "detached"):
+        return answer.error(request, 409, "this session has not started")
     api.registry.touch(r)
     return answer.json(request, 200, api.registry.session(token))
 
 
 def extend(api, request, caller, token):
-    """/v1/extend/{token}?seconds=N: its time limit, N seconds later."""
+    """/v1/extend/{token}?seconds=N: its time limit, N seconds later (the token is checked first)."""
+    r = _live(api, request, caller, token, "extend")
+    if isinstance(r, bytes):
+        return r
     values = request.args.get(b"seconds") or []
     if len(values) != 1:
         return answer.error(request, 400, "seconds: give it once, a whole number of seconds"
@@ -75,13 +81,10 @@ def extend(api, request, caller, token):
     # ASCII digits only (int() takes "+1", "1_0" and other scripts' digits), and few of them.
     if not (text.isdigit() and text.isascii() and len(text) <= 9) or not 1 <= int(text) <= EXTEND_MAX_SECONDS:
         return answer.error(request, 400, f"seconds: not a whole number from 1 to {EXTEND_MAX_SECONDS}")
-    r = _live(api, request, caller, token, "extend")
-    if isinstance(r, bytes):
-        return r
     try:
         api.registry.extend(r, int(text))
     except ExtendRefused as e:
-        if e.status == 403:
-            api._refused(caller, "extend", str(e))
+        # The token's own user asking too much: not a warning (a page may ask again and again).
+        _log.info("/v1/extend refused: {label}: {reason}", label=r.label, reason=str(e))
         return answer.error(request, e.status, str(e))
     return answer.json(request, 200, api.registry.session(token))

@@ -433,3 +433,17 @@ def test_gii_lengths_are_read_in_the_messages_own_byte_order():
     assert following(tracker)
     assert tracker.client(gii(2, bytes(56), big=False)) is False  # device creation
     assert following(tracker)
+
+
+def test_a_client_asking_more_than_the_server_offers_gets_the_servers_handshake():
+    """A 3.8 client of a server that greets 3.3 (and does not follow the client up): the
+    server names the security type, the client sends no choice byte (found by the hostile review)."""
+    fallbacks = []
+    tracker = InputTracker(on_fallback=fallbacks.append)
+    tracker.server(b"RFB 003.003\n")
+    assert tracker.client(b"RFB 003.008\n") is False
+    tracker.server(b"\0\0\0\x01")  # None
+    assert tracker.client(b"\x01") is False  # ClientInit, not a security choice
+    assert tracker.client(struct.pack("!BBHHHH", 3, 1, 0, 0, 640, 480)) is False
+    assert tracker.client(struct.pack("!BBHH", 5, 0, 1, 1)) is True
+    assert fallbacks == [] and tracker.mode == "rfb"

@@ -435,3 +435,26 @@ def test_a_sessions_own_calls_need_no_security_token_only_the_reservation_token(
     for other in ("status", "metrics", f"release/{alices}", "reserve/demo", "stop"):
         assert api.get(f"/v1/{other}", headers=as_alice).status == 401, other
     assert api.registry.get(alices) is not None and api.stop_calls == []
+
+
+def test_touch_before_the_start_is_409_and_idle_stays_unknown(tmp_path):
+    """Found by the hostile review: a touch of a reserved session answered 200 and made its
+    snapshot say idle 0.0 (README: null until active)."""
+    api = Api(tmp_path)
+    token = api.reserve()
+    r = api.get(f"/v1/touch/{token}")
+    assert (r.status, r.json()) == (409, {"error": "this session has not started"})
+    assert api.get(f"/v1/session/{token}").json()["idle"] is None
+
+
+def test_extend_checks_the_token_before_seconds_and_logs_an_owners_refusal_at_info(tmp_path, events):
+    api = Api(tmp_path, security_token=SECRET, limits={"max_duration": 600, "max_extend": 10})
+    token = api.reserve(f"?security_token={SECRET}&user=alice")
+    api.registry.activate(token)
+    assert api.get(f"/v1/extend/{token}?seconds=abc", headers=[("X-Remote-User", "bob")]).status == 403
+    assert api.get("/v1/extend/no-such-token?seconds=abc").status == 404
+    for _ in range(3):
+        assert api.get(f"/v1/extend/{token}?seconds=11", headers=[("X-Remote-User", "alice")]).status == 403
+    refusals = [e for e in events if "/v1/extend refused" in formatEvent(e) and "max_extend" in formatEvent(e)]
+    assert len(refusals) == 3 and {e["log_level"].name for e in refusals} == {"info"}
+    assert "beyond max_extend" in formatEvent(refusals[0]) and token not in formatEvent(refusals[0])

@@ -225,3 +225,33 @@ def test_a_kept_record_checked_twice_is_the_same():
     (record,) = state_file(first)["reservations"]
     once = check_reservation(record)
     assert check_reservation(once) == once and once["kept"] is True and once["address"] == list(ADDRESS)
+
+
+def test_event_ids_go_on_across_the_adoption_so_a_pages_last_event_id_misses_nothing():
+    """Found by the hostile review: the next run's log began at 1 again, and a page
+    reconnecting with Last-Event-ID 4 skipped its first four events (how the session ended)."""
+    first = first_run()
+    r, _ = running(first)
+    seen = first.registry.events_of(r.token).last_id
+    assert seen == 4  # reserved, starting, ready, attached
+    first.registry.shutdown()
+    assert state_file(first)["reservations"][0]["events"] == seen
+    second = second_run(state_file(first))
+    log = second.registry.events_of(r.token)
+    assert [(e["id"], e["event"]) for e in log.events] == [(5, "detached")]
+    events, lost = log.after(seen)
+    assert [e["event"] for e in events] == ["detached"] and not lost
+
+
+def test_a_state_file_of_another_boot_names_no_process_nothing_is_adopted_or_signalled(events):
+    """After a reboot a recorded pid and start time may be anyone's process now."""
+    first = first_run()
+    r, _ = running(first)
+    first.registry.shutdown()
+    data = dict(state_file(first), boot="boot-A", orphans=[[4300, 12]])
+    second = second_run(data, boot_id="boot-B")
+    assert second.registry.get(r.token) is None and second.killer.calls == []
+    assert any("recorded before a reboot; its processes are gone (1 kept instance(s) ended, 3 process(es) "
+               "left alone)" in formatEvent(e) for e in events)
+    same_boot = second_run(dict(data, boot="boot-B"), boot_id="boot-B")
+    assert same_boot.registry.get(r.token).state == "detached"

@@ -129,3 +129,10 @@ def test_a_program_the_supervisor_runs_has_sigpipe_ignored_so_it_outlives_its_re
     proc.stdout.close()  # the reader goes away, as a stopped gateway's pipes do
     assert proc.wait(10) == 0, "the program ended normally: its write failed, it was not killed"
     assert proc.stderr.read().endswith(b"\n1\n"), "echo's write failed (EPIPE), and the shell went on"
+
+
+def test_keep_sessions_with_no_grace_is_warned_of_at_start(gateway, tmp_path):
+    """Kept sessions of a service whose grace is 0 would be ended as soon as they are adopted."""
+    gw = gateway(gateway_args(tmp_path, "--keep_sessions", config=hello_config(tmp_path)), http=True)
+    gw.wait_for(r"#warn\] --keep_sessions with a reconnect_grace of 0 for 'hello': their sessions kept "
+                r"at a stop end as soon as the next start adopts them")

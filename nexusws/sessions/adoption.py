@@ -32,10 +32,10 @@ from nexusws.sessions.reservation import ACTIVE, DETACHED, Reservation
 _log = logger("nexusws.reservations")
 
 
-def kept_fields(r, wallclock_now, reactor_now):
+def kept_fields(r, wallclock_now, reactor_now, last_event_id=0):
     """What the state file keeps of a kept instance C{r} besides its usual record."""
     fields = {"kept": True, "address": list(r.address), "extended": r.extended,
-              "bytes": [r.bytes_up, r.bytes_down]}
+              "bytes": [r.bytes_up, r.bytes_down], "events": last_event_id}
     if r.active_since is not None:
         fields["started"] = wallclock_now - (reactor_now - r.active_since)
     if r.last_input is not None:
@@ -66,7 +66,9 @@ class Keeping:
             except Exception:  # logged; it is kept with the processes known before
                 _log.failure("{label}: listing its processes failed", label=r.label)
             r.kept = True
-            r.kept_record = kept_fields(r, self._wallclock(), self._reactor.seconds())
+            log = self.events_of(r.token)
+            r.kept_record = kept_fields(r, self._wallclock(), self._reactor.seconds(),
+                                        0 if log is None else log.last_id)
             kept += 1
             _log.info("reservation {label}: kept running for the next run ({count} process(es))",
                       label=r.label, count=len(r.pids))
@@ -88,7 +90,7 @@ class Keeping:
         now = self._reactor.seconds()
         r = Reservation(saved.token, service, saved.index, saved.options, saved.user, now - age, saved.created)
         r.state, r.address, r.pids, r.adopted = DETACHED, tuple(saved.address), list(saved.pids), True
-        r.extended = saved.extended
+        r.extended, r.first_event_id = saved.extended, saved.events
         r.bytes_up, r.bytes_down = saved.bytes
         if saved.started is not None:
             r.active_since = now - max(0.0, wall - saved.started)

@@ -65,10 +65,10 @@ class EventLog:
     @ivar last_id: the id of the latest event (0: none yet).
     @ivar ended: C{(state, wall-clock time)} once it has ended, else None."""
 
-    def __init__(self, service, index, user):
+    def __init__(self, service, index, user, last_id=0):
         self.service, self.index, self.user = service, index, user
         self.events = collections.deque(maxlen=KEEP_EVENTS)
-        self.last_id, self.ended, self._listeners = 0, None, []
+        self.last_id, self.ended, self._listeners = last_id, None, []
         self.traffic = (0, 0)  # (bytes up, bytes down) once it has ended
 
     def add(self, name, time, fields):
@@ -140,7 +140,8 @@ class Reporting:
             self._logs, self._ended_logs = {}, collections.deque()
         log = self._logs.get(r.token)
         if log is None:
-            log = self._logs[r.token] = EventLog(r.service.name, r.index, r.user)
+            # An adopted session's ids go on from the previous run's (a page's Last-Event-ID).
+            log = self._logs[r.token] = EventLog(r.service.name, r.index, r.user, r.first_event_id)
         return log.add(name, iso_utc(self._wallclock()), fields)
 
     def _forget_ended(self):

@@ -19,6 +19,9 @@ from nexusws.sessions.timeouts import GRACE, WATCH_INTERVAL
 
 _log = logger("nexusws")
 
+#: This boot's id, once (it does not change while we run).
+BOOT_ID = procs.boot_id()
+
 
 class SessionsService(service.Service):
     """Sessions: the state file, the previous run's leftovers, the reaper, no orphans at stop.
@@ -70,6 +73,7 @@ class SessionsService(service.Service):
         # find (a reserve or release): skip the pass over /proc; _watch looks anyway.
         if scan and (self._recorded or self.registry.running()):
             self._recorded = self._descendants()
+        data["boot"] = BOOT_ID  # its processes mean nothing after a reboot (L{procs.boot_id})
         kept = self.registry.kept_processes()  # left running for the next run: no orphans
         data["orphans"] = [list(p) for p in dict.fromkeys(
             [tuple(p) for p in data.get("orphans", [])] + sorted(self._recorded)) if p not in kept.items()]

@@ -120,6 +120,16 @@ def _stats():
             yield stat
 
 
+def boot_id():
+    """This boot's id (Linux: C{/proc/sys/kernel/random/boot_id}), or None. A process
+    recorded in another boot is gone, whatever pid and start time it had."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def stat_table():
     """A dict pid -> L{ProcInfo} without cmdlines: half the reads of L{all_processes}."""
     return {stat.pid: stat for stat in _stats()}

@@ -30,8 +30,8 @@ _log = logger("nexusws.statefile")
 #: C{(host, port)}, C{started} and C{last_input} (wall clock, or None), C{extended}
 #: seconds and C{bytes} C{(up, down)}; others have C{kept} false and the defaults.
 Saved = namedtuple("Saved", "token service index options user state created pids "
-                   "kept address started last_input extended bytes",
-                   defaults=(False, None, None, None, 0.0, (0, 0)))
+                   "kept address started last_input extended bytes events",
+                   defaults=(False, None, None, None, 0.0, (0, 0), 0))
 
 
 def saved_records(data):
@@ -57,7 +57,8 @@ def saved_records(data):
             continue
         kept = {} if not r.get("kept") else {
             "kept": True, "address": tuple(r["address"]), "started": r["started"],
-            "last_input": r["last_input"], "extended": r["extended"], "bytes": tuple(r["bytes"])}
+            "last_input": r["last_input"], "extended": r["extended"], "bytes": tuple(r["bytes"]),
+            "events": r["events"]}
         saved.append(Saved(r["token"], r["service"], r["index"], r["options"], r["user"],
                            r["state"], float(r["created"]), [tuple(p) for p in r["pids"]], **kept))
     return saved, list(dict.fromkeys(orphans))
@@ -238,14 +239,18 @@ def _check_kept(record):
             raise ValueError(f"{key} {printable(value, limit=100)} is not a time")
         times[key] = value
     extended = record.get("extended", 0.0)
-    if not _is_time(extended):
+    if isinstance(extended, bool) or not isinstance(extended, (int, float)) or not (
+            math.isfinite(extended) and extended >= 0):  # as much as max_extend allows: no bound
         raise ValueError(f"extended {printable(extended, limit=100)} is not a number of seconds")
     traffic = record.get("bytes", [0, 0])
     if not (isinstance(traffic, list) and len(traffic) == 2 and all(_is_int(n) and 0 <= n < 1 << 63
                                                                     for n in traffic)):
         raise ValueError(f"bytes {printable(traffic, limit=100)} is not [up, down]")
+    events = record.get("events", 0)
+    if not _is_int(events) or not 0 <= events < 1 << 53:
+        raise ValueError(f"events {printable(events, limit=100)} is not an event id")
     return dict(times, kept=True, address=[address[0], address[1]], extended=float(extended),
-                bytes=list(traffic))
+                bytes=list(traffic), events=events)
 
 
 def _is_time(value):

@@ -88,7 +88,9 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
         names; those not given: its defaults), unless a service's options say otherwise.
     @param keep_sessions: leave running instances alive at shutdown, for the next run to
         adopt (L{nexusws.sessions.adoption}); C{family}: C{{pid: start}} -> the live processes
-        that belong to those (L{nexusws.sessions.procs.family}), for adopted instances.
+        that belong to those (L{nexusws.sessions.procs.family}), for adopted instances;
+        C{boot_id}: this boot's (default: L{nexusws.sessions.procs.boot_id}): a state file
+        recorded in another boot names no live process.
     Each reservation's events (L{nexusws.sessions.events}: C{events_of}, C{session})
     are reported as its transitions are logged; a service's C{on_progress} is set to report its steps.
     @raise StartupError: two services share a name or alias."""
@@ -96,7 +98,8 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
     def __init__(self, services, reactor, timeout=RESERVATION_TIMEOUT, start_timeout=START_TIMEOUT,
                  on_change=None, wallclock=time.time, wait_for_port=wait_for_port,
                  kill_processes=kill_processes, stop_timeout=STOP_TIMEOUT, kill_grace=GRACE, metrics=None,
-                 reconnect_grace=RECONNECT_GRACE, limits=None, keep_sessions=False, family=procs.family):
+                 reconnect_grace=RECONNECT_GRACE, limits=None, keep_sessions=False, family=procs.family,
+                 boot_id=None):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             service.on_progress = self._progress
@@ -109,6 +112,7 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
         self.metrics, self.reconnect_grace, self.limit_defaults = metrics, reconnect_grace, dict(limits or {})
         self._wait_for_port = wait_for_port
         self.keep_sessions, self._family = keep_sessions, family
+        self._boot_id = procs.boot_id() if boot_id is None else boot_id  # restore's reboot check
         self._live = {}  # token -> Reservation, in every state but the final ones
         self._orphans = []  # (pid, start_time) left by a previous run, until they are gone
         self._killing, self._reaper, self._closing = None, None, False

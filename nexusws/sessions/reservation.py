@@ -55,6 +55,7 @@ class Reservation:
     # keeps of it besides), or adopted from the previous run (L{nexusws.sessions.adoption}).
     kept = adopted = False
     kept_record = None
+    first_event_id = 0  # its events' ids start after this one (an adopted one's: the previous run's last)
 
     def __init__(self, token, service, index, options, user, created, created_wall):
         self.token, self.service, self.index, self.options, self.user = (

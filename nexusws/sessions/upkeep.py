@@ -68,6 +68,13 @@ class Upkeep:
         wall = self._wallclock() if now is None else now
         keep, adopt, doomed = recover(data, wall, self.timeout, self._by_name,
                                       alive=lambda pids: bool(self._family(dict(pids))))
+        recorded_boot = data.get("boot") if isinstance(data, dict) else None
+        if recorded_boot is not None and recorded_boot != self._boot_id:
+            # A pid and start time of another boot may be anyone's now: nothing is signalled.
+            _log.info("previous run: recorded before a reboot; its processes are gone ({count} "
+                      "kept instance(s) ended, {pids} process(es) left alone)", count=len(adopt),
+                      pids=len(doomed) + sum(len(s.pids) for s, _, _ in adopt))
+            adopt, doomed = [], []
         for s, service, age in adopt:
             self._adopt(s, service, age, wall)
         for s, service, age in keep:
