@@ -91,7 +91,9 @@ def make_sessions(options, reactor, notes, metrics=None):
     if options["http_directory"] is None:
         notes.append("services are configured but there is no --http_directory: without "
                      "the /v1 API nothing can reserve them")
-    launcher = Launcher(reactor)
+    # Kept sessions outlive our pipes: their output is relayed by their supervisors,
+    # which drop it once we are gone (nexusws.sessions.supervisor).
+    launcher = Launcher(reactor, relay_output=bool(options["keep_sessions"]))
     services = build_services(options["services"], reactor, launcher)
     if options.get("state_file_is_default"):
         try:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import websockets
 
@@ -136,3 +137,33 @@ def test_keep_sessions_with_no_grace_is_warned_of_at_start(gateway, tmp_path):
     gw = gateway(gateway_args(tmp_path, "--keep_sessions", config=hello_config(tmp_path)), http=True)
     gw.wait_for(r"#warn\] --keep_sessions with a reconnect_grace of 0 for 'hello': their sessions kept "
                 r"at a stop end as soon as the next start adopts them")
+
+
+def test_a_kept_python_program_that_prints_outlives_the_gateways_pipes(gateway, tmp_path, marker):
+    """Found by the hostile review: SIGPIPE ignored is not enough; a Python program died of
+    BrokenPipeError at its next print once the gateway had gone. With --keep_sessions the
+    supervisor relays output, and drops it while no gateway reads it."""
+    config = tmp_path / "chatty.json"
+    config.write_text(json.dumps({"chatty": {"script": str(SCRIPTS / "chatty_echo.py"), "count": 1,
+                                             "options": {}}}))
+    args = gateway_args(tmp_path, "--reconnect_grace", "60", "--keep_sessions", config=config)
+    first = gateway(args, http=True)
+    token = reserve(first, "chatty", marker=marker)
+
+    async def use(gw):
+        async with open_ws(session_url(gw, token)) as ws:
+            return await greeting(ws)
+
+    pid = run(use(first))
+    first.wait_for(r"chatty\[0\] python3: tick")  # its output is logged while the gateway lives
+    ticker = [p for p, cmdline in marked(marker).items() if "ticker" in cmdline]
+    assert len(ticker) == 1
+    assert first.stop() == 0
+    time.sleep(1.0)  # twenty lines printed with nobody reading
+    assert set(ticker) | {pid} <= set(marked(marker)), "the ticker and the server outlived the gateway"
+    second = gateway(args, http=True)
+    second.wait_for("adopted from the previous run")
+    assert run(use(second)) == pid
+    assert ticker[0] in marked(marker)
+    assert get(f"{second.http_url}/v1/release/{token}") == (200, {"released": token})
+    assert_gone(marker)

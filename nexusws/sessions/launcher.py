@@ -265,14 +265,24 @@ class Launcher:
         has live members (from C{/proc}; tests inject another).
     @param linger: seconds to keep reading a child's output after it exited while
         other processes still hold its pipes open.
+    @param supervise: whether to run each program under a supervisor (default: on Linux).
+    @param relay_output: whether each supervisor I{relays} its program's output
+        (C{"relay": true} in its command, L{nexusws.sessions.supervisor}): the program
+        writes to pipes of the supervisor's, which copies it to the pipes this
+        launcher reads (logged as without relaying) and, once they are gone (the
+        gateway stopped, C{--keep_sessions}), reads on and discards it, so the
+        program never meets a broken pipe, which many runtimes (Python's) die of.
+        Only supervised spawns relay; without, the program has the pipes we read.
     """
 
-    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=LINGER, supervise=None):
+    def __init__(self, reactor, killpg=os.killpg, group_alive=None, linger=LINGER, supervise=None,
+                 relay_output=False):
         self.reactor = reactor
         self.killpg = killpg
         self.group_alive = group_alive or _procs.group_alive
         self.linger = linger
         self.supervise = wrapping.SUPERVISE if supervise is None else supervise
+        self.relay_output = relay_output
         #: Callables C{(pid, start_time)} told of every process started, before
         #: C{spawn} returns; one raising L{NotRecorded} makes C{spawn} end it and fail.
         self.on_spawn = []
@@ -340,7 +350,7 @@ class Launcher:
         if self.supervise:
             transport, protocol = self._take_spare()
             protocol.attach(child)
-            transport.write(wrapping.supervisor_command(argv, env, cwd))
+            transport.write(wrapping.supervisor_command(argv, env, cwd, relay=self.relay_output))
             transport.closeStdin()
         else:
             args = wrapping.wrap(argv, env)

@@ -11,11 +11,11 @@ start does not wait for an interpreter. It
     cleared) is re-parented to it, not to the gateway or init, so everything the
     program ever started stays below it, where it is found by walking the tree;
   - reads its command from stdin, to EOF: one JSON object C{{"argv", "env",
-    "cwd", "nofile"}} (nothing: it exits 0, a spare dismissed); the program
-    inherits that stdin, at its end, so it reads EOF;
+    "cwd", "nofile"}}, optionally C{"relay"} too (nothing: it exits 0, a spare
+    dismissed); the program inherits that stdin, at its end, so it reads EOF;
   - runs the program (with C{nofile} as its soft open-files limit, unless null)
-    with its own stdout and stderr; one line on stderr and exit status 127 when
-    it cannot be started;
+    with its own stdout and stderr (unless relaying, below); one line on stderr
+    and exit status 127 when it cannot be started;
   - reaps every child until none is left, then ends as the program did (its exit
     code, or the signal that killed it): it lives while anything the program
     started lives;
@@ -23,7 +23,18 @@ start does not wait for an interpreter. It
     its process group (those inside got it with the group); SIGKILL ends it, and
     its orphans then go to the next subreaper up (the gateway);
   - runs the program with SIGPIPE ignored: one that outlives the gateway
-    (C{--keep_sessions}) gets EPIPE writing to its output, not killed.
+    (C{--keep_sessions}) gets EPIPE writing to its output, not killed;
+  - with C{"relay": true} in its command, I{relays} the program's output: the
+    program gets fresh pipes as its stdout and stderr, and the supervisor copies
+    what arrives on them to its own stdout and stderr (which the gateway reads and
+    logs line by line, as without relaying). Once a write to its own stdout or
+    stderr fails (the gateway has gone, C{--keep_sessions}), it goes on reading
+    that pipe and discards the data: the program never sees a broken pipe (many
+    runtimes, Python's among them, die of EPIPE: an uncaught C{BrokenPipeError}).
+    It waits in C{select} on the two pipes and a pipe its SIGCHLD wakes it
+    through (C{set_wakeup_fd}); once no child is left it reads what the pipes
+    still hold, to their end, and ends as the program did. C{select} is imported
+    only then (a shared library): a spare starts no slower.
 
 C{signal} is not imported: its enums cost 4 ms at start; C{_signal} is enough.
 """
@@ -35,6 +46,8 @@ import sys
 
 PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
+#: Bytes read from a relayed output pipe at a time.
+CHUNK = 64 * 1024
 
 
 def become_subreaper():
@@ -90,8 +103,8 @@ def fail(message):
     os._exit(127)
 
 
-def start(command):
-    """Start the program C{command} describes; its pid."""
+def start(command, file_actions=()):
+    """Start the program C{command} describes (with C{file_actions}, as posix_spawn's); its pid."""
     argv = command["argv"]
     if command.get("cwd") is not None:
         try:
@@ -106,9 +119,88 @@ def start(command):
     try:
         # posix_spawn: a vfork, 2 ms cheaper than os.fork here; signals we catch
         # are reset to their default by the exec.
-        return os.posix_spawnp(argv[0], argv, command["env"])
+        return os.posix_spawnp(argv[0], argv, command["env"], file_actions=file_actions)
     except OSError as e:
         fail(f"cannot execute {argv[0]}: {e.strerror}")
+
+
+def woken(number, frame):
+    """SIGCHLD's handler: nothing to do but have a handler, so set_wakeup_fd writes its byte."""
+
+
+def relay(command):
+    """Start the program C{command} describes with pipes of its own as its stdout and
+    stderr; copy what it writes on them to ours (or discard it, once ours are broken)
+    and reap every child until none is left; the program's wait status (None if lost)."""
+    import select  # not at start: a shared library, and only relaying needs it
+
+    wake, waker = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _signal.set_wakeup_fd(waker, warn_on_full_buffer=False)
+    _signal.signal(_signal.SIGCHLD, woken)  # set before the start: no exit goes unnoticed
+    targets, actions, ends = {}, [], []
+    for target in (1, 2):
+        read_end, write_end = os.pipe()  # both close-on-exec; dup2 clears it on the copy
+        targets[read_end] = target
+        actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
+        ends.append(write_end)
+    child = start(command, actions)
+    for write_end in ends:
+        os.close(write_end)  # the pipes' ends, once all that write to them have gone
+    broken = set()
+
+    def copy(fd):
+        """Read once from C{fd} and pass it on; False at its end (then it is closed)."""
+        data = os.read(fd, CHUNK)
+        if not data:
+            os.close(fd)
+            del targets[fd]
+            return False
+        target = targets[fd]
+        if target not in broken:
+            view = memoryview(data)
+            try:
+                while view:
+                    try:
+                        view = view[os.write(target, view):]
+                    except BlockingIOError:  # our output is non-blocking: wait until it drains
+                        select.select([], [target], [])
+            except OSError:  # the gateway has gone: discard from now on
+                broken.add(target)
+        return True
+
+    status = None
+    while True:
+        try:
+            while True:
+                pid, code = os.waitpid(-1, os.WNOHANG)
+                if not pid:
+                    break
+                if pid == child:
+                    status = code
+        except ChildProcessError:
+            break
+        for fd in select.select([wake, *targets], [], [])[0]:
+            if fd == wake:
+                try:
+                    while os.read(wake, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                copy(fd)
+    # No child is left, so none holds a pipe: what they wrote is there (a pipe holds
+    # 1 MiB at most, unprivileged), then the end. Without blocking, and bounded: a
+    # process that is not our descendant may hold one (passed to it), even write on.
+    for fd in targets:
+        os.set_blocking(fd, False)
+    for fd in list(targets):
+        try:
+            for _ in range(64):
+                if not copy(fd):
+                    break
+        except BlockingIOError:
+            pass
+    return status
 
 
 def main():
@@ -129,15 +221,19 @@ def main():
         sys.stderr.write("nexusws supervisor: cannot become the child subreaper\n")
     global started
     started = True
-    child = start(json.loads(raw))
-    status = None
-    while True:
-        try:
-            pid, code = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == child:
-            status = code
+    command = json.loads(raw)
+    if command.get("relay"):
+        status = relay(command)
+    else:
+        child = start(command)
+        status = None
+        while True:
+            try:
+                pid, code = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid == child:
+                status = code
     if status is not None and os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         if number in FORWARDED:  # SIGKILL and the like have no handler to reset (EINVAL)

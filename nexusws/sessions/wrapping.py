@@ -52,12 +52,16 @@ SUPERVISOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "superviso
 SUPERVISE = sys.platform.startswith("linux")
 
 
-def supervisor_command(argv, env, cwd):
-    """What a supervisor reads on its stdin to start C{argv} (see L{nexusws.sessions.supervisor})."""
+def supervisor_command(argv, env, cwd, relay=False):
+    """What a supervisor reads on its stdin to start C{argv} (see L{nexusws.sessions.supervisor});
+    with C{relay}, it relays the program's output (which then never meets a broken pipe)."""
+    command = {"argv": argv, "env": env, "cwd": os.getcwd() if cwd is None else cwd,
+               "nofile": _procs.child_nofile}
+    if relay:
+        command["relay"] = True
     # ensure_ascii: text that is not UTF-8 (surrogate escapes) travels as \\udcXX and
     # reaches the exec as the same bytes.
-    return json.dumps({"argv": argv, "env": env, "cwd": os.getcwd() if cwd is None else cwd,
-                       "nofile": _procs.child_nofile}).encode("ascii")
+    return json.dumps(command).encode("ascii")
 
 
 def check_executable(program, env, cwd):
