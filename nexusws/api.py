@@ -197,8 +197,9 @@ class ApiRoot(resource.Resource):
             _log.warn("/v1 refused: {client}: {reason}",
                       client=printable(getattr(request.getClientAddress(), "host", "-")), reason=refusal)
             return answer.error(request, 403, refusal)
-        with_token = self._token_digest is not None and self.authorized(request)
-        if not self.authorized(request) and not (call is not None and call.by_token and call.takes(args)):
+        authorized = self.authorized(request)
+        with_token = self._token_digest is not None and authorized
+        if not authorized and not (call is not None and call.by_token and call.takes(args)):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return answer.error(request, 401, "missing or wrong security_token")
         if request.method not in API_METHODS:

@@ -585,7 +585,7 @@ def test_a_users_page_gets_its_sessions_events_through_nginx_without_the_securit
     status, snapshot = front.api(f"/v1/session/{token}", "alice")
     assert status == 200 and snapshot["user"] == "alice" and snapshot["state"] == "reserved"
     assert front.api(f"/v1/session/{token}", "bob") == (403, {"error": "this token was reserved by another user"})
-    assert front.api(f"/v1/touch/{token}", "alice")[0] == 200
+    assert front.api(f"/v1/touch/{token}", "alice") == (409, {"error": "this session has not started"})
     conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=10)
     try:
         conn.putrequest("GET", f"/v1/events/{token}", skip_accept_encoding=True)
