@@ -37,6 +37,7 @@ from nexusws.sessions.launcher import Launcher
 from nexusws.sessions.ports import StartTimeout, wait_for_port
 from nexusws.sessions.stopping import kill_processes, stop_tree
 from nexusws.sessions.wrapping import SETSID_WRAPPER
+from support.sessions import with_environment
 from support.waiting import wait_until
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -697,16 +698,7 @@ def test_every_grace_period_and_timeout_default_comes_from_the_timeouts_module()
 
 def marked(marker):
     """Pids of live processes whose environment carries C{marker}."""
-    found = []
-    needle = f"{MARKER_VAR}={marker}".encode()
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(name))
-        except (OSError, ValueError):
-            continue
-    return found
+    return with_environment(MARKER_VAR, marker)
 
 
 def scenario(*args, timeout=60):

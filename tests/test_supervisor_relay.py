@@ -22,6 +22,7 @@ import uuid
 import pytest
 
 from nexusws.sessions import wrapping
+from support.sessions import with_environment
 
 MARKER_VAR = "NEXUSWS_RELAY_TEST_MARKER"
 PY = sys.executable
@@ -44,15 +45,7 @@ def marker():
 
 def marked(marker):
     """Pids of live processes whose environment carries C{marker}."""
-    found, needle = [], f"{MARKER_VAR}={marker}".encode()
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(name))
-        except (OSError, ValueError):
-            continue
-    return found
+    return with_environment(MARKER_VAR, marker)
 
 
 def supervise(argv, marker, relay=True):

@@ -138,6 +138,19 @@ def kill_marked(marker):
     return left
 
 
+def with_environment(name, value):
+    """Pids of live processes whose environment has C{name=value}."""
+    found, needle = [], f"{name}={value}".encode()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def assert_gone(marker, timeout=8.0, what="session processes"):
     """Fail unless every process carrying C{marker} is gone within C{timeout} seconds."""
     deadline = time.monotonic() + timeout
