@@ -7,6 +7,8 @@ Starts a TCP backend (source/sink/echo, bench/backend.py), both gateways in
 front of it, the bench's own minimal WebSocket server (bench/wsmini.py: the
 client's ceiling) and drives them all with one client (bench/wsproto.py),
 measuring each figure on each target in turn (A B A B ..., --rounds times).
+Figure 10 has a backend of its own, an RFB server (backend.py --rfb), with
+nexusws in front of it through session tunnels (bench/rfb.py says why).
 Prints one table and writes every sample as JSON. Everything runs on
 127.0.0.1; every process started is stopped on exit, Ctrl-C included.
 """
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import figures
 import procs
 import report
+import rfb
 from figures import Target
 from procs import BENCH, Proc
 from report import (
@@ -47,20 +50,23 @@ FULL = {
     "idle_levels": (0, 500, 1000), "idle_hold": 60.0, "websockify_idle": 1000, "slow_bytes": GiB,
     "slow_rate": 64 * MiB, "launches": 10, "rest_seconds": 3.0, "status_repeats": 20,
     "status_levels": (10, 100, 1000), "profile_seconds": 8.0,
+    "rfb_bulk": GiB, "rfb_paste": 256 * MiB, "rfb_events": 128 * KiB, "rfb_batched": 256 * MiB,
 }
 QUICK = {
     "down": 64 * MiB, "up": 64 * MiB, "par_each": 16 * MiB, "lat_samples": 500, "setup_seconds": 1.0,
     "idle_levels": (0, 200, 500), "idle_hold": 5.0, "websockify_idle": 600, "slow_bytes": 64 * MiB,
     "slow_rate": 32 * MiB, "launches": 3, "rest_seconds": 1.0, "status_repeats": 5,
     "status_levels": (10, 100, 1000), "profile_seconds": 3.0,
+    "rfb_bulk": 64 * MiB, "rfb_paste": 32 * MiB, "rfb_events": 32 * KiB, "rfb_batched": 32 * MiB,
 }
-PROFILE_PATHS = ("down", "up", "setup", "latency", "rest")
+PROFILE_PATHS = ("down", "up", "setup", "latency", "rest", "rfb", "rfb-events", "rfb-batched")
 # Figure 5b's client processes: leave a core each to the server measured and to
 # bench/wsmini.py. On 2 cores that is 1: with 2 or 3 the client ceiling does not
 # rise (wsmini, one Python process, is then what limits it, at ~0.9 core) and
 # the gateway's rate falls, since the clients take its CPU.
 CLIENT_PROCS = max(1, min(4, (os.cpu_count() or 2) - 2))
 REST_CLIENTS = 4  # figure 9's parallel keep-alive clients, one thread each
+FOREIGN_NOTE = 0.03  # a figure notes the CPU other processes used meanwhile from this share on
 WEBSOCKIFY_SAFE = 500  # websockify 0.13 select()s: no descriptor above 1023, about 508 tunnels
 
 
@@ -286,14 +292,15 @@ class Bench:
 
     # --- 8, 9: sessions --------------------------------------------------------------
 
-    def start_sessions(self, name="nexusws-sessions", wrap=()):
-        """nexusws with the bench's session services (figures 8, 9), HTTP on a free port."""
+    def start_sessions(self, name="nexusws-sessions", wrap=(), services=None, extra=()):
+        """nexusws with the bench's session services (figures 8, 9; C{services}: others instead,
+        by name, as the config file has them), HTTP on a free port; C{extra}: more options."""
         d = self.tmp / name
         (d / "www").mkdir(parents=True, exist_ok=True)
         self.records = d / "records.txt"
         self.records.touch()
         script = str(BENCH / "service" / "bench_session.py")
-        config = {
+        config = services or {
             "Bench": {"script": script, "count": 8, "options": {"record": str(self.records)}},
             "Many": {"script": script, "count": 1100, "options": {"record": str(self.records)}},
         }
@@ -303,7 +310,7 @@ class Bench:
                 "--http_listen", "tcp:0:interface=127.0.0.1", "--http_directory", d / "www",
                 "--remote_session_config", d / "services.json", "--state_file", d / "state.json",
                 "--max_reservations_per_user", "0", "--max_tunnels", "0",
-                "--max_tunnels_per_address", "0", "--timeout", "3600"]
+                "--max_tunnels_per_address", "0", "--timeout", "3600", *extra]
         if wrap:
             argv = [*wrap, sys.executable, *argv]
         gw = Proc(name, argv, self.logdir / f"{name}.log",
@@ -381,6 +388,84 @@ class Bench:
             rest.close()
             gw.stop()
 
+    # --- 10: client -> backend over RFB, input tracking on --------------------------
+
+    def rfb_backend(self):
+        if getattr(self, "_rfb_backend", None) is None:
+            self._rfb_backend = procs.start_rfb_backend(self.logdir)
+        return self._rfb_backend
+
+    def start_rfb_sessions(self, name="nexusws-rfb", wrap=()):
+        """nexusws with one service, C{Rfb}, whose sessions tunnel to the RFB backend, and
+        basic mode to the same backend (a WebSocket without a token); its session target."""
+        port = self.rfb_backend().port
+        service = {"script": str(BENCH / "service" / "rfb_session.py"), "count": 8,
+                   "options": {"port": str(port)}}
+        gw = self.start_sessions(name=name, wrap=wrap, services={"Rfb": service},
+                                 extra=["--client_hostname", "127.0.0.1", "--client_port", str(port)])
+        pid = gw.gateway_pid
+        target = rfb.RfbTarget("nexusws", gw.port, proc=gw, rest_port=gw.http_port,
+                               log_path=gw.log_path, cpu=lambda: procs.cpu_seconds(pid))
+        return gw, target
+
+    def fig10(self):
+        """Client -> backend over RFB; nexusws through a session tunnel (its InputTracker on).
+
+        Also through a basic-mode tunnel (no tracker) of the same nexusws process to the same
+        backend, recorded in the nexusws column under metrics of its own: the tracker's cost
+        (and anything else a session tunnel adds) is the difference.
+        """
+        self.say("figure 10: client -> backend over RFB, input tracking on")
+        port = self.rfb_backend().port
+        gw, session = self.start_rfb_sessions()
+        wsk = procs.start_websockify(port, self.logdir, name="websockify-rfb")
+        relay = procs.start_wsmini(self.logdir, relay_to=port, name="wsmini-relay-rfb")
+        targets = [
+            session,
+            rfb.RfbTarget("websockify", wsk.port, proc=wsk),
+            rfb.RfbTarget("plain TCP", port, ws=False),
+            rfb.RfbTarget("minimal relay", relay.port, proc=relay),
+            rfb.RfbTarget("nexusws basic", gw.port, proc=gw, column="nexusws",
+                          suffix=rfb.NO_TRACKING, cpu=session.cpu),
+        ]
+        # figure, stream, its size, metric: value from a measurement's result, CPU per what.
+        lines = [
+            ("10a", "bulk", "rfb_bulk", "MB/s", lambda m: m["bytes"] / m["seconds"] / 1e6,
+             "frame"),
+            ("10b", "events", "rfb_events", "messages/s", lambda m: m["messages"] / m["seconds"],
+             "message"),
+            ("10c", "batched", "rfb_batched", "messages/s",
+             lambda m: m["messages"] / m["seconds"], "message"),
+            ("10d", "paste", "rfb_paste", "MB/s", lambda m: m["bytes"] / m["seconds"] / 1e6,
+             "frame"),
+        ]
+        try:
+            for fig, stream, size, metric, value, per in lines:
+                for r in range(self.rounds):
+                    for t in targets:
+                        try:
+                            m = rfb.measure(t, rfb.STREAMS[stream], self.size[size])
+                        except Exception as e:  # recorded; the bench goes on
+                            self.note(f"figure {fig} on {t.name}, round {r + 1}: {e!r}")
+                            self.record(fig, metric + t.suffix, t.column, None)
+                            continue
+                        v = value(m)
+                        self.record(fig, metric + t.suffix, t.column, v)
+                        shown = f"{v:.1f}"
+                        if m["cpu"] is not None:
+                            us = m["cpu"] / m[f"{per}s"] * 1e6
+                            self.record(fig, f"gateway CPU µs/{per}" + t.suffix, t.column, us)
+                            shown += f" (gateway CPU {us:.2f} µs/{per})"
+                        self.say(f"  {fig} {metric} {t.name} round {r + 1}: {shown}")
+            found = session.fallbacks()
+            if found:
+                self.note(f"figure 10: the session gateway logged {found} input tracking"
+                          f" fallback(s) (see {gw.log_path})")
+        finally:
+            session.close_rest()
+            for p in (relay, wsk, gw):
+                p.stop()
+
     # --- profile ---------------------------------------------------------------------
 
     def profile(self):
@@ -388,7 +473,9 @@ class Bench:
 
         down, up, setup, latency: the basic-mode gateway under load (CPU samples only);
         rest: reserve+release cycles on a sessions gateway, idle samples
-        included, since that path waits on the disk (fsync) rather than the CPU.
+        included, since that path waits on the disk (fsync) rather than the CPU;
+        rfb, rfb-events, rfb-batched: figure 10a's, 10b's and 10c's streams through a session
+        tunnel (input tracking on), CPU samples only.
         """
         outdir = Path(self.args.json).resolve().parent
         outdir.mkdir(parents=True, exist_ok=True)
@@ -399,6 +486,9 @@ class Bench:
             "setup": (lambda t: figures.setups(t, 1.0, 4), False),
             "latency": (lambda t: figures.latency(t, 5000, warmup=0), False),
             "rest": (None, True),
+            "rfb": (lambda t: rfb.measure(t, rfb.STREAMS["bulk"], 256 * MiB), False),
+            "rfb-events": (lambda t: rfb.measure(t, rfb.STREAMS["events"], 64 * KiB), False),
+            "rfb-batched": (lambda t: rfb.measure(t, rfb.STREAMS["batched"], 32 * MiB), False),
         }
         report = {}
         wanted = [p.strip() for p in self.args.profile.split(",") if p.strip()]
@@ -412,8 +502,11 @@ class Bench:
             raw.unlink(missing_ok=True)
             wrap = [procs.BIN / "py-spy", "record", "--rate", "500", "--format", "raw",
                     "--nonblocking", *(["--idle"] if idle else []), "-o", raw, "--"]
+            target = None
             if name == "rest":
                 gw = self.start_sessions(name=f"nexusws-pyspy-{name}", wrap=wrap)
+            elif name.startswith("rfb"):
+                gw, target = self.start_rfb_sessions(name=f"nexusws-pyspy-{name}", wrap=wrap)
             else:
                 gw = procs.start_nexusws(self.backend.port, self.logdir,
                                          name=f"nexusws-pyspy-{name}", wrap=wrap)
@@ -424,9 +517,11 @@ class Bench:
                 figures.rest_cycles(rest, seconds)
                 rest.close()
             else:
-                target = Target("nexusws", gw.port)
+                target = target or Target("nexusws", gw.port)
                 while time.monotonic() < t_end:
                     work(target)
+                if isinstance(target, rfb.RfbTarget):
+                    target.close_rest()
             # Stop the gateway itself (not py-spy), so that py-spy writes its file.
             os.kill(gw.gateway_pid, signal.SIGTERM)
             try:
@@ -472,7 +567,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9",
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
                     help="figures to run, comma-separated (default: all)")
     ap.add_argument("--client-procs", type=int, default=CLIENT_PROCS, metavar="N",
                     help="client processes for figure 5b's 16 parallel set-up loops"
@@ -498,13 +593,18 @@ def main(argv=None):
     started = time.monotonic()
     try:
         bench.start_main()
-        for fig in ("1", "2", "3", "4", "5", "6", "7", "8", "9"):
+        for fig in ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10"):
             if fig in only:
+                load = procs.ForeignLoad()
                 try:
                     getattr(bench, f"fig{fig}")()
                 except Exception as e:  # recorded; the bench goes on
                     bench.note(f"figure {fig} failed: {e!r}")
                     traceback.print_exc()
+                share = load.share()
+                if share >= FOREIGN_NOTE:
+                    bench.note(f"figure {fig}: other processes used {share:.0%} of the machine's"
+                               " CPU meanwhile: its numbers are noisier than a quiet machine's")
         if args.profile:
             bench.profile()
     except KeyboardInterrupt:

@@ -124,9 +124,17 @@ def start_backend(logdir):
     return proc
 
 
-def start_wsmini(logdir, relay_to=None):
+def start_rfb_backend(logdir, name="rfb-backend"):
+    """bench/backend.py --rfb: the RFB server of figure 10."""
+    proc = Proc(name, [sys.executable, BENCH / "backend.py", "--rfb"], logdir / f"{name}.log",
+                ready=r"rfb backend listening on 127\.0\.0\.1:(\d+)")
+    proc.port = int(proc.match.group(1))
+    return proc
+
+
+def start_wsmini(logdir, relay_to=None, name=None):
     """bench/wsmini.py: the client's ceiling, or (C{relay_to} a backend port) the minimal relay."""
-    name = "wsmini" if relay_to is None else "wsmini-relay"
+    name = name or ("wsmini" if relay_to is None else "wsmini-relay")
     extra = [] if relay_to is None else ["--relay", str(relay_to)]
     proc = Proc(name, [sys.executable, BENCH / "wsmini.py", *extra], logdir / f"{name}.log",
                 ready=r"listening on 127\.0\.0\.1:(\d+)", cwd=BENCH)
@@ -180,6 +188,38 @@ def start_websockify(backend_port, logdir, name="websockify", tries=10):
             return proc
         proc.stop()
     raise RuntimeError("websockify did not start")
+
+
+def tree_cpu():
+    """CPU seconds of this process and every descendant, the reaped ones included."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for kid in psutil.Process().children(recursive=True):
+        try:
+            c = kid.cpu_times()
+        except psutil.Error:
+            continue
+        total += c.user + c.system + c.children_user + c.children_system
+    return total
+
+
+class ForeignLoad:
+    """How much CPU processes other than the bench's own used from now on: a figure
+    measured while something else ran (a test suite, a build) is noisy, and says so."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.ours0 = time.monotonic(), self._busy(), tree_cpu()
+
+    @staticmethod
+    def _busy():
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
+    def share(self):
+        """The others' CPU over the wall time since, as a share of all cores (0 to 1)."""
+        wall = (time.monotonic() - self.t0) * (os.cpu_count() or 1)
+        foreign = (self._busy() - self.busy0) - (tree_cpu() - self.ours0)
+        return max(0.0, foreign / wall) if wall > 0 else 0.0
 
 
 def smaps(pid):

@@ -221,6 +221,29 @@ def table(bench, m):
                 linear = (b - cm) / (hi - mid) <= 2 * (cm - a) / (mid - lo) + 0.002
             row("9 /v1/status cost per reservation, µs", 9, "µs per reservation", 1, rat=False,
                 target="linear", verdict=ok(linear))
+    if any(f in R for f in ("10a", "10b", "10c", "10d")):
+        nt = ", basic mode (no tracking)"  # rfb.NO_TRACKING
+        r10 = ratio("10a", "MB/s")
+        row("10a client→backend over RFB, 64 KiB ClientCutText a frame, input tracking on, MB/s",
+            "10a", "MB/s", target="≥2×", verdict=ok(None if r10 is None else r10 >= 2))
+        row("10a  nexusws basic-mode tunnel (no tracking), MB/s (info)", "10a", "MB/s" + nt,
+            rat=False)
+        row("10b RFB events one a frame (PointerEvent, FBUR alternating), messages/s",
+            "10b", "messages/s")
+        row("10b  nexusws basic-mode tunnel (no tracking), messages/s (info)", "10b",
+            "messages/s" + nt, rat=False)
+        row("10c 4096 PointerEvent+FBUR pairs a 64 KiB frame, messages/s", "10c", "messages/s")
+        row("10c  nexusws basic-mode tunnel (no tracking), messages/s (info)", "10c",
+            "messages/s" + nt, rat=False)
+        row("10d a noVNC paste (one ClientCutText, 10 KiB frames), MB/s", "10d", "MB/s")
+        row("10d  nexusws basic-mode tunnel (no tracking), MB/s (info)", "10d", "MB/s" + nt,
+            rat=False)
+        for fig, per, digits in (("10a", "frame", 1), ("10b", "message", 2),
+                                 ("10c", "message", 3), ("10d", "frame", 1)):
+            row(f"{fig}  nexusws CPU per {per}, tracking on, µs (info)", fig,
+                f"gateway CPU µs/{per}", digits, rat=False)
+            row(f"{fig}  nexusws CPU per {per}, no tracking, µs (info)", fig,
+                f"gateway CPU µs/{per}" + nt, digits, rat=False)
     header = ["figure", *cols, "nexusws/websockify", "target", "verdict"]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = [machine_line(m), ""]
@@ -239,6 +262,13 @@ def table(bench, m):
                  " Client CPU per set-up:")
     lines.append("the bench process's CPU time over the set-ups it made; 10^6 / that is the client's own"
                  " CPU-bound ceiling in set-ups/s.")
+    if any(f in self.results for f in ("10a", "10b", "10c", "10d")):
+        lines.append("Figure 10: the client speaks RFB to bench/backend.py --rfb; nexusws through a"
+                     " session tunnel (a token of the Rfb service: its InputTracker on, checked each")
+        lines.append("time), and, for the tracker's cost, through a basic-mode tunnel of the same"
+                     " nexusws (no token, no tracker): the 'basic mode' rows. Messages/s and MB/s")
+        lines.append("count RFB bytes to the backend. CPU per frame or message: the nexusws"
+                     " process's, over the timed part.")
     if "5b" in self.results:
         k = getattr(self, "client_procs", None)
         lo, hi = 16 // k, -(-16 // k)
