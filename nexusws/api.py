@@ -44,8 +44,6 @@ C{--require_group} (403); a reservation records its user, and only that user
 """
 
 import enum
-import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +53,7 @@ from twisted.web import resource, server
 from nexusws.answers import HTML, TEXT, Answers
 from nexusws.auth import Access
 from nexusws.controls import extend, session, touch
+from nexusws.credentials import TokenCheck
 from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import logger, printable
@@ -75,24 +74,6 @@ _log = logger("nexusws.api")
 
 #: Every /v1 answer: never cached, its length set, no body to a HEAD (L{nexusws.answers}).
 answer = Answers(respond)
-
-
-def presented_token(request):
-    """The security token a request carries (bytes), from the query or a Bearer header.
-
-    The query parameter wins when both are present.
-    """
-    values = request.args.get(b"security_token")
-    if values:
-        return values[0]
-    scheme, _, credentials = (request.getHeader(b"authorization") or b"").strip().partition(b" ")
-    if scheme.lower() == b"bearer" and credentials.strip():
-        return credentials.strip()
-    return None
-
-
-def _digest(value):
-    return hashlib.sha256(value).digest()
 
 
 def reservation_options(request):
@@ -167,9 +148,7 @@ class ApiRoot(resource.Resource):
         super().__init__()
         self.metrics, self.load = metrics, load
         self.access = access if access is not None else Access()
-        # Comparing fixed-length digests keeps the comparison's time
-        # independent of the token's length as well as of its content.
-        self._token_digest = _digest(security_token.encode("utf-8")) if security_token else None
+        self._token = TokenCheck(security_token)
         self.registry = registry
         self._stop = stop
         self._reactor = reactor
@@ -177,10 +156,7 @@ class ApiRoot(resource.Resource):
 
     def authorized(self, request):
         """True when no token is configured or C{request} carries the right one."""
-        if self._token_digest is None:
-            return True
-        offered = presented_token(request)
-        return offered is not None and hmac.compare_digest(_digest(offered), self._token_digest)
+        return not self._token.required or self._token.carried_by(request)
 
     def render(self, request):
         path = [p.decode("utf-8", "replace") for p in request.postpath]
@@ -198,7 +174,7 @@ class ApiRoot(resource.Resource):
                       client=printable(getattr(request.getClientAddress(), "host", "-")), reason=refusal)
             return answer.error(request, 403, refusal)
         authorized = self.authorized(request)
-        with_token = self._token_digest is not None and authorized
+        with_token = self._token.required and authorized
         if not authorized and not (call is not None and call.by_token and call.takes(args)):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return answer.error(request, 401, "missing or wrong security_token")

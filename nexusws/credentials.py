@@ -16,9 +16,14 @@ C{/proc/PID/mem} and ptrace. A gateway makes itself not dumpable at start-up
 (L{set_dumpable}, C{PR_SET_DUMPABLE} 0: also no core dumps); C{--dumpable}
 leaves it dumpable, for a debugger or py-spy. Its children are dumpable as
 usual (the flag is reset when a program is executed).
+
+L{TokenCheck} tells whether a request carries it (L{presented_token}: the query
+parameter or a Bearer header), for the /v1 API.
 """
 
 import ctypes
+import hashlib
+import hmac
 import os
 
 from nexusws.errors import StartupError
@@ -86,3 +91,33 @@ def set_dumpable(flag):
 def is_dumpable():
     """Whether this process is dumpable (Linux)."""
     return _prctl(PR_GET_DUMPABLE) == 1
+
+
+def presented_token(request):
+    """The security token a twisted.web C{request} carries (bytes), from the query or a
+    Bearer header. The query parameter wins when both are present."""
+    values = request.args.get(b"security_token")
+    if values:
+        return values[0]
+    scheme, _, credentials = (request.getHeader(b"authorization") or b"").strip().partition(b" ")
+    if scheme.lower() == b"bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class TokenCheck:
+    """Whether a request carries the security token C{token} (None or empty: none is required).
+
+    Comparing fixed-length digests (C{hmac.compare_digest}) keeps the comparison's time
+    independent of the token's length as well as of its content."""
+
+    def __init__(self, token):
+        self._digest = hashlib.sha256(token.encode("utf-8")).digest() if token else None
+
+    @property
+    def required(self):
+        return self._digest is not None
+
+    def carried_by(self, request):
+        offered = presented_token(request)
+        return offered is not None and hmac.compare_digest(hashlib.sha256(offered).digest(), self._digest)

@@ -19,8 +19,7 @@ from twisted.logger import eventAsText, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web import resource
 
-from nexusws import api as api_module
-from nexusws import scrub, tap, web
+from nexusws import credentials, scrub, tap, web
 from nexusws.api import ApiRoot
 from nexusws.files import ConfinedFile, content_types
 from support.http import PEER, Response
@@ -402,7 +401,7 @@ def test_token_is_compared_with_compare_digest_on_equal_length_digests(guarded, 
         calls.append((a, b))
         return a == b
 
-    monkeypatch.setattr(api_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(credentials.hmac, "compare_digest", spy)
     assert guarded.request("/v1/status?security_token=x").status == 401
     assert guarded.request(f"/v1/status?security_token={SECRET}").status == 200
     assert calls == [
