@@ -375,3 +375,24 @@ def desktop():
     yield start
     for d in started:
         d.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm (L{support.slurm}), once per test session."""
+    from support import slurm
+
+    require(slurm.available(), slurm.NEEDS)
+    cluster = slurm.start()
+    yield cluster
+    slurm.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """The test Slurm; a test must end every job it submitted."""
+    yield slurm_cluster
+    left = slurm_cluster.live_jobs()
+    for job in left:
+        slurm_cluster.run("scancel", job, check=False)
+    assert not left, f"jobs left behind: {left}"
