@@ -78,6 +78,7 @@ AREAS = frozenset({
     "reservations",  # reservations, their tokens and state machines
     "routing",  # where a WebSocket goes
     "services",  # the service config file
+    "slurm",  # what the Slurm scheduler says of the gateway's jobs
     "statefile",  # the session state file
     "viewer",  # the browser VNC viewer
     "web",  # the HTTP side: files, ranges, the /ansys/ tree

@@ -25,6 +25,7 @@
   procs        process facts from /proc, the subreaper, orphan reaping
   supervisor   the per-program supervisor (run as a script, imports nothing of ours)
   keeper       SessionsService: the registry, state file and launchers tied to the gateway
+  slurmqueue   what Slurm says of the gateway's jobs: one squeue per poll for all of them
 
 May import: the standard library, Twisted, zope.interface, and nexusws's
 foundation modules (errors, convert, logs, scrub, clock, pipes for the port probe). Nothing

@@ -1,0 +1,163 @@
+"""What Slurm says of a gateway's jobs: one C{squeue} per poll for all of them (issue 16, item 4).
+
+The Slurm backend names every job of one gateway alike (a digest, never a
+token); L{SlurmQueue} asks C{squeue -h -t all --name=NAME} once per poll and
+tells each watcher of a job what changed: its L{Job} (state, pending reason,
+node, expected or actual start, time limit and time left), or None once
+Slurm no longer knows it. Nothing is asked while nobody watches.
+
+Polling: every C{interval} seconds while something changed at the last poll
+(or a job was just watched); while nothing changes the pause doubles, up to
+C{max_interval}. A poll never starts while another is in flight. A failing
+C{squeue} (not installed, a controller that does not answer, a non-zero exit)
+is an outage: one warning when it begins, one line when it ends, the pause
+backs off meanwhile, and no job is taken for gone during it.
+
+C{run(argv)} runs a command and fires with C{(stdout, stderr, exit code)}
+(L{run_command}: Twisted's process API, never blocking the reactor).
+"""
+
+import collections
+
+from twisted.internet import utils
+
+from nexusws.logs import logger, printable
+
+_log = logger("nexusws.slurm")
+
+#: squeue's fields, in L{Job}'s order: id, state, reason, node, start, time limit, time left.
+FORMAT = "%i|%T|%r|%B|%S|%l|%L"
+
+#: What squeue shows for a value it does not have.
+_NONE = {"", "None", "N/A", "(null)", "n/a"}
+
+#: A job of one poll; values are squeue's text (None where it has none).
+Job = collections.namedtuple("Job", "id state reason node start time_limit time_left")
+
+#: The environment squeue runs with: nothing of the gateway's (its secrets).
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
+
+
+def parse(output):
+    """squeue's output in L{FORMAT} -> {job id: L{Job}}; lines of another shape are skipped."""
+    jobs = {}
+    for line in output.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != len(Job._fields) or not fields[0]:
+            continue
+        job = Job(*(None if value in _NONE else value for value in fields))
+        jobs[job.id] = job
+    return jobs
+
+
+def run_command(reactor):
+    """A C{run} for L{SlurmQueue}: the command's output and exit code, through Twisted's process API."""
+
+    def run(argv):
+        return utils.getProcessOutputAndValue(argv[0], argv[1:], env=ENV, reactor=reactor)
+
+    return run
+
+
+class SlurmQueue:
+    """The state of one gateway's Slurm jobs (see the module docstring).
+
+    @param name: the job name all of the gateway's jobs have (C{sbatch --job-name}).
+    @param run: C{argv -> Deferred((stdout, stderr, code))}; L{run_command} by default.
+    @ivar calls: how many squeue commands it ran (for its tests and its metrics).
+    """
+
+    def __init__(self, reactor, name, run=None, interval=2.0, max_interval=30.0, squeue="squeue"):
+        self._reactor, self.name = reactor, name
+        self._run = run if run is not None else run_command(reactor)
+        self.interval, self.max_interval, self.squeue = interval, max_interval, squeue
+        self._pause, self._call, self._busy, self._soon = interval, None, False, False
+        self._watchers, self._last = {}, {}
+        self.outage, self.calls = None, 0
+
+    def watch(self, job_id, on_change):
+        """Call C{on_change(job)} with each new state of C{job_id} (None: Slurm no longer knows it,
+        and the watch ends); polls soon."""
+        self._watchers[str(job_id)] = on_change
+        self._pause = self.interval
+        self._soon = self._busy  # asked during a poll: the next one at once
+        self._schedule(0.0)
+
+    def unwatch(self, job_id):
+        self._watchers.pop(str(job_id), None)
+        self._last.pop(str(job_id), None)
+        if not self._watchers:
+            self._cancel()
+
+    def stop(self):
+        """Watch nothing more and poll no more."""
+        self._watchers.clear()
+        self._last.clear()
+        self._cancel()
+
+    # --- polling ----------------------------------------------------------------------
+
+    def _schedule(self, delay):
+        if self._busy or not self._watchers:
+            return
+        if self._call is not None and self._call.active():
+            if self._call.getTime() <= self._reactor.seconds() + delay:
+                return
+            self._call.cancel()
+        self._call = self._reactor.callLater(delay, self._poll)
+
+    def _cancel(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _poll(self):
+        self._call, self._busy = None, True
+        self.calls += 1
+        argv = [self.squeue, "-h", "-t", "all", f"--name={self.name}", "-o", FORMAT]
+        d = self._run(argv)
+        d.addCallbacks(self._answered, self._failed)
+        d.addErrback(lambda f: _log.failure("handling squeue's answer failed", f))
+        d.addBoth(self._done)
+
+    def _answered(self, result):
+        out, err, code = result
+        if code != 0:
+            return self._failed(None, f"exit {code}: {_text(err) or _text(out) or 'no output'}")
+        if self.outage is not None:
+            _log.info("squeue answers again (it failed: {why})", why=self.outage)
+            self.outage = None
+        jobs = parse(out.decode("utf-8", "replace") if isinstance(out, bytes) else out)
+        changed = False
+        for job_id, on_change in list(self._watchers.items()):
+            job = jobs.get(job_id)
+            if job == self._last.get(job_id, 0):  # 0: never reported
+                continue
+            changed = True
+            self._last[job_id] = job
+            if job is None:
+                self.unwatch(job_id)
+            try:
+                on_change(job)
+            except Exception:  # logged; the other watchers go on
+                _log.failure("a watcher of Slurm job {job} failed", job=job_id)
+        self._pause = self.interval if changed else min(self._pause * 2, self.max_interval)
+        return None
+
+    def _failed(self, failure, why=None):
+        why = why or printable(failure.getErrorMessage())
+        if self.outage is None:
+            _log.warn("squeue failed: {why}; asking again, jobs are not taken for gone meanwhile", why=why)
+        self.outage = why
+        self._pause = min(self._pause * 2, self.max_interval)
+        return None
+
+    def _done(self, _):
+        self._busy, soon, self._soon = False, self._soon, False
+        self._schedule(0.0 if soon else self._pause)
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return printable(value.strip(), limit=300) if value.strip() else ""
