@@ -19,7 +19,8 @@ anonymous reservation); an unknown token is 404.
 from nexusws.answers import Answers
 from nexusws.logs import logger, printable
 from nexusws.responses import respond
-from nexusws.sessions.deadlines import EXTEND_MAX_SECONDS, ExtendRefused
+from nexusws.sessions.deadlines import EXTEND_MAX_SECONDS, RUNNING, ExtendRefused
+from nexusws.sessions.reservation import STOPPING
 
 _log = logger("nexusws.api")
 answer = Answers(respond)
@@ -44,7 +45,7 @@ def _live(api, request, caller, token, call):
     if isinstance(log, bytes):
         return log
     r = api.registry.get(token)
-    if r is None or r.state == "stopping":
+    if r is None or r.state == STOPPING:
         return answer.error(request, 404, "this session has ended")
     return r
 
@@ -62,7 +63,7 @@ def touch(api, request, caller, token):
     r = _live(api, request, caller, token, "touch")
     if isinstance(r, bytes):
         return r
-    if r.state not in ("active", "detached"):
+    if r.state not in RUNNING:
         return answer.error(request, 409, "this session has not started")
     api.registry.touch(r)
     return answer.json(request, 200, api.registry.session(token))

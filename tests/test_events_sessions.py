@@ -2,16 +2,15 @@
 progress, a real HTTP client reading /v1/events/{token} while a WebSocket client launches,
 detaches, re-attaches and releases the session."""
 
-import json
 
 from support.sessions import (
-    SCRIPTS,
     echo,
     gateway_args,
     get,
     open_ws,
     reserve,
     run,
+    service_config,
     session_url,
 )
 from support.sse import Reader
@@ -19,10 +18,7 @@ from support.waiting import wait_until
 
 
 def progress_config(tmp_path):
-    config = tmp_path / "progress.json"
-    config.write_text(json.dumps({"progress": {"script": str(SCRIPTS / "progress_echo.py"), "count": 1,
-                                               "options": {}}}))
-    return config
+    return service_config(tmp_path, "progress", "progress_echo.py")
 
 
 def test_the_event_stream_of_a_launch_detach_reattach_and_release(gateway, tmp_path, marker):

@@ -14,31 +14,23 @@ import websockets
 
 from nexusws.sessions import wrapping
 from support.sessions import (
-    SCRIPTS,
     assert_gone,
     echo,
     gateway_args,
     get,
+    greeting,
     instances,
     marked,
     open_ws,
     reserve,
     run,
+    service_config,
     session_url,
 )
 
 
 def hello_config(tmp_path):
-    config = tmp_path / "hello.json"
-    config.write_text(json.dumps({"hello": {"script": str(SCRIPTS / "hello_echo.py"), "count": 2,
-                                            "options": {}}}))
-    return config
-
-
-async def greeting(ws):
-    line = await asyncio.wait_for(ws.recv(), 15)
-    assert line.startswith(b"pid ") and line.endswith(b"\n"), line
-    return int(line[4:])
+    return service_config(tmp_path, "hello", "hello_echo.py", count=2)
 
 
 def test_a_restart_with_keep_sessions_leaves_the_session_running_and_the_token_re_attaches(
@@ -143,9 +135,7 @@ def test_a_kept_python_program_that_prints_outlives_the_gateways_pipes(gateway, 
     """Found by the hostile review: SIGPIPE ignored is not enough; a Python program died of
     BrokenPipeError at its next print once the gateway had gone. With --keep_sessions the
     supervisor relays output, and drops it while no gateway reads it."""
-    config = tmp_path / "chatty.json"
-    config.write_text(json.dumps({"chatty": {"script": str(SCRIPTS / "chatty_echo.py"), "count": 1,
-                                             "options": {}}}))
+    config = service_config(tmp_path, "chatty", "chatty_echo.py")
     args = gateway_args(tmp_path, "--reconnect_grace", "60", "--keep_sessions", config=config)
     first = gateway(args, http=True)
     token = reserve(first, "chatty", marker=marker)

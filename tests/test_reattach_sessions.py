@@ -11,18 +11,19 @@ import websockets
 from conftest import ROOT, require
 from support.desktop import free_display, processes_with
 from support.sessions import (
-    SCRIPTS,
     assert_gone,
     closed_with,
     echo,
     gateway_args,
     get,
+    greeting,
     instances,
     marked,
     open_ws,
     refusal,
     reserve,
     run,
+    service_config,
     session_url,
 )
 
@@ -31,17 +32,7 @@ DESKTOP = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
 
 def hello_config(tmp_path, **options):
     """A config file with one service, "hello": an echo server greeting with its pid."""
-    config = tmp_path / "hello.json"
-    config.write_text(json.dumps({"hello": {"script": str(SCRIPTS / "hello_echo.py"), "count": 1,
-                                            "options": options}}))
-    return config
-
-
-async def greeting(ws):
-    """The pid the session's server greets with."""
-    line = await asyncio.wait_for(ws.recv(), 15)
-    assert line.startswith(b"pid ") and line.endswith(b"\n"), line
-    return int(line[4:])
+    return service_config(tmp_path, "hello", "hello_echo.py", **options)
 
 
 def test_a_client_that_reconnects_within_the_grace_reaches_the_same_process(gateway, tmp_path, marker):

@@ -22,7 +22,7 @@ import uuid
 import pytest
 
 from nexusws.sessions import wrapping
-from support.sessions import with_environment
+from support.sessions import kill_all, with_environment
 
 MARKER_VAR = "NEXUSWS_RELAY_TEST_MARKER"
 PY = sys.executable
@@ -34,12 +34,7 @@ def marker():
     killed, and fails it."""
     value = uuid.uuid4().hex
     yield value
-    left = marked(value)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    left = kill_all(marked(value))
     assert left == [], f"processes left behind: {left}"
 
 

@@ -26,8 +26,12 @@ reactor's clock, plus what L{extend} added.
 """
 
 from nexusws.logs import logger
+from nexusws.sessions.reservation import ACTIVE, DETACHED
 
 _log = logger("nexusws.reservations")
+
+#: The states a session's limits apply in.
+RUNNING = (ACTIVE, DETACHED)
 
 #: Why a session is ended by its limits (the C{ending} event's reasons).
 IDLE, MAX_DURATION = "idle", "max_duration"
@@ -165,7 +169,7 @@ class Deadlines:
             r.attached.on_input = lambda: self._input_resumed(r, "input")
 
     def _input_resumed(self, r, how):
-        if r.idle_warned and r.state in ("active", "detached"):
+        if r.idle_warned and r.state in RUNNING:
             r.idle_warned = False
             _log.info("{label}: in use again ({how}) after the idle warning", label=r.label, how=how)
             self._emit(r, "active", by=how)
@@ -192,7 +196,7 @@ class Deadlines:
 
     def _run(self, r, name, check):
         setattr(r, name, None)
-        if r.state not in ("active", "detached"):
+        if r.state not in RUNNING:
             return
         try:
             check(r)

@@ -127,15 +127,33 @@ def descendants(pid):
     return found
 
 
-def kill_marked(marker):
-    """SIGKILL whatever still carries C{marker}; return what there was."""
-    left = marked(marker)
-    for pid in left:
+def kill_all(pids):
+    """SIGKILL each of C{pids} still alive; return them."""
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return left
+    return pids
+
+
+def kill_marked(marker):
+    """SIGKILL whatever still carries C{marker}; return what there was."""
+    return kill_all(marked(marker))
+
+
+def service_config(tmp_path, name, script, count=1, **options):
+    """A config file with one service, C{name}, running tests/sessions/C{script} with C{options}."""
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps({name: {"script": str(SCRIPTS / script), "count": count, "options": options}}))
+    return config
+
+
+async def greeting(ws):
+    """The pid a session's server greets with (tests/sessions/hello_echo.py, chatty_echo.py)."""
+    line = await asyncio.wait_for(ws.recv(), 15)
+    assert line.startswith(b"pid ") and line.endswith(b"\n"), line
+    return int(line[4:])
 
 
 def with_environment(name, value):
