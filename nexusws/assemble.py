@@ -33,6 +33,7 @@ from nexusws.sessions.keeper import SessionsService
 from nexusws.sessions.launcher import Launcher
 from nexusws.sessions.registry import Registry
 from nexusws.sessions.reservation import LIVE
+from nexusws.sessions.slurmsite import POLL_INTERVAL, SlurmSite, job_name
 from nexusws.sessions.statefile import StateFile
 from nexusws.viewer import viewer_resource
 from nexusws.web import make_site
@@ -94,7 +95,8 @@ def make_sessions(options, reactor, notes, metrics=None):
     # Kept sessions outlive our pipes: their output is relayed by their supervisors,
     # which drop it once we are gone (nexusws.sessions.supervisor).
     launcher = Launcher(reactor, relay_output=bool(options["keep_sessions"]))
-    services = build_services(options["services"], reactor, launcher)
+    slurm = make_slurm_site(options, reactor)
+    services = build_services(options["services"], reactor, launcher, slurm_site=slurm)
     if options.get("state_file_is_default"):
         try:
             os.makedirs(os.path.dirname(options["state_file"]), mode=0o700, exist_ok=True)
@@ -112,9 +114,20 @@ def make_sessions(options, reactor, notes, metrics=None):
         if ungraced:
             notes.append(f"--keep_sessions with a reconnect_grace of 0 for {', '.join(map(repr, ungraced))}: "
                          f"their sessions kept at a stop end as soon as the next start adopts them")
-    sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher])
+    sessions = SessionsService(registry, StateFile(options["state_file"]), reactor, launchers=[launcher],
+                               slurm=slurm)
     registry.on_change = sessions.save  # every change recorded in the state file before it counts
     return registry, sessions
+
+
+def make_slurm_site(options, reactor):
+    """The Slurm services' shared site (L{nexusws.sessions.slurmsite}), or None without any:
+    its job name from this host and the state file, its squeue every C{poll_interval} (their least)."""
+    specs = [spec for spec in options["services"] if spec.slurm]
+    if not specs:
+        return None
+    interval = min(float(spec.options.get("poll_interval", POLL_INTERVAL)) for spec in specs)
+    return SlurmSite(reactor, job_name(options["state_file"]), interval=interval)
 
 
 def make_connection_cap(options, label, reactor):

@@ -24,7 +24,8 @@ Close rules (nothing is lost):
   - Taken over (another WebSocket asked C{takeover=1} for its session): the client
     is closed with 4001 "taken over" and the backend connection at once.
   - Its session ended by a limit: 4002 "session ended: idle", 4003 "session ended:
-    time limit reached"; the backend's last data is not waited for (the session stops).
+    time limit reached"; by its instance's own end (a Slurm job's): 1011 "session ended:
+    Slurm job 12 timeout, exit code 0"; the backend's last data is not waited for (the session stops).
   - A session tunnel tells its launch why it ended: on purpose (the backend's
     end, a shutdown: the session stops) or the client's side lost (None: the
     session may wait for its token to re-attach, L{nexusws.sessions.attach}).
@@ -46,7 +47,8 @@ CLOSE_IDLE, CLOSE_TIME_LIMIT = 4002, 4003
 
 #: A limit's name (the C{ending} event's reason) -> the close code and reason its WebSocket gets.
 SESSION_END_CLOSES = {"idle": (CLOSE_IDLE, "session ended: idle"),
-                      "max_duration": (CLOSE_TIME_LIMIT, "session ended: time limit reached")}
+                      "max_duration": (CLOSE_TIME_LIMIT, "session ended: time limit reached"),
+                      "backend_ended": (CLOSE_INTERNAL_ERROR, "session ended: {detail}")}
 
 #: Seconds a client has to answer the close of a connection the gateway failed.
 FAILED_CLOSE_TIMEOUT = 2.0
@@ -112,7 +114,20 @@ class Closing:
             self._close_after_backend()
 
     def _close_after_backend(self):
-        self._close(*self._backend_done)
+        # A session's backend may first find out why (a Slurm job's end: the session is then
+        # ended, and this tunnel closed with its reason, by session_ended).
+        lost = getattr(self.launch, "backend_lost", None)
+        asking = lost() if lost is not None else None
+        if asking is None:
+            self._close(*self._backend_done)
+            return
+
+        def answered(_):
+            if not self.closing:
+                self._close(*self._backend_done)
+
+        asking.addErrback(lambda f: self._log.failure("asking why {target} closed failed", f, target=self.target))
+        asking.addBoth(answered)
 
     def _close(self, code, reason):
         # The client's close reply must be read, so held bytes are let through.

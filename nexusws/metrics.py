@@ -18,7 +18,7 @@ metric.
   nexusws_sessions{service,state}                 live reservations by state (reserved, ..., detached)
   nexusws_session_extends_total{service}          time limits extended (/v1/extend)
   nexusws_session_ends_total{service,reason}      released, closed, grace_expired, idle, max_duration,
-                                                  stopped, expired, failed
+                                                  stopped, expired, failed, instance_ended
   nexusws_http_requests_total{call,code}          /v1 answers by call (nexusws.api.CALLS) and status
 """
 

@@ -81,6 +81,9 @@ class Launch:
 
     tunnel = None
     last_input = on_input = None
+    #: C{explain()}: the connection to the backend closed; a Deferred that fires once the
+    #: session's backend knows why (or None): the registry sets it for a session.
+    explain = None
 
     def __init__(self, started, ended, label):
         self.started = started
@@ -93,6 +96,11 @@ class Launch:
             return defer.maybeDeferred(ended, why)
         return defer.succeed(None)
 
+    def backend_lost(self):
+        """The tunnel's backend closed: a Deferred to wait for before closing the client (its
+        session may be ended meanwhile, with a reason of its own), or None: close now."""
+        return None if self.explain is None else self.explain()
+
     def input(self, now):
         """The tunnel's client sent user input at C{now} (the bridge calls it; see L{nexusws.activity})."""
         self.last_input = now
@@ -100,11 +108,13 @@ class Launch:
             call, self.on_input = self.on_input, None
             call()
 
-    def session_ending(self, reason):
-        """Its session is being ended for a limit (C{"idle"}, C{"max_duration"}): the
-        WebSocket is closed with the code that says so (L{nexusws.closing.SESSION_END_CLOSES})."""
+    def session_ending(self, reason, detail=None):
+        """Its session is being ended for a limit (C{"idle"}, C{"max_duration"}) or because its
+        instance ended (C{"backend_ended"}, C{detail} says how): the WebSocket is closed with
+        the code that says so (L{nexusws.closing.SESSION_END_CLOSES})."""
         if self.tunnel is not None:
-            self.tunnel.session_ended(*SESSION_END_CLOSES.get(reason, (CLOSE_NORMAL, reason)))
+            code, text = SESSION_END_CLOSES.get(reason, (CLOSE_NORMAL, reason))
+            self.tunnel.session_ended(code, text.format(detail=detail or "its instance ended"))
 
     def take_over(self):
         """Another WebSocket took this one's session over: this WebSocket is closed
@@ -153,6 +163,7 @@ class TokenRouter:
             self._authorize(request, reservation)
         label = "-" if reservation is None else f"{printable(reservation.service.name)}#{reservation.index}"
         launch = Launch(None, lambda why: self.registry.deactivate(token, launch, why), label)
+        launch.explain = lambda: self.registry.instance_lost(token)
         takeover = request.params.get("takeover", [None])[0] == TAKEOVER
         try:
             started = self.registry.activate(token, attachment=launch, takeover=takeover)

@@ -7,7 +7,9 @@ imports this module.
 
 from nexusws.sessions.instances import Service, ServiceError
 from nexusws.sessions.script import RemoteServiceScript
+from nexusws.sessions.slurmscript import SlurmScript
 
-#: What scripts import from here: the base class, the error a helper raises, and the
-#: running service (C{self._nexus}), as this module exported them before nexusws.sessions.
-__all__ = ["RemoteServiceScript", "Service", "ServiceError"]
+#: What scripts import from here: the base classes (a script run here, a Slurm job's), the
+#: error a helper raises, and the running service (C{self._nexus}), as this module exported
+#: them before nexusws.sessions.
+__all__ = ["RemoteServiceScript", "Service", "ServiceError", "SlurmScript"]

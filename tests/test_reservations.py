@@ -13,7 +13,16 @@ from zope.interface.verify import verifyObject
 
 from nexusws.errors import StartupError
 from nexusws.logs import printable
-from nexusws.sessions.backend import CRASHED, CUT_SHORT, FAILED, NOT_READY, ISessionBackend, StartFailure, as_address
+from nexusws.sessions.backend import (
+    CRASHED,
+    CUT_SHORT,
+    FAILED,
+    NOT_READY,
+    IQueuedBackend,
+    ISessionBackend,
+    StartFailure,
+    as_address,
+)
 from nexusws.sessions.registry import (
     NoFreeInstance,
     TokenInUse,
@@ -703,13 +712,14 @@ class MinimalBackend:
 
 
 class OnlyTheInterface:
-    """Lets through only what ISessionBackend declares: anything else the registry asks for fails."""
+    """Lets through only what ISessionBackend declares (and the optional IQueuedBackend, which the
+    registry asks for with getattr): anything else the registry asks for fails."""
 
     def __init__(self, backend):
         self._backend = backend
 
     def __getattr__(self, name):
-        if name not in ISessionBackend.names(all=True):
+        if name not in ISessionBackend.names(all=True) and name not in IQueuedBackend.names(all=True):
             raise AssertionError(f"the registry used {name!r}, which ISessionBackend does not declare")
         return getattr(self._backend, name)
 

@@ -285,7 +285,7 @@ CONFIG_ERRORS = [
      ["service 'svc'", "script 'dir.py': cannot read", "directory"]),
     ("script_without_subclass", {"good.py": "from nexusws.services import RemoteServiceScript\n",
                                  "services.json": service_json()},
-     ["service 'svc'", "must define one subclass of RemoteServiceScript, it defines none"]),
+     ["service 'svc'", "must define one subclass of RemoteServiceScript or SlurmScript, it defines none"]),
     ("script_with_two_subclasses", {"good.py": GOOD + "class Other(Good):\n    pass\n",
                                     "services.json": service_json()},
      ["service 'svc'", "it defines 2: Good, Other"]),

@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 
-from nexusws.sessions.slurmqueue import ENV, FORMAT, Job, SlurmQueue, parse
+from nexusws.sessions.slurmqueue import ENV, FORMAT, Job, SlurmQueue, command_env, parse
 
 
 class Squeue:
@@ -29,8 +29,9 @@ class Squeue:
         return defer.succeed((answer.encode(), b"", 0))
 
 
-def line(job_id, state="PENDING", reason="Resources", node="", start="N/A", limit="1:00:00", left="1:00:00"):
-    return f"{job_id}|{state}|{reason}|{node}|{start}|{limit}|{left}\n"
+def line(job_id, state="PENDING", reason="Resources", node="", start="N/A", limit="1:00:00", left="1:00:00",
+         status="0"):
+    return f"{job_id}|{state}|{reason}|{node}|{start}|{limit}|{left}|{status}|\n"
 
 
 def watching(queue, *job_ids):
@@ -46,8 +47,8 @@ def test_one_squeue_a_poll_for_every_watched_job_and_its_command_line():
     seen = watching(queue, *[str(i) for i in range(100, 200)])
     clock.advance(0)
     assert queue.calls == 1 and all(len(states) == 1 for states in seen.values())
-    assert squeue.argvs[0] == ["squeue", "-h", "-t", "all", "--name=nexusws-1a2b3c4d", "-o", FORMAT]
-    assert seen["150"] == [Job("150", "PENDING", "Resources", None, None, "1:00:00", "1:00:00")]
+    assert squeue.argvs[0] == ["squeue", "-h", "-t", "all", "--name=nexusws-1a2b3c4d", "-O", FORMAT]
+    assert seen["150"] == [Job("150", "PENDING", "Resources", None, None, "1:00:00", "1:00:00", "0")]
 
 
 def test_the_pause_doubles_while_nothing_changes_and_is_short_again_after_a_change():
@@ -127,14 +128,18 @@ def test_a_failing_watcher_is_logged_and_the_others_still_hear(events):
 
 
 def test_parse_reads_squeues_none_values_and_skips_other_lines():
-    jobs = parse("12|PENDING|Priority||N/A|UNLIMITED|UNLIMITED\ngarbage\n\n13|RUNNING|None|localhost|"
-                 "2026-12-05T20:51:07|2:00|1:57\n")
-    assert jobs == {"12": Job("12", "PENDING", "Priority", None, None, "UNLIMITED", "UNLIMITED"),
-                    "13": Job("13", "RUNNING", None, "localhost", "2026-12-05T20:51:07", "2:00", "1:57")}
+    jobs = parse("12|PENDING|Priority||N/A|UNLIMITED|UNLIMITED|0|\ngarbage\n\n13|RUNNING|None|localhost|"
+                 "2026-12-05T20:51:07|2:00|1:57|0|\n14|FAILED|NonZeroExitCode|n1|N/A|1:00|0:00|768|")
+    assert jobs == {"12": Job("12", "PENDING", "Priority", None, None, "UNLIMITED", "UNLIMITED", "0"),
+                    "13": Job("13", "RUNNING", None, "localhost", "2026-12-05T20:51:07", "2:00", "1:57", "0"),
+                    "14": Job("14", "FAILED", "NonZeroExitCode", "n1", None, "1:00", "0:00", "768")}
 
 
-def test_squeue_runs_with_none_of_the_gateways_environment():
+def test_slurm_commands_run_with_the_gateways_path_and_slurm_conf_and_nothing_else_of_its_environment():
     assert set(ENV) == {"PATH", "LANG"}
+    env = command_env({"PATH": "/opt/slurm/bin:/usr/bin", "SLURM_CONF": "/opt/slurm/etc/slurm.conf",
+                       "NEXUSWS_SECURITY_TOKEN": "secret", "HOME": "/root"})
+    assert env == {"PATH": "/opt/slurm/bin:/usr/bin", "LANG": "C.UTF-8", "SLURM_CONF": "/opt/slurm/etc/slurm.conf"}
 
 
 # --- against the real Slurm ------------------------------------------------------------

@@ -26,6 +26,10 @@
   supervisor   the per-program supervisor (run as a script, imports nothing of ours)
   keeper       SessionsService: the registry, state file and launchers tied to the gateway
   slurmqueue   what Slurm says of the gateway's jobs: one squeue per poll for all of them
+  slurmscript  the script API of a Slurm service, SlurmScript (public path: nexusws.services)
+  slurm        the Slurm backend (SlurmService): a session is a batch job, submitted, watched, cancelled
+  slurmsite    what the Slurm services share: job name, queue, connection files, sbatch/scancel
+  slurmjob     the program inside a session's job (sent to sbatch; imports nothing of ours)
 
 May import: the standard library, Twisted, zope.interface, and nexusws's
 foundation modules (errors, convert, logs, scrub, clock, pipes for the port probe). Nothing

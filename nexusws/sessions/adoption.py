@@ -57,6 +57,8 @@ class Keeping:
         for r in list(self._live.values()):
             if r.state not in (ACTIVE, DETACHED) or r.address is None:
                 continue
+            if not getattr(r.service, "keepable", True):  # its backend cannot be adopted: it stops
+                continue
             self._fold(r, r.attached)
             r.attached = None
             self._ungrace(r)

@@ -23,7 +23,7 @@ from zope.interface import Attribute, Interface
 
 from nexusws.logs import printable
 
-__all__ = ["ISessionBackend", "StartFailure", "as_address"]
+__all__ = ["IQueuedBackend", "ISessionBackend", "StartFailure", "as_address"]
 
 
 class ISessionBackend(Interface):
@@ -99,6 +99,39 @@ class ISessionBackend(Interface):
         crash the next run ends them (pid and start time checked). [] when it
         runs none here (a batch job's are on other hosts). Called on each
         state change and every reaper pass: it should be cheap."""
+
+
+class IQueuedBackend(ISessionBackend):
+    """What a backend whose instances are batch jobs adds (L{nexusws.sessions.slurm.SlurmService}).
+
+    All optional for the registry, which asks for each with C{getattr}: the local
+    backend has none of them.
+    """
+
+    kind = Attribute("Its kind, as L{ISessionBackend.describe} gives it (C{\"slurm\"}).")
+    on_ended = Attribute("Set by the registry: C{on_ended(service, index, why)}, to be called when a "
+                         "running instance ends on its own (its job's end); its session ends, its "
+                         "WebSocket is closed with 1011 and C{why}.")
+    keepable = Attribute("Whether --keep_sessions may keep its instances running at a stop (bool).")
+
+    def start_bound(start_timeout):
+        """The registry's bound on a start, in seconds, given C{--start_timeout}; None for none
+        (a job may wait in the queue as long as the scheduler keeps it: the backend counts
+        C{start_timeout} from the job's start itself)."""
+
+    def lost(index):
+        """The connection to instance C{index} closed: a Deferred that fires once the backend
+        knows whether the instance ended (it then has called C{on_ended}), or None."""
+
+    def ends_at(index):
+        """When (reactor clock) instance C{index} reaches its own time limit, or None."""
+
+    def credentials(index):
+        """C{{"password": ...}} that instance C{index}'s server asks for, for its session's
+        page alone (C{vnc_password} of /v1/session/{token}); or None."""
+
+    def pending():
+        """How many of its instances wait in the scheduler's queue (for /v1/load)."""
 
 
 # --- start failures ---------------------------------------------------------------

@@ -25,6 +25,7 @@ from nexusws.logs import describe, logger, show
 from nexusws.sessions.deadlines import LIMITS
 from nexusws.sessions.instances import Service
 from nexusws.sessions.script import RemoteServiceScript
+from nexusws.sessions.slurmscript import SlurmScript, check_options
 
 __all__ = ["ServiceSpec", "build_services", "check_names", "read_config"]
 
@@ -61,15 +62,33 @@ class ServiceSpec:
     def group(self):
         return self.options.get("group")
 
-    def build(self, reactor, launcher, system=None):
-        """The running L{Service}: the script's object created with C{reactor} and C{launcher}.
+    @property
+    def slurm(self):
+        """Whether its instances are Slurm jobs (its script is a L{SlurmScript})."""
+        return issubclass(self.script_class, SlurmScript)
 
-        @raise StartupError: the script's C{__init__} raised; one line naming the
-            file, the service and the error.
+    def build(self, reactor, launcher, system=None, slurm_site=None):
+        """The running L{Service} (or L{nexusws.sessions.slurm.SlurmService}, on C{slurm_site}):
+        the script's object created with C{reactor} and C{launcher}.
+
+        @raise StartupError: the script's C{__init__} raised, or a Slurm service's
+            connection directory is unfit; one line naming the file, the service and the error.
         """
         try:
+            if self.slurm:
+                from nexusws.sessions.slurm import SlurmService
+                from nexusws.sessions.slurmsite import connection_directory
+                try:
+                    where = connection_directory(self.options.get("connection_dir"))
+                except ValueError as e:
+                    raise StartupError(f"{self.origin}: service {self.name!r}: 'options.connection_dir': {e}"
+                                       ) from None
+                return SlurmService(self.name, self.script_class, self.count, self.options, reactor,
+                                    slurm_site, aliases=self.aliases, origin=self.origin, connection_dir=where)
             return Service(self.name, self.script_class, self.count, self.options, reactor, launcher,
                            aliases=self.aliases, origin=self.origin, system=system)
+        except StartupError:
+            raise
         except Exception as e:  # any error in user code is reported as one line
             if self.script_path:
                 sys.modules.pop(self.script_class.__module__, None)
@@ -78,9 +97,9 @@ class ServiceSpec:
                                f"{_line_in(e, self.script_path)}") from None
 
 
-def build_services(specs, reactor, launcher, system=None):
-    """L{ServiceSpec.build} for each of C{specs}, in order."""
-    return [spec.build(reactor, launcher, system=system) for spec in specs]
+def build_services(specs, reactor, launcher, system=None, slurm_site=None):
+    """L{ServiceSpec.build} for each of C{specs}, in order (Slurm services on C{slurm_site})."""
+    return [spec.build(reactor, launcher, system=system, slurm_site=slurm_site) for spec in specs]
 
 
 def read_config(path):
@@ -146,6 +165,8 @@ def read_config(path):
             raise bad(f"'script' must be a file name, not {show(script)}")
         path_of_script = os.path.join(base, script)
         script_class = _load_script(path_of_script, script, bad)
+        if issubclass(script_class, SlurmScript) and check_options(options):
+            raise bad(check_options(options))
         services.append(ServiceSpec(name, script_class, count, options, origin=where,
                                     script_path=path_of_script))
     return services
@@ -176,13 +197,13 @@ def _load_script(path, shown, bad):
                   f"when run") from None
     found = []
     for value in vars(module).values():
-        if (isinstance(value, type) and issubclass(value, RemoteServiceScript)
+        if (isinstance(value, type) and issubclass(value, (RemoteServiceScript, SlurmScript))
                 and value.__module__ == name and value not in found):
             found.append(value)
     if len(found) != 1:
         del sys.modules[name]
         names = ", ".join(cls.__name__ for cls in found)
-        raise bad(f"script {shown!r} must define one subclass of RemoteServiceScript"
+        raise bad(f"script {shown!r} must define one subclass of RemoteServiceScript or SlurmScript"
                   + (f", it defines {len(found)}: {names}" if found else ", it defines none"))
     return found[0]
 

@@ -36,6 +36,9 @@ RUNNING = (ACTIVE, DETACHED)
 #: Why a session is ended by its limits (the C{ending} event's reasons).
 IDLE, MAX_DURATION = "idle", "max_duration"
 
+#: Why a session ends when its backend says its instance ended on its own (a Slurm job's end).
+BACKEND_ENDED = "backend_ended"
+
 #: The limits' names and their built-in defaults (seconds; 0: off).
 LIMITS = {"idle_timeout": 0.0, "idle_warning": 120.0, "max_duration": 0.0, "time_warning": 300.0,
           "max_extend": 0.0}
@@ -108,9 +111,14 @@ class Deadlines:
         @raise ExtendRefused: no time limit, not started, or beyond C{max_extend}.
         @return: the seconds left afterwards."""
         if self.limit(r.service, "max_duration") <= 0:
+            if r.job_end is not None:
+                raise ExtendRefused(403, "this session's time limit is its Slurm job's, which cannot be extended")
             raise ExtendRefused(409, "this session has no time limit")
         if r.deadline is None:
             raise ExtendRefused(409, "this session has not started")
+        if r.job_end is not None and r.deadline + seconds > r.job_end:
+            raise ExtendRefused(403, f"extending by {seconds:g} s is beyond its Slurm job's time limit "
+                                     f"({max(0.0, r.job_end - r.deadline):.0f} s more at most)")
         allowed = self.limit(r.service, "max_extend")
         if r.extended + seconds > allowed:
             left = max(0.0, allowed - r.extended)
@@ -137,6 +145,11 @@ class Deadlines:
         r.last_input = r.active_since = now
         if self.limit(r.service, "max_duration") > 0:
             r.deadline = now + self.limit(r.service, "max_duration") + r.extended
+        ends_at = getattr(r.service, "ends_at", None)  # a batch job's own time limit
+        r.job_end = ends_at(r.index) if ends_at is not None else None
+        if r.job_end is not None and (r.deadline is None or r.job_end < r.deadline):
+            r.deadline = r.job_end
+        if r.deadline is not None:
             self._schedule(r, "time_call", self._time_check, 0.0)
         if self.limit(r.service, "idle_timeout") > 0:
             self._schedule(r, "idle_call", self._idle_check, 0.0)
@@ -175,14 +188,31 @@ class Deadlines:
             self._emit(r, "active", by=how)
             self._schedule(r, "idle_call", self._idle_check, 0.0)
 
+    def instance_lost(self, token):
+        """The connection to C{token}'s running instance closed: a Deferred that fires once its
+        backend knows whether the instance ended (then the session is ending, its WebSocket
+        told why by L{_backend_ended}), or None when the backend has nothing to find out."""
+        r = self._live.get(token)
+        lost = getattr(r.service, "lost", None) if r is not None and r.state in RUNNING else None
+        return None if lost is None else lost(r.index)
+
+    def _backend_ended(self, service, index, why):
+        """C{service}'s instance C{index} ended on its own (C{why}: a batch job's state and exit
+        status): its session ends, its WebSocket closed with 1011 and C{why}."""
+        for r in list(self._live.values()):
+            if r.service is service and r.index == index and r.state in RUNNING:
+                _log.info("{label}: its instance ended: {why}", label=r.label, why=why)
+                r.end_detail = why
+                self._end_for(r, BACKEND_ENDED)
+
     def _end_for(self, r, reason):
-        """End C{r} for limit C{reason}; its WebSocket, if one is attached, is told why
-        (its C{session_ending(reason)}: the tunnel closes with a code that says it)."""
+        """End C{r} for C{reason} (a limit, L{BACKEND_ENDED}); its WebSocket, if one is attached,
+        is told why (its C{session_ending(reason, detail)}: the tunnel closes with a code that says it)."""
         self._end(r, reason)
         ending = getattr(r.attached, "session_ending", None)
         if ending is not None:
             try:
-                ending(reason)
+                ending(reason, r.end_detail)
             except Exception:  # logged; the session is stopping all the same
                 _log.failure("{label}: closing its WebSocket failed", label=r.label)
 
@@ -227,11 +257,14 @@ class Deadlines:
 
     def _time_check(self, r):
         duration = self.limit(r.service, "max_duration")
-        warning = min(self.limit(r.service, "time_warning"), duration / 2)
+        by_job = r.job_end is not None and r.deadline >= r.job_end
+        span = r.job_end - r.active_since if by_job else duration
+        warning = min(self.limit(r.service, "time_warning"), span / 2)
         left = self.time_left(r, self._reactor.seconds())
         if left <= 0:
-            _log.info("{label}: its time is up (max_duration {duration:g} s, extended by {extended:g} s)",
-                      label=r.label, duration=duration, extended=r.extended)
+            _log.info("{label}: its time is up ({limit}, extended by {extended:g} s)", label=r.label,
+                      limit="its Slurm job's time limit" if by_job else f"max_duration {duration:g} s",
+                      extended=r.extended)
             self._end_for(r, MAX_DURATION)
             return
         if left <= warning:

@@ -7,7 +7,8 @@ turns each transition of the state machine into events as it logs it:
 
   reserved                       a reservation (or one restored from the state file)
   starting                       its token's WebSocket came: the instance starts
-  progress {"text"}              a step its script reported (C{RemoteServiceScript.progress})
+  progress {"text"}              a step its script reported (C{RemoteServiceScript.progress});
+                                 a Slurm job's also C{"queue"}: C{{"state", "reason", "expected_start"}}
   ready, attached                its address accepted; the WebSocket is attached to it
   attached {"takeover": true}    another WebSocket took the session over
   detached {"grace_left"}        its WebSocket was lost: kept that many seconds
@@ -17,7 +18,8 @@ turns each transition of the state machine into events as it logs it:
   time_warning {"seconds_left"}  its time limit is that near
   extended {"seconds", "time_left"}  its time limit was moved (L{nexusws.sessions.deadlines})
   ending {"reason"}              C{released}, C{closed}, C{grace_expired}, C{idle},
-                                 C{max_duration}, C{stopped} (shutdown, /v1/stop), C{expired} (unused), or
+                                 C{max_duration}, C{stopped} (shutdown, /v1/stop), C{expired} (unused),
+                                 C{instance_ended} with C{"detail"} (a Slurm job ended: its state), or
                                  C{failed} with C{"failure"}: the StartFailure's reason
   ended                          the index is free
 
@@ -31,7 +33,7 @@ import itertools
 
 from nexusws.logs import iso_utc, logger
 from nexusws.sessions.attach import GRACE_EXPIRED
-from nexusws.sessions.deadlines import IDLE, MAX_DURATION
+from nexusws.sessions.deadlines import BACKEND_ENDED, IDLE, MAX_DURATION
 from nexusws.sessions.reservation import ACTIVE, DETACHED, EXPIRED, RELEASED, RESERVED, STARTING, STOPPING
 from nexusws.sessions.timeouts import EVENTS_KEPT_AFTER_END
 
@@ -49,7 +51,7 @@ SHUTDOWN = "server shutting down"
 #: An end's cause, as the registry gives it -> the C{reason} of the C{ending} event
 #: (any other cause: the WebSocket or the backend closed, C{closed}).
 REASONS = {"released": "released", GRACE_EXPIRED: "grace_expired", SHUTDOWN: "stopped", IDLE: "idle",
-           MAX_DURATION: "max_duration"}
+           MAX_DURATION: "max_duration", BACKEND_ENDED: "instance_ended"}
 
 
 def progress_text(text):
@@ -124,16 +126,24 @@ class Reporting:
         grace = r.grace_ends if r.state == DETACHED else None
         idle, left = self.idle_seconds(r, now), self.time_left(r, now)
         up, down = self.traffic(r)
-        return dict(snapshot, state=r.state, since=iso_utc(r.since), attached=r.state in (STARTING, ACTIVE),
-                    grace_left=None if grace is None else round(max(0.0, grace - now), 1),
-                    idle=None if idle is None else round(idle, 1), time_left=None if left is None else round(left, 1),
-                    bytes_up=up, bytes_down=down)
+        found = dict(snapshot, state=r.state, since=iso_utc(r.since), attached=r.state in (STARTING, ACTIVE),
+                     grace_left=None if grace is None else round(max(0.0, grace - now), 1),
+                     idle=None if idle is None else round(idle, 1), time_left=None if left is None else round(left, 1),
+                     bytes_up=up, bytes_down=down)
+        if getattr(r.service, "kind", None):  # a batch job: its id, node and Slurm state
+            found["backend"] = r.service.describe(r.index)
+        credentials = getattr(r.service, "credentials", None)
+        password = (credentials(r.index) or {}).get("password") if credentials is not None else None
+        if password is not None and r.state in (ACTIVE, DETACHED):  # only ever to its token's holder
+            found["vnc_password"] = password
+        return found
 
-    def _progress(self, service, index, text):
-        """C{service}'s script reported C{text} for instance C{index}: a C{progress} event."""
+    def _progress(self, service, index, text, **fields):
+        """C{service}'s script reported C{text} for instance C{index}: a C{progress} event
+        (with the backend's C{fields}: a batch job's C{queue})."""
         for r in list(self._live.values()):
             if r.service is service and r.index == index and r.state not in (RESERVED, STOPPING):
-                self._emit(r, "progress", text=progress_text(text))
+                self._emit(r, "progress", text=progress_text(text), **fields)
 
     def _emit(self, r, name, **fields):
         if self._logs is None:
@@ -189,4 +199,6 @@ class Reporting:
             return {"reason": "failed", "failure": r.failure.reason}
         if new == EXPIRED:
             return {"reason": "expired"}
+        if r.end_detail is not None:
+            return {"reason": "instance_ended", "detail": r.end_detail}
         return {"reason": REASONS.get(r.why or why, "closed")}

@@ -13,7 +13,7 @@ from twisted.internet import defer
 
 from nexusws.clock import LoopingCall
 from nexusws.logs import logger
-from nexusws.sessions import procs, stopping
+from nexusws.sessions import procs, slurmsite, stopping
 from nexusws.sessions.statefile import NotRecorded
 from nexusws.sessions.timeouts import GRACE, WATCH_INTERVAL
 
@@ -46,8 +46,9 @@ class SessionsService(service.Service):
         and each is closed at stop. None by default (a test's registry).
     """
 
-    def __init__(self, registry, statefile, reactor, kill_grace=GRACE, launchers=()):
+    def __init__(self, registry, statefile, reactor, kill_grace=GRACE, launchers=(), slurm=None):
         self.registry = registry
+        self.slurm = slurm  # the Slurm services' site (nexusws.sessions.slurmsite), if any
         self.statefile = statefile
         self.reactor = reactor
         self.kill_grace = kill_grace
@@ -115,6 +116,9 @@ class SessionsService(service.Service):
         d = self.registry.restore(self.statefile.read())
         d.addCallback(lambda killed: self._save())
         d.addErrback(lambda f: _log.failure("restoring the previous sessions failed", f))
+        if self.slurm is not None:  # Slurm's commands checked; the jobs a previous run left cancelled
+            slurm_services = [s for s in self.registry.services if getattr(s, "kind", None) == "slurm"]
+            d.addCallback(lambda _: slurmsite.startup(self.slurm, slurm_services))
 
     def startService(self):
         super().startService()
@@ -133,6 +137,8 @@ class SessionsService(service.Service):
         d.addErrback(lambda f: _log.failure("stopping the sessions failed", f))
         d.addCallback(lambda _: defer.DeferredList([launcher_.close() for launcher_ in self.launchers]))
         d.addCallback(lambda _: self._sweep())
+        if self.slurm is not None:
+            d.addCallback(lambda result: self.slurm.stop() or result)
         d.addCallback(lambda _: self._save())
         d.addBoth(lambda result: self.statefile.close() or result)
         return d

@@ -103,6 +103,8 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
         self.services, self._by_name = list(services), {}
         for service in self.services:
             service.on_progress = self._progress
+            if hasattr(service, "on_ended"):  # a backend whose instances may end on their own
+                service.on_ended = self._backend_ended
             for name in (service.name, *getattr(service, "aliases", ())):
                 if self._by_name.setdefault(name, service) is not service:
                     raise StartupError(f"service name {name!r} is used by two services")
@@ -195,7 +197,9 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
         options = dict(r.options, token=token)
         if r.user is not None:
             options["user"] = r.user
-        r.pending = d = starting.start(self._reactor, r, options, self.start_timeout, self._wait_for_port)
+        bound = getattr(r.service, "start_bound", None)  # a batch backend's queue: its own bound
+        timeout = self.start_timeout if bound is None else bound(self.start_timeout)
+        r.pending = d = starting.start(self._reactor, r, options, timeout, self._wait_for_port)
         return d.addBoth(self._start_settled, r)
 
     def _start_settled(self, result, r):

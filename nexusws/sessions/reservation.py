@@ -43,6 +43,8 @@ class Reservation:
     attached = grace_call = grace_ends = None
     since = None  # when it entered its state (wall clock)
     failure = None  # the StartFailure that failed its start, if one did
+    end_detail = None  # why its instance ended on its own (a batch job's end), if it did
+    job_end = None  # when its batch job's time limit ends it (reactor clock), if it has one
     # Its limits (L{nexusws.sessions.deadlines}'s to change): the last input seen
     # (reactor clock; the attached WebSocket may know a later one), the time limit
     # (reactor clock) and the seconds extended, each limit's timer and whether it warned.
@@ -80,6 +82,8 @@ class Reservation:
                   "state": self.state, "options": dict(self.options), "user": self.user}
         if now is not None and self.state == DETACHED and self.grace_ends is not None:
             status["grace_left"] = round(max(0.0, self.grace_ends - now), 1)
+        if now is not None and self.state != RESERVED and getattr(self.service, "kind", None):
+            status["backend"] = self.service.describe(self.index)  # a batch job: its id, node, state
         return status
 
     def record(self):

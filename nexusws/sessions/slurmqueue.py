@@ -18,24 +18,58 @@ C{run(argv)} runs a command and fires with C{(stdout, stderr, exit code)}
 """
 
 import collections
+import os
+import re
+import time
 
-from twisted.internet import utils
+from twisted.internet import defer, utils
 
 from nexusws.logs import logger, printable
 
 _log = logger("nexusws.slurm")
 
-#: squeue's fields, in L{Job}'s order: id, state, reason, node, start, time limit, time left.
-FORMAT = "%i|%T|%r|%B|%S|%l|%L"
+#: Slurm's states of a job that has ended (or is ending: COMPLETING).
+ENDED = frozenset({"COMPLETED", "COMPLETING", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                   "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "STOPPED"})
+
+#: Readable words for the pending reasons users meet most.
+REASONS = {"Resources": "waiting for free resources", "Priority": "jobs of higher priority go first",
+           "Dependency": "waiting for another job", "BeginTime": "not to start yet",
+           "JobHeldUser": "held", "JobHeldAdmin": "held by an administrator",
+           "QOSMaxJobsPerUserLimit": "the user's job limit is reached",
+           "AssocMaxJobsLimit": "the account's job limit is reached",
+           "ReqNodeNotAvail": "the nodes it needs are not available", "PartitionDown": "the partition is down",
+           "None": "being scheduled"}
+
+_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+
+
+#: squeue's fields (C{-O}, each ended by "|"), in L{Job}'s order: id, state, reason, node,
+#: start (expected, while pending), time limit, time left, exit status (a wait status: code << 8 | signal).
+FORMAT = "JobID:|,State:|,Reason:|,BatchHost:|,StartTime:|,TimeLimit:|,TimeLeft:|,exit_code:|"
 
 #: What squeue shows for a value it does not have.
 _NONE = {"", "None", "N/A", "(null)", "n/a"}
 
 #: A job of one poll; values are squeue's text (None where it has none).
-Job = collections.namedtuple("Job", "id state reason node start time_limit time_left")
+Job = collections.namedtuple("Job", "id state reason node start time_limit time_left exit_status")
 
-#: The environment squeue runs with: nothing of the gateway's (its secrets).
-ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
+#: Where Slurm's commands are looked for when the gateway has no PATH.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def command_env(environ=None):
+    """The environment Slurm's commands run with: the gateway's PATH and SLURM_CONF
+    (where a site keeps them), nothing else of the gateway's (its secrets)."""
+    environ = os.environ if environ is None else environ
+    env = {"PATH": environ.get("PATH") or DEFAULT_PATH, "LANG": "C.UTF-8"}
+    if environ.get("SLURM_CONF"):
+        env["SLURM_CONF"] = environ["SLURM_CONF"]
+    return env
+
+
+#: L{command_env} without the gateway's PATH (the tests' commands).
+ENV = command_env({})
 
 
 def parse(output):
@@ -43,6 +77,8 @@ def parse(output):
     jobs = {}
     for line in output.splitlines():
         fields = line.strip().split("|")
+        if fields and fields[-1] == "":
+            fields.pop()  # after the last field's "|"
         if len(fields) != len(Job._fields) or not fields[0]:
             continue
         job = Job(*(None if value in _NONE else value for value in fields))
@@ -54,7 +90,7 @@ def run_command(reactor):
     """A C{run} for L{SlurmQueue}: the command's output and exit code, through Twisted's process API."""
 
     def run(argv):
-        return utils.getProcessOutputAndValue(argv[0], argv[1:], env=ENV, reactor=reactor)
+        return utils.getProcessOutputAndValue(argv[0], argv[1:], env=command_env(), reactor=reactor)
 
     return run
 
@@ -73,6 +109,7 @@ class SlurmQueue:
         self.interval, self.max_interval, self.squeue = interval, max_interval, squeue
         self._pause, self._call, self._busy, self._soon = interval, None, False, False
         self._watchers, self._last = {}, {}
+        self._next_waiters, self._poll_waiters = [], []  # poll_now's: for the next poll, for this one
         self.outage, self.calls = None, 0
 
     def watch(self, job_id, on_change):
@@ -82,6 +119,20 @@ class SlurmQueue:
         self._pause = self.interval
         self._soon = self._busy  # asked during a poll: the next one at once
         self._schedule(0.0)
+
+    def poll_now(self):
+        """Poll as soon as none is in flight: a Deferred that fires (None) once a poll that
+        began after this call has been answered (or failed). At once if nothing is watched."""
+        if not self._watchers:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._next_waiters.append(d)
+        self._pause = self.interval
+        if self._busy:
+            self._soon = True
+        else:
+            self._schedule(0.0)
+        return d
 
     def unwatch(self, job_id):
         self._watchers.pop(str(job_id), None)
@@ -94,6 +145,9 @@ class SlurmQueue:
         self._watchers.clear()
         self._last.clear()
         self._cancel()
+        waiters, self._next_waiters = self._next_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # --- polling ----------------------------------------------------------------------
 
@@ -113,8 +167,9 @@ class SlurmQueue:
 
     def _poll(self):
         self._call, self._busy = None, True
+        self._poll_waiters, self._next_waiters = self._next_waiters, []
         self.calls += 1
-        argv = [self.squeue, "-h", "-t", "all", f"--name={self.name}", "-o", FORMAT]
+        argv = [self.squeue, "-h", "-t", "all", f"--name={self.name}", "-O", FORMAT]
         d = self._run(argv)
         d.addCallbacks(self._answered, self._failed)
         d.addErrback(lambda f: _log.failure("handling squeue's answer failed", f))
@@ -154,6 +209,13 @@ class SlurmQueue:
 
     def _done(self, _):
         self._busy, soon, self._soon = False, self._soon, False
+        waiters, self._poll_waiters = self._poll_waiters, []
+        for d in waiters:
+            d.callback(None)
+        if self._next_waiters and not self._watchers:  # nothing left to poll for
+            waiters, self._next_waiters = self._next_waiters, []
+            for d in waiters:
+                d.callback(None)
         self._schedule(0.0 if soon else self._pause)
 
 
@@ -161,3 +223,38 @@ def _text(value):
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return printable(value.strip(), limit=300) if value.strip() else ""
+
+
+def seconds_of(text):
+    """Seconds of a Slurm duration (C{"1-02:03:04"}, C{"2:03:04"}, C{"3:04"}), or None (UNLIMITED...)."""
+    found = _TIME.match(text or "")
+    if found is None:
+        return None
+    days, hours, minutes, secs = (int(v or 0) for v in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+
+
+def exit_text(status):
+    """A job's C{exit_code} (a wait status) in words; None if it has none."""
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return None
+    return f"signal {status & 0x7F}" if status & 0x7F else f"exit code {status >> 8}"
+
+
+def exit_status(status):
+    """A job's wait status as an exit code, or -signal (L{StartFailure.exit_status}); None if none."""
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return None
+    return -(status & 0x7F) if status & 0x7F else status >> 8
+
+
+def expected_start(text):
+    """Slurm's expected start (its local time, no zone) as epoch seconds, or None."""
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except (TypeError, ValueError, OverflowError):
+        return None

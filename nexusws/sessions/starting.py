@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from nexusws.logs import printable
 from nexusws.sessions.backend import LIMIT, NOT_READY, StartFailure, as_address
+from nexusws.sessions.timeouts import START_TIMEOUT
 
 
 def start(reactor, r, options, timeout, wait_for_port):
@@ -21,12 +22,13 @@ def start(reactor, r, options, timeout, wait_for_port):
     then C{wait_for_port} on the address it gives (kept in C{r.address}).
 
     @param timeout: seconds for all of it; then the start is cancelled and
-        fails with "<what> within <timeout> s".
+        fails with "<what> within <timeout> s". None: no bound here (a backend whose
+        start may wait in a batch queue bounds it itself).
     @return: a Deferred firing with C{r.address}, or failing with a
         L{StartFailure}. Cancelling it cancels the start (which then fails with
         L{NOT_READY} "start cancelled").
     """
-    deadline = reactor.seconds() + timeout
+    deadline = None if timeout is None else reactor.seconds() + timeout
     expired = []  # why the start timeout ended it, once it did
 
     def timed_out():
@@ -36,14 +38,14 @@ def start(reactor, r, options, timeout, wait_for_port):
         started.cancel()
 
     def settled(result):
-        if timer.active():
+        if timer is not None and timer.active():
             timer.cancel()
         if not isinstance(result, Failure) or (not expired and result.check(StartFailure)):
             return result
         why = expired[0] if expired else describe_failure(result)
         return Failure(StartFailure(r.service.name, r.index, NOT_READY, why))
 
-    timer = reactor.callLater(timeout, timed_out)
+    timer = None if timeout is None else reactor.callLater(timeout, timed_out)
     started = defer.ensureDeferred(_start(reactor, r, options, deadline, wait_for_port))
     return started.addBoth(settled)
 
@@ -54,7 +56,7 @@ async def _start(reactor, r, options, deadline, wait_for_port):
     if r.address is None:
         raise StartFailure(r.service.name, r.index, NOT_READY,
                            f"start() returned {printable(repr(address))}, not (host, port)")
-    left = max(0.0, deadline - reactor.seconds())
+    left = START_TIMEOUT if deadline is None else max(0.0, deadline - reactor.seconds())
     await defer.maybeDeferred(wait_for_port, reactor, *r.address, left)
     return r.address
 

@@ -110,7 +110,7 @@ class Reader:
                     events, comments = parse(block.decode("utf-8"))
                     self.comments += comments
                     self.events += events
-        except (OSError, ValueError):  # the connection closed under the read
+        except (OSError, ValueError, http.client.HTTPException):  # the connection closed under the read
             pass
         finally:
             self.closed = True

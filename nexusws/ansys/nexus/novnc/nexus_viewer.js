@@ -8,7 +8,9 @@
 //                 front proxy routes on it)
 //   token         session token from /v1/reserve, sent as ?token=...
 //   password      VNC password (asked for when needed and not given); best
-//                 in the #fragment, which never reaches a server or a log
+//                 in the #fragment, which never reaches a server or a log; with
+//                 a token, a session's one-time password (vnc_password of
+//                 /v1/session/{token}) is tried first
 //   encrypt       wss instead of ws (default: when this page came over https)
 //   autoconnect   connect at once (default: true); otherwise a Connect button
 //   resize        scale (default), remote (resize the desktop) or off
@@ -73,6 +75,17 @@ function main() {
 
     if (name) document.title = name;
 
+    async function sessionPassword() {
+        try {
+            const answer = await fetch(session.apiUrl(api, 'session', token), { cache: 'no-store' });
+            if (!answer.ok) return null;
+            const snapshot = await answer.json();
+            return typeof snapshot.vnc_password === 'string' ? snapshot.vnc_password : null;
+        } catch (e) {
+            return null;
+        }
+    }
+
     function connect() {
         cancelRetry();
         byUser = false;
@@ -114,8 +127,21 @@ function main() {
         rfb.addEventListener('desktopname', (e) => {
             if (!name) document.title = e.detail.name;
         });
-        rfb.addEventListener('credentialsrequired', (e) => {
+        rfb.addEventListener('credentialsrequired', async (e) => {
             const types = e.detail.types || ['password'];
+            // A session whose server has a one-time password (a Slurm job's x11vnc): the
+            // session's own snapshot gives it to the holder of its token, once a connection.
+            const asking = rfb;
+            if (token && password === null && !types.includes('username') && asking.nexusAsked !== true) {
+                asking.nexusAsked = true;
+                const given = await sessionPassword();
+                if (given !== null && rfb === asking) {
+                    show('connecting', 'Signing in\u2026');
+                    asking.sendCredentials({ password: given });
+                    return;
+                }
+                if (rfb !== asking) return;
+            }
             usernameInput.hidden = !types.includes('username');
             usernameInput.previousElementSibling.hidden = usernameInput.hidden;
             show('password', `The server asks for ${types.includes('username') ? 'a user name and ' : ''}a password`);

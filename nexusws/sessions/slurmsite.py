@@ -1,0 +1,316 @@
+"""What all of a gateway's Slurm services share (issue 16): its job name, its queue, its commands.
+
+L{SlurmSite} holds:
+  - the I{job name} every job of this gateway gets (C{sbatch --job-name}): a digest of
+    the host name and the state file, so the same gateway finds its jobs again after a
+    restart, and no cluster user learns a token or a user's name from C{squeue};
+  - one L{nexusws.sessions.slurmqueue.SlurmQueue}: one C{squeue} a poll for every job;
+  - the poll of the I{connection files} the jobs write (L{nexusws.sessions.slurmjob}):
+    one directory listing a tick for all the jobs that have not reported yet;
+  - C{sbatch} (the job script on its stdin) and C{scancel}, through Twisted's process
+    API with L{nexusws.sessions.slurmqueue.command_env}, never blocking the reactor.
+
+L{read_connection_file} checks a job's report before the gateway believes it.
+"""
+
+import errno
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import socket
+import stat
+
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+
+from nexusws.logs import logger, printable
+from nexusws.sessions.slurmqueue import SlurmQueue, command_env
+
+_log = logger("nexusws.slurm")
+
+#: Seconds between two looks at the connection files of jobs that have not reported.
+FILE_POLL = 0.25
+
+#: What scancel says of a job that has ended already (no failure: what it was asked is done).
+GONE = ("already completing or completed", "Invalid job id specified")
+
+#: Seconds between two squeue calls while something changes (a service's C{poll_interval}).
+POLL_INTERVAL = 2.0
+
+#: The largest connection file read (a job's report is a few dozen bytes).
+MAX_REPORT = 64 * 1024
+
+
+def job_name(state_file, host=None):
+    """The job name of the gateway whose state file is C{state_file} on C{host} (this one's)."""
+    where = f"{host or socket.gethostname()}:{os.path.abspath(state_file)}"
+    return "nexusws-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
+def digest(text, size=16):
+    """A short digest of C{text} (a token, a service's name) fit to show every cluster user."""
+    return hashlib.sha256(str(text).encode()).hexdigest()[:size]
+
+
+class ReportError(Exception):
+    """A connection file that cannot be believed, or one that reports the job's failure; one line."""
+
+
+def read_connection_file(path, job_id, secret):
+    """The report of job C{job_id} in C{path}: C{{"host", "port", "password"}}.
+
+    Believed only if it is a regular file (not a link) of this process's user that no one
+    else may read or write, of at most L{MAX_REPORT} bytes of JSON naming C{job_id} and
+    carrying C{secret}.
+
+    @raise FileNotFoundError: not written yet.
+    @raise ReportError: anything else wrong with it, or the job's own C{"error"}.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise
+        raise ReportError(f"connection file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ReportError(f"connection file {path} is not a regular file")
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise ReportError(f"connection file {path} is not the gateway user's alone "
+                              f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})")
+        raw = f.read(MAX_REPORT + 1)
+    try:
+        report = json.loads(raw[:MAX_REPORT].decode("utf-8")) if len(raw) <= MAX_REPORT else None
+    except (UnicodeDecodeError, ValueError):
+        report = None
+    if not isinstance(report, dict):
+        raise ReportError(f"connection file {path} is not a JSON object of at most {MAX_REPORT} bytes")
+    if report.get("job") != str(job_id) or not hmac.compare_digest(str(report.get("secret", "")), secret):
+        raise ReportError(f"connection file {path} is not job {job_id}'s (its job id or secret differs)")
+    if "error" in report:
+        raise ReportError(printable(str(report["error"]), limit=500))
+    host, port, password = report.get("host"), report.get("port"), report.get("password")
+    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+        raise ReportError(f"connection file {path}: 'host' is not a host name")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ReportError(f"connection file {path}: 'port' is not a port number")
+    if password is not None and not isinstance(password, str):
+        raise ReportError(f"connection file {path}: 'password' is not a string")
+    return {"host": host, "port": port, "password": password}
+
+
+class _Command(ProcessProtocol):
+    """One command's output and exit code; C{input} written to its stdin first."""
+
+    def __init__(self, input):
+        self.input, self.out, self.err = input, [], []
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.input:
+            self.transport.write(self.input)
+        self.transport.closeStdin()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        code = getattr(reason.value, "exitCode", None)
+        if code is None:
+            code = -(getattr(reason.value, "signal", None) or 1)
+        self.done.callback((b"".join(self.out), b"".join(self.err), code))
+
+
+def run_command(reactor):
+    """C{run(argv, input=None)} -> Deferred((stdout, stderr, exit code)), through Twisted's process API."""
+
+    def run(argv, input=None):
+        env = command_env()
+        program = shutil.which(argv[0], path=env["PATH"])
+        if program is None:
+            return defer.fail(FileNotFoundError(f"{argv[0]} not found on PATH ({env['PATH']})"))
+        command = _Command(input)
+        try:
+            reactor.spawnProcess(command, program, list(argv), env=env)
+        except OSError as e:
+            return defer.fail(e)
+        return command.done
+
+    return run
+
+
+class SlurmSite:
+    """The Slurm services' shared parts (see the module docstring).
+
+    @param name: the job name (L{job_name}).
+    @param run: C{run(argv, input=None)} -> Deferred((stdout, stderr, code)); L{run_command}'s by default.
+    """
+
+    def __init__(self, reactor, name, run=None, interval=POLL_INTERVAL, max_interval=30.0, file_poll=FILE_POLL):
+        self.reactor, self.name = reactor, name
+        self.run = run if run is not None else run_command(reactor)
+        self.queue = SlurmQueue(reactor, name, run=lambda argv: self.run(argv), interval=interval,
+                                max_interval=max_interval)
+        self._files = {}  # job id -> (directory, callback)
+        self._looking = LoopingCall(self._look)
+        self._looking.clock = reactor
+        self._file_poll = file_poll
+        self._ready, self._waiting = True, []
+
+    def hold(self):
+        """Submit nothing until L{release}: L{startup} is finding what a previous run left."""
+        self._ready = False
+
+    def release(self):
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def when_ready(self):
+        """A Deferred that fires once jobs may be submitted (at once, unless held)."""
+        if self._ready:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    # --- connection files -------------------------------------------------------------
+
+    def watch_file(self, directory, job_id, callback):
+        """Call C{callback(path)} once C{<directory>/<job_id>.json} exists (then the watch ends)."""
+        self._files[str(job_id)] = (directory, callback)
+        if not self._looking.running:
+            self._looking.start(self._file_poll, now=True)
+
+    def unwatch_file(self, job_id):
+        self._files.pop(str(job_id), None)
+        if not self._files and self._looking.running:
+            self._looking.stop()
+
+    def _look(self):
+        listed = {}
+        for job_id, (directory, callback) in list(self._files.items()):
+            if directory not in listed:
+                try:
+                    listed[directory] = set(os.listdir(directory))
+                except OSError as e:
+                    _log.warn("cannot list the connection directory {dir}: {why}", dir=directory,
+                              why=e.strerror)
+                    listed[directory] = set()
+            if f"{job_id}.json" in listed[directory] and self._files.get(job_id) == (directory, callback):
+                self.unwatch_file(job_id)
+                try:
+                    callback(os.path.join(directory, f"{job_id}.json"))
+                except Exception:  # logged; the others are looked at all the same
+                    _log.failure("handling job {job}'s connection file failed", job=job_id)
+
+    # --- commands ---------------------------------------------------------------------
+
+    def cancel(self, job_id):
+        """C{scancel} the job: a Deferred firing with None once scancel has answered (never failing)."""
+        d = self.run(["scancel", str(job_id)])
+
+        def answered(result):
+            out, err, code = result
+            why = printable(err.decode("utf-8", "replace").strip(), limit=300)
+            if code != 0 and not any(gone in why for gone in GONE):
+                _log.warn("scancel {job} failed (exit {code}): {why}", job=job_id, code=code, why=why)
+            else:
+                _log.info("Slurm job {job} cancelled", job=job_id)
+
+        d.addCallbacks(answered, lambda f: _log.warn("scancel {job} failed: {why}", job=job_id,
+                                                       why=printable(f.getErrorMessage())))
+        return d
+
+    def own_jobs(self):
+        """The ids and comments of every live job with this gateway's name: a Deferred of
+        C{{job id: comment}} (failing if squeue fails)."""
+        d = self.run(["squeue", "-h", f"--name={self.name}", "-t", "PENDING,RUNNING,SUSPENDED,CONFIGURING",
+                      "-O", "JobID:|,Comment:"])
+
+        def answered(result):
+            out, err, code = result
+            if code != 0:
+                raise RuntimeError(printable(err.decode("utf-8", "replace").strip() or f"exit {code}"))
+            jobs = {}
+            for line in out.decode("utf-8", "replace").splitlines():
+                job_id, _, comment = line.strip().partition("|")
+                if job_id:
+                    jobs[job_id] = comment.rstrip("|").strip()
+            return jobs
+
+        return d.addCallback(answered)
+
+    def stop(self):
+        self.queue.stop()
+        self._files.clear()
+        if self._looking.running:
+            self._looking.stop()
+
+
+def connection_directory(path=None):
+    """The connection directory C{path} (default C{~/.nexusws/slurm}), made (mode 0700) if absent.
+
+    @raise ValueError: it is unfit: not a directory, not this user's, writable by others.
+    """
+    if path is None:
+        home = os.path.expanduser("~")
+        if home == "~" or not os.path.isabs(home):
+            raise ValueError("the gateway's user has no home directory: give a directory shared with the nodes")
+        path = os.path.join(home, ".nexusws", "slurm")
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"cannot create {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ValueError(f"{path} is not the gateway user's (owner uid {info.st_uid})")
+    if info.st_mode & 0o022:
+        raise ValueError(f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                         f"anyone could forge a job's report")
+    return path
+
+
+def startup(site, services, adopted=()):
+    """At start: check that Slurm's commands are there and answer (one line naming each
+    service if not), and cancel every job of this gateway's name that no session adopted
+    (C{adopted}: job ids): what a previous run left, however it ended. A Deferred (never failing)."""
+    names = ", ".join(repr(s.name) for s in services)
+    path = command_env()["PATH"]
+    missing = [p for p in ("sbatch", "squeue", "scancel") if shutil.which(p, path=path) is None]
+    if missing:
+        _log.warn("Slurm service(s) {names}: {programs} not found on PATH ({path}): their sessions "
+                   "cannot start", names=names, programs=", ".join(missing), path=path)
+        return defer.succeed(None)
+
+    def checked(result):
+        out, err, code = result
+        if code != 0:
+            _log.warn("Slurm service(s) {names}: sinfo failed (exit {code}): {why}; their sessions "
+                      "wait for Slurm", names=names, code=code,
+                      why=printable(err.decode("utf-8", "replace").strip(), limit=300))
+
+    def cancel_left(jobs):
+        left = sorted(set(jobs) - {str(j) for j in adopted}, key=int)
+        if left:
+            _log.info("cancelling {count} Slurm job(s) a previous run left: {jobs}", count=len(left),
+                      jobs=", ".join(left))
+            return defer.DeferredList([site.cancel(job) for job in left])
+
+    site.hold()  # a job submitted meanwhile would be taken for one the previous run left
+    d = site.run(["sinfo", "-h", "-o", "%P"]).addCallback(checked)
+    d.addCallback(lambda _: site.own_jobs()).addCallback(cancel_left)
+    d.addErrback(lambda f: _log.warn("Slurm service(s) {names}: cannot list this gateway's jobs: {why}",
+                                     names=names, why=printable(f.getErrorMessage())))
+    return d.addBoth(lambda _: site.release())

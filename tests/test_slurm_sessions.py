@@ -1,0 +1,231 @@
+"""The Slurm backend end to end (issue 16): a real gateway, the suite's real one-node Slurm
+(tests/slurm/up.sh), real jobs, Python websockets. Every test stops its gateways with SIGTERM
+(a SIGKILL leaves jobs, which is what the restart test is about) and the C{slurm} fixture
+fails it if any job is left."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import websockets
+
+from nexusws.sessions.slurmsite import job_name
+from support.sessions import SCRIPTS, gateway_args, get, marked, open_ws, reserve, run, session_url, state_path
+from support.sse import Reader
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = str(SCRIPTS / "echo_server.py")
+
+
+def jobs_dir(tmp_path):
+    where = tmp_path / "jobs"
+    where.mkdir(mode=0o700, exist_ok=True)
+    return where
+
+
+def desktop_config(tmp_path, **options):
+    """The shipped config/slurm_sessions.json, its jobs' files in tmp_path, x11vnc on loopback."""
+    config = json.loads((ROOT / "config" / "slurm_sessions.json").read_text())
+    service = config["Cluster Desktop"]
+    service["script"] = str(ROOT / "config" / "scripts" / service["script"].removeprefix("scripts/"))
+    service["options"].update(connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
+                              **options)
+    path = tmp_path / "slurm_sessions.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def program_config(tmp_path, programs, **options):
+    config = {"job": {"script": str(SCRIPTS / "slurm_program.py"), "count": 2, "options": dict(
+        programs=programs, connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
+        **options)}}
+    path = tmp_path / "slurm_program.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def echo_programs(marker):
+    return [[sys.executable, ECHO, "{port}", marker, "--hello"]]
+
+
+def our_jobs(slurm, tmp_path):
+    """{job id: (name, state, reason)} of the live jobs of the gateway on tmp_path's state file."""
+    name = job_name(str(state_path(tmp_path)))
+    return {i: j for i, j in slurm.live_jobs().items() if j[0] == name}
+
+
+def wait_until(condition, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+async def first_bytes(url, size):
+    async with open_ws(url) as ws:
+        got = b""
+        while len(got) < size:
+            got += await asyncio.wait_for(ws.recv(), 30)
+        return got
+
+
+async def closed_with(url):
+    """Open C{url} and wait for the server's close frame: C{(code, reason)}."""
+    async with open_ws(url) as ws:
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), 60)
+        except websockets.ConnectionClosed as e:
+            return e.rcvd.code, e.rcvd.reason
+
+
+def test_a_cluster_desktop_is_a_job_whose_x11vnc_greets_through_the_websocket_and_ends_with_it(
+        slurm, gateway, tmp_path):
+    gw = gateway(gateway_args(tmp_path, config=desktop_config(tmp_path)), http=True)
+    token = reserve(gw, "Cluster Desktop")
+    assert run(first_bytes(session_url(gw, token), 12)) == b"RFB 003.008\n"
+    # The WebSocket closed (grace 0): the job is cancelled, Slurm says it ended, its files are gone.
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "the job to end")
+    gw.wait_for(r"Cluster Desktop#0: stopping -> released")
+    assert os.listdir(tmp_path / "jobs") == []
+    name, comment = job_name(str(state_path(tmp_path))), None
+    for line in slurm.run("squeue", "-h", "-t", "all", f"--name={name}", "-O", "JobID:|,Comment:|").splitlines():
+        comment = line.split("|")[1]
+    assert comment and comment.startswith("nexusws ") and token not in comment, comment
+    assert token not in gw.log.replace("***", "")
+    gw.stop()
+
+
+def test_a_job_waiting_for_resources_is_shown_as_queued_and_starts_when_the_node_frees(
+        slurm, gateway, tmp_path, marker):
+    blocker = slurm.submit("--exclusive", "--output=/dev/null", "--wrap", "sleep 300")
+    try:
+        wait_until(lambda: slurm.jobs().get(blocker, ("", ""))[1] == "RUNNING", "the exclusive job to run")
+        gw = gateway(gateway_args(tmp_path, "--start_timeout", "5",
+                                  config=program_config(tmp_path, echo_programs(marker))), http=True)
+        token = reserve(gw, "job")
+        events = Reader(f"{gw.http_url}/v1/events/{token}")
+
+        async def session():
+            async with open_ws(session_url(gw, token)) as ws:
+                queued = await asyncio.to_thread(wait_until, lambda: [
+                    e for e in events.events if e["data"].get("queue", {}).get("reason") == "Resources"],
+                    "a progress event saying Resources")
+                # Queued longer than --start_timeout (5 s): the wait in the queue does not count.
+                await asyncio.sleep(6)
+                assert ws.state is websockets.protocol.State.OPEN
+                slurm.run("scancel", blocker)
+                line = await asyncio.wait_for(ws.recv(), 30)
+                return queued, line
+
+        queued, line = run(session())
+        assert line.startswith(b"pid "), line
+        assert queued[0]["data"]["queue"]["state"] == "PENDING"
+        assert queued[0]["data"]["text"].startswith("waiting in Slurm's queue: Resources")
+        assert "ready" in events.names()
+        wait_until(lambda: not our_jobs(slurm, tmp_path), "the session's job to end")
+        gw.stop()
+    finally:
+        slurm.run("scancel", blocker, check=False)
+
+
+def test_a_job_whose_program_fails_before_it_listens_fails_the_start_with_the_programs_words(
+        slurm, gateway, tmp_path):
+    failing = [["/bin/sh", "-c", "echo 'cannot open the licence file' >&2; exit 3"]]
+    gw = gateway(gateway_args(tmp_path, config=program_config(tmp_path, failing)), http=True)
+    token = reserve(gw, "job")
+    code, reason = run(closed_with(session_url(gw, token)))
+    assert code == 1011 and "sh exited (status 3)" in reason, (code, reason)
+    assert reason.endswith(": cannot open the licence file"), reason
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "no job left")
+    assert get(f"{gw.http_url}/v1/status")[1][0]["instances"] == []
+    gw.stop()
+
+
+def test_a_refused_submission_fails_the_start_with_slurms_message(slurm, gateway, tmp_path, marker):
+    config = program_config(tmp_path, echo_programs(marker), sbatch=["--partition=no-such-partition"])
+    gw = gateway(gateway_args(tmp_path, config=config), http=True)
+    token = reserve(gw, "job")
+    events = Reader(f"{gw.http_url}/v1/events/{token}")
+    code, reason = run(closed_with(session_url(gw, token)))
+    said = ("sbatch refused the job: invalid partition specified: no-such-partition; "
+            "Batch job submission failed: Invalid partition name specified")
+    # A close reason is 123 bytes at most: cut in its middle; the event has all of it.
+    assert code == 1011 and reason[:60] == said[:60] and reason.endswith(said[-40:]), reason
+    wait_until(lambda: "ended" in events.names(), "the ended event")
+    ending = [e for e in events.events if e["event"] == "ending"][0]["data"]
+    assert ending == {**ending, "reason": "failed", "failure": said}
+    assert not our_jobs(slurm, tmp_path)
+    gw.stop()
+
+
+def test_scancel_from_outside_ends_the_session_with_1011_and_slurms_state(slurm, gateway, tmp_path, marker):
+    gw = gateway(gateway_args(tmp_path, config=program_config(tmp_path, echo_programs(marker))), http=True)
+    token = reserve(gw, "job")
+    events = Reader(f"{gw.http_url}/v1/events/{token}")
+
+    async def session():
+        async with open_ws(session_url(gw, token)) as ws:
+            assert (await asyncio.wait_for(ws.recv(), 30)).startswith(b"pid ")
+            job = list(our_jobs(slurm, tmp_path))[0]
+            slurm.run("scancel", job)
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            except websockets.ConnectionClosed as e:
+                return job, e.rcvd.code, e.rcvd.reason
+
+    job, code, reason = run(session())
+    assert (code, reason) == (1011, f"session ended: Slurm job {job} cancelled"), (code, reason)
+    wait_until(lambda: "ended" in events.names(), "the ended event")
+    ending = [e for e in events.events if e["event"] == "ending"][0]["data"]
+    assert ending == {**ending, "reason": "instance_ended", "detail": f"Slurm job {job} cancelled"}
+    assert not marked(marker)
+    gw.stop()
+
+
+def test_a_job_that_never_reports_is_cancelled_after_the_start_timeout(slurm, gateway, tmp_path, marker):
+    silent = [[sys.executable, "-c", "import time, sys; time.sleep(120)", marker]]
+    gw = gateway(gateway_args(tmp_path, "--start_timeout", "3",
+                              config=program_config(tmp_path, silent, ready_timeout=100)), http=True)
+    token = reserve(gw, "job")
+    code, reason = run(closed_with(session_url(gw, token)))
+    assert code == 1011 and "did not report where it listens within 3 s of its start; it is cancelled" in reason
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "the job to be cancelled")
+    wait_until(lambda: not marked(marker), "the job's program to end")
+    gw.stop()
+
+
+def test_a_gateway_killed_with_sigkill_has_its_jobs_cancelled_by_the_next_start(slurm, gateway, tmp_path, marker):
+    args = gateway_args(tmp_path, "--reconnect_grace", "60",
+                        config=program_config(tmp_path, echo_programs(marker)))
+    first = gateway(args, http=True)
+    token = reserve(first, "job")
+    assert run(first_bytes(session_url(first, token), 4)).startswith(b"pid ")
+    job = list(our_jobs(slurm, tmp_path))[0]
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(5)
+    assert job in our_jobs(slurm, tmp_path), "a SIGKILL ends nothing"
+    second = gateway(args, http=True)
+    second.wait_for(rf"cancelling 1 Slurm job\(s\) a previous run left: {job}")
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "the left job to be cancelled")
+    wait_until(lambda: not marked(marker), "its program to end")
+    second.stop()
+
+
+def test_without_slurms_commands_a_slurm_service_is_one_start_up_line_and_a_clear_refusal(
+        gateway, tmp_path, marker):
+    env = {"PATH": str(tmp_path)}  # no sbatch, no squeue; the gateway itself is run by its path
+    gw = gateway(gateway_args(tmp_path, config=program_config(tmp_path, echo_programs(marker))), http=True,
+                 env=env)
+    gw.wait_for(r"Slurm service\(s\) 'job': sbatch, squeue, scancel not found on PATH")
+    token = reserve(gw, "job")
+    code, reason = run(closed_with(session_url(gw, token)))
+    assert code == 1011 and reason.startswith("cannot run sbatch"), (code, reason)
+    assert gw.log.count("Slurm service(s)") == 1
+    gw.stop()
