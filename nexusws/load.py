@@ -5,7 +5,9 @@ server: the highest of the sessions in use (of all instances configured), the
 tunnels open (of C{--max_tunnels}), CPU pressure and memory in use. A balancer
 treats a node at 95 or more as full. The JSON form gives each part, the
 instances used and free per service, and the WebSocket address clients of
-this node connect to.
+this node connect to, and how many sessions wait in a batch scheduler's queue
+(C{pending}: Slurm jobs not yet running; they hold their instances, so they count
+in the sessions in use).
 
 CPU pressure is the share of the last 10 s in which some task waited for a
 CPU (Linux PSI, C{/proc/pressure/cpu}); where the kernel has no PSI, the
@@ -99,14 +101,19 @@ class NodeLoad:
 
     def report(self):
         """The load and its parts (JSON-safe)."""
-        services, used, capacity = {}, 0, 0
+        services, used, capacity, pending = {}, 0, 0, 0
         if self.registry is not None:
             aliases = {s.name: list(getattr(s, "aliases", ())) for s in self.registry.services}
+            # A batch backend's jobs waiting in the scheduler's queue (they hold an instance too).
+            waiting = {s.name: s.pending() for s in self.registry.services if hasattr(s, "pending")}
             for entry in self.registry.status():
                 n = len(entry["instances"])
                 services[entry["name"]] = {"used": n, "capacity": entry["count"],
                                            "free": max(0, entry["count"] - n),
                                            "aliases": aliases.get(entry["name"], [])}
+                if entry["name"] in waiting:
+                    services[entry["name"]]["pending"] = waiting[entry["name"]]
+                    pending += waiting[entry["name"]]
                 used, capacity = used + n, capacity + entry["count"]
         tunnels = len(self.bridge.tunnels)
         parts = {
@@ -120,5 +127,6 @@ class NodeLoad:
             "parts": parts,
             "services": services,
             "tunnels": {"active": tunnels, "max": self.max_tunnels},
+            "pending": pending,
             "ws_url": self.ws_url(),
         }

@@ -67,10 +67,25 @@ def test_the_load_is_the_highest_part_and_the_report_gives_each_service():
         "services": {"a": {"used": 1, "capacity": 4, "free": 3, "aliases": []},
                      "b": {"used": 1, "capacity": 1, "free": 0, "aliases": ["local_b"]}},
         "tunnels": {"active": 3, "max": 10},
+        "pending": 0,
         "ws_url": "ws://n1:8080/",
     }
     busy = NodeLoad(None, Bridge(0), 0, cpu=lambda: 97.0, memory=lambda: 10.0).report()
     assert busy["load"] == 97.0 and busy["services"] == {} and busy["parts"]["tunnels"] == 0.0
+
+
+def test_a_batch_backends_jobs_waiting_in_its_queue_are_counted_as_pending():
+    class Queued(FakeService):
+        def pending(self):
+            return 2
+
+    world = World(services=[Queued(name="cluster", count=4), FakeService(name="local", count=1)])
+    for _ in range(3):
+        world.registry.reserve("cluster")
+    report = NodeLoad(world.registry, Bridge(0), 0, cpu=lambda: 0.0, memory=lambda: 0.0).report()
+    assert report["pending"] == 2 and report["services"]["cluster"]["pending"] == 2
+    assert "pending" not in report["services"]["local"], "a local backend has no queue"
+    assert report["services"]["cluster"]["used"] == 3 and report["parts"]["sessions"] == 60.0
 
 
 @pytest.mark.parametrize("url", ["ws://node1:8080/", "wss://gw.example.com/cluster/n1", "ws://[::1]:1/"])

@@ -74,6 +74,14 @@ async def first_bytes(url, size):
         return got
 
 
+async def first_line(url):
+    async with open_ws(url) as ws:
+        got = b""
+        while b"\n" not in got:
+            got += await asyncio.wait_for(ws.recv(), 30)
+        return got.split(b"\n")[0]
+
+
 async def closed_with(url):
     """Open C{url} and wait for the server's close frame: C{(code, reason)}."""
     async with open_ws(url) as ws:
@@ -229,3 +237,21 @@ def test_without_slurms_commands_a_slurm_service_is_one_start_up_line_and_a_clea
     assert code == 1011 and reason.startswith("cannot run sbatch"), (code, reason)
     assert gw.log.count("Slurm service(s)") == 1
     gw.stop()
+
+
+def test_keep_sessions_leaves_the_job_running_and_the_next_start_takes_it_back(slurm, gateway, tmp_path, marker):
+    args = gateway_args(tmp_path, "--reconnect_grace", "60", "--keep_sessions",
+                        config=program_config(tmp_path, echo_programs(marker)))
+    first = gateway(args, http=True)
+    token = reserve(first, "job")
+    greeting = run(first_line(session_url(first, token)))
+    (job,) = our_jobs(slurm, tmp_path)
+    assert first.stop() == 0
+    assert job in our_jobs(slurm, tmp_path), "kept: not cancelled"
+    second = gateway(args, http=True)
+    second.wait_for(rf"Slurm job {job} taken back from the previous run")
+    assert run(first_line(session_url(second, token))) == greeting, "the same program greets: the same job"
+    assert our_jobs(slurm, tmp_path) == {job: our_jobs(slurm, tmp_path)[job]}, "nothing cancelled, nothing new"
+    assert get(f"{second.http_url}/v1/release/{token}")[0] == 200
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "the adopted job to be cancelled")
+    second.stop()

@@ -27,7 +27,8 @@
   keeper       SessionsService: the registry, state file and launchers tied to the gateway
   slurmqueue   what Slurm says of the gateway's jobs: one squeue per poll for all of them
   slurmscript  the script API of a Slurm service, SlurmScript (public path: nexusws.services)
-  slurm        the Slurm backend (SlurmService): a session is a batch job, submitted, watched, cancelled
+  slurm        the Slurm backend (SlurmService): a session is a batch job; kept and adopted jobs
+  slurminstance  one instance's job: sbatch, the queue's progress, the report, scancel (Job)
   slurmsite    what the Slurm services share: job name, queue, connection files, sbatch/scancel
   slurmjob     the program inside a session's job (sent to sbatch; imports nothing of ours)
 

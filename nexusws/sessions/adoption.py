@@ -33,9 +33,14 @@ _log = logger("nexusws.reservations")
 
 
 def kept_fields(r, wallclock_now, reactor_now, last_event_id=0):
-    """What the state file keeps of a kept instance C{r} besides its usual record."""
+    """What the state file keeps of a kept instance C{r} besides its usual record
+    (a batch job's: its C{job}, what its backend needs to take it back)."""
     fields = {"kept": True, "address": list(r.address), "extended": r.extended,
               "bytes": [r.bytes_up, r.bytes_down], "events": last_event_id}
+    kept = getattr(r.service, "kept", None)
+    job = kept(r.index, wallclock_now - reactor_now) if kept is not None else None
+    if job is not None:
+        fields["job"] = job
     if r.active_since is not None:
         fields["started"] = wallclock_now - (reactor_now - r.active_since)
     if r.last_input is not None:
@@ -92,6 +97,9 @@ class Keeping:
         now = self._reactor.seconds()
         r = Reservation(saved.token, service, saved.index, saved.options, saved.user, now - age, saved.created)
         r.state, r.address, r.pids, r.adopted = DETACHED, tuple(saved.address), list(saved.pids), True
+        if saved.job is not None:  # a batch job: its backend watches it again, and stops it
+            service.adopt(saved.index, r.address, saved.job, now - wall)
+            r.job_end = service.ends_at(saved.index)
         r.extended, r.first_event_id = saved.extended, saved.events
         r.bytes_up, r.bytes_down = saved.bytes
         if saved.started is not None:
@@ -105,6 +113,9 @@ class Keeping:
         duration = self.limit(service, "max_duration")
         if duration > 0 and r.active_since is not None:
             r.deadline = r.active_since + duration + r.extended
+        if r.job_end is not None and (r.deadline is None or r.job_end < r.deadline):
+            r.deadline = r.job_end
+        if r.deadline is not None and r.active_since is not None:
             self._schedule(r, "time_call", self._time_check, 0.0)
         if self.limit(service, "idle_timeout") > 0:
             self._schedule(r, "idle_call", self._idle_check, 0.0)
@@ -115,6 +126,9 @@ class Keeping:
         return sorted(self._family(dict(r.pids)).items())
 
     def _stop_adopted(self, r):
-        """Stop adopted C{r}: end its processes (it was never the service's to stop)."""
+        """Stop adopted C{r}: end its processes (it was never the service's to stop),
+        or have its backend cancel the batch job it took back."""
+        if hasattr(r.service, "adopt"):
+            return defer.maybeDeferred(r.service.stop, r.index)
         procs = self._adopted_pids(r) or r.pids
         return defer.maybeDeferred(self._kill_processes, self._reactor, procs, self.kill_grace)

@@ -118,7 +118,8 @@ class SessionsService(service.Service):
         d.addErrback(lambda f: _log.failure("restoring the previous sessions failed", f))
         if self.slurm is not None:  # Slurm's commands checked; the jobs a previous run left cancelled
             slurm_services = [s for s in self.registry.services if getattr(s, "kind", None) == "slurm"]
-            d.addCallback(lambda _: slurmsite.startup(self.slurm, slurm_services))
+            d.addCallback(lambda _: slurmsite.startup(  # the jobs adopted (--keep_sessions) are kept
+                self.slurm, slurm_services, adopted={j for s in slurm_services for j in s.job_ids()}))
 
     def startService(self):
         super().startService()

@@ -28,10 +28,11 @@ _log = logger("nexusws.statefile")
 #: One reservation as a previous run recorded it; C{created} is wall-clock epoch seconds.
 #: A kept instance (L{nexusws.sessions.adoption}) also has C{kept} true, its C{address}
 #: C{(host, port)}, C{started} and C{last_input} (wall clock, or None), C{extended}
-#: seconds and C{bytes} C{(up, down)}; others have C{kept} false and the defaults.
+#: seconds and C{bytes} C{(up, down)}, and a batch job's C{job} (C{{"id", "secret", "password",
+#: "ends_at"}}, L{nexusws.sessions.slurm}) or None; others have C{kept} false and the defaults.
 Saved = namedtuple("Saved", "token service index options user state created pids "
-                   "kept address started last_input extended bytes events",
-                   defaults=(False, None, None, None, 0.0, (0, 0), 0))
+                   "kept address started last_input extended bytes events job",
+                   defaults=(False, None, None, None, 0.0, (0, 0), 0, None))
 
 
 def saved_records(data):
@@ -58,7 +59,7 @@ def saved_records(data):
         kept = {} if not r.get("kept") else {
             "kept": True, "address": tuple(r["address"]), "started": r["started"],
             "last_input": r["last_input"], "extended": r["extended"], "bytes": tuple(r["bytes"]),
-            "events": r["events"]}
+            "events": r["events"], "job": r.get("job")}
         saved.append(Saved(r["token"], r["service"], r["index"], r["options"], r["user"],
                            r["state"], float(r["created"]), [tuple(p) for p in r["pids"]], **kept))
     return saved, list(dict.fromkeys(orphans))
@@ -92,7 +93,10 @@ def recover(data, now, timeout, services, alive=None):
             problem = (f"service {printable(s.service)!r} is not configured any more" if service is None
                        else "index out of range or taken twice"
                        if s.index >= service.count or {(service.name, s.index), s.token} & taken
-                       else "its processes are gone" if alive is None or not alive(s.pids) else None)
+                       else "its backend cannot take a job back" if s.job is not None and not hasattr(service, "adopt")
+                       # a batch job's life is its scheduler's to tell (the backend asks it once adopted)
+                       else "its processes are gone" if s.job is None and (alive is None or not alive(s.pids))
+                       else None)
             if problem is None:
                 taken |= {(service.name, s.index), s.token}
                 adopt.append((s, service, age))
@@ -249,8 +253,26 @@ def _check_kept(record):
     events = record.get("events", 0)
     if not _is_int(events) or not 0 <= events < 1 << 53:
         raise ValueError(f"events {printable(events, limit=100)} is not an event id")
-    return dict(times, kept=True, address=[address[0], address[1]], extended=float(extended),
-                bytes=list(traffic), events=events)
+    checked = dict(times, kept=True, address=[address[0], address[1]], extended=float(extended),
+                   bytes=list(traffic), events=events)
+    if record.get("job") is not None:
+        checked["job"] = _check_job(record["job"])
+    return checked
+
+
+def _check_job(job):
+    """A kept batch job (L{nexusws.sessions.slurm.SlurmService.kept}), checked."""
+    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not job["id"].isdigit() \
+            or len(job["id"]) > 20 or not job["id"].isascii():
+        raise ValueError(f"job {printable(job, limit=100)} has no job id")
+    _check_text("job's secret", job.get("secret"))
+    password = job.get("password")
+    if password is not None:
+        _check_text("job's password", password)
+    ends_at = job.get("ends_at")
+    if ends_at is not None and not _is_time(ends_at):
+        raise ValueError(f"job's ends_at {printable(ends_at, limit=100)} is not a time")
+    return {"id": job["id"], "secret": job["secret"], "password": password, "ends_at": ends_at}
 
 
 def _is_time(value):

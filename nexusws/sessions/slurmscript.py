@@ -82,11 +82,29 @@ class SlurmScript:
         raise NotImplementedError(f"{type(self).__name__} does not implement job()")
 
 
+#: sbatch's options nexusws sets itself (after the service's), or that would break its job:
+#: long form -> short form (or None).
+OWN_OPTIONS = {"--job-name": "-J", "--comment": None, "--export": None, "--output": "-o", "--chdir": "-D",
+               "--parsable": None, "--wrap": None, "--array": "-a"}
+
+
+def own_option(argument):
+    """The option of L{OWN_OPTIONS} that C{argument} gives, or None."""
+    for long, short in OWN_OPTIONS.items():
+        if argument == long or argument.startswith(long + "=") or (short and argument.startswith(short)):
+            return long
+    return None
+
+
 def check_options(options):
     """The problem with a Slurm service's C{options} (one line naming the key), or None."""
     sbatch = options.get("sbatch", [])
     if not isinstance(sbatch, list) or not all(isinstance(a, str) and "\0" not in a for a in sbatch):
         return "'options.sbatch' must be a list of strings (sbatch's arguments)"
+    taken = next((own_option(a) for a in sbatch if own_option(a)), None)
+    if taken is not None:
+        return (f"'options.sbatch': {taken} is nexusws's own (it names, places and watches each job; "
+                f"see the README's Sessions on a Slurm cluster)")
     for key in ("connection_dir", "python", "host"):
         value = options.get(key)
         if key in options and (not isinstance(value, str) or not value.strip() or "\0" in value):
