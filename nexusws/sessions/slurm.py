@@ -70,9 +70,11 @@ class SlurmService:
         job = self._jobs.get(index)
         if job is None:
             return defer.succeed(None)
-        d = job.stop()
-        d.addBoth(lambda _: self._jobs.pop(index, None) if self._jobs.get(index) is job else None)
-        return d
+        def stopped(_):
+            if self._jobs.get(index) is job:
+                del self._jobs[index]
+
+        return job.stop().addBoth(stopped)
 
     def address(self, index):
         job = self._jobs.get(index)
@@ -90,7 +92,7 @@ class SlurmService:
 
     def pending(self):
         """How many of its jobs wait in Slurm's queue."""
-        return sum(job.slurm_state == "PENDING" for job in self._jobs.values())
+        return sum(job.state == "starting" and job.slurm_state == "PENDING" for job in self._jobs.values())
 
     def describe(self, index):
         job = self._jobs.get(index)

@@ -64,10 +64,12 @@ class Job:
         self.state = "starting"
         self.started = defer.Deferred(lambda _: self._start_cancelled())
         self._stopped, self._stop_waiters, self._ended_seen = False, [], False
-        self._timer, self._shown = None, None
+        self._timer, self._shown, self._stop_timer = None, None, None
+        self._submitting, self._answered = None, False  # sbatch's run, and whether it has answered
 
     def describe(self):
-        return {"backend": "slurm", "state": self.state, "job": self.id, "slurm_state": self.slurm_state,
+        state = self.state if self.state in ("starting", "running", "stopping") else None
+        return {"backend": "slurm", "state": state, "job": self.id, "slurm_state": self.slurm_state,
                 "node": self.node, "reason": self.reason,
                 "address": None if self.address is None else f"{self.address[0]}:{self.address[1]}"}
 
@@ -100,13 +102,16 @@ class Job:
         script = f"#!{service.python}\n{JOB_SOURCE}\nmain(json.loads({json.dumps(params)!r}))\n"
         service.progress(self.index, "submitting the job to Slurm")
         d = self.site.when_ready()  # the jobs a previous run left are cancelled first
-        d.addCallback(lambda _: self.site.run(argv, script.encode()))
+        d.addCallback(lambda _: None if self._stopped else self.site.run(argv, script.encode()))
         d.addCallbacks(self._submitted, self._not_submitted)
         d.addErrback(lambda f: _log.failure("handling sbatch's answer failed", f))
         self._submitting = d
         return self.started
 
     def _submitted(self, result):
+        self._answered = True
+        if result is None:  # stopped before it was submitted: nothing to cancel
+            return
         out, err, code = result
         text = lambda data: printable(data.decode("utf-8", "replace").strip(), limit=500)
         job_id = text(out).split(";")[0]
@@ -129,6 +134,7 @@ class Job:
                                                         f"({self.service.queue_timeout:g} s)")
 
     def _not_submitted(self, failure):
+        self._answered = True
         self._fail(FAILED, f"cannot run sbatch: {printable(failure.getErrorMessage())}")
 
     def _queue_changed(self, job):
@@ -270,9 +276,12 @@ class Job:
         if self._stopped:
             return done
         self._stopped = True
+        self.state = "stopping"
         if not self.started.called:
             self.started.cancel()
-        if self.id is None:  # sbatch still runs (or failed): its answer decides
+        self._stop_timer = self.service.reactor.callLater(STOP_WAIT, self._stop_overdue)
+        if self.id is None and self._submitting is not None and not self._answered:
+            # sbatch has not answered: its answer decides (an id that comes after STOP_WAIT is cancelled too)
             self._submitting.addBoth(lambda _: self._cancel_job())
         else:
             self._cancel_job()
@@ -284,18 +293,20 @@ class Job:
             return
         self.site.queue.watch(self.id, self._queue_changed)  # watched again if it was not yet
         self.site.cancel(self.id)
-        self._stop_timer = self.service.reactor.callLater(STOP_WAIT, self._stop_overdue)
 
     def _stop_overdue(self):
-        _log.warn("{service}[{index}]: Slurm job {job} not ended {wait:g} s after scancel",
-                  service=self.service.name, index=self.index, job=self.id, wait=STOP_WAIT)
-        self._ended_seen = True
+        self._stop_timer = None
+        what = f"Slurm job {self.id} has not ended" if self.id is not None else "sbatch has not answered"
+        _log.warn("{service}[{index}]: {what} {wait:g} s after the stop", service=self.service.name,
+                  index=self.index, what=what, wait=STOP_WAIT)
+        if self.id is not None:
+            self._ended_seen = True
         self._finish_stop()
 
     def _finish_stop(self):
         if not self._stopped:
             return
-        timer = getattr(self, "_stop_timer", None)
+        timer, self._stop_timer = self._stop_timer, None
         if timer is not None and timer.active():
             timer.cancel()
         if self.id is not None:

@@ -75,10 +75,11 @@ def read_connection_file(path, job_id, secret):
         if e.errno == errno.ENOENT:
             raise
         raise ReportError(f"connection file {path}: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ReportError(f"connection file {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ReportError(f"connection file {path} is not a regular file")
         if info.st_uid != os.geteuid() or info.st_mode & 0o077:
             raise ReportError(f"connection file {path} is not the gateway user's alone "
                               f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})")
@@ -89,7 +90,8 @@ def read_connection_file(path, job_id, secret):
         report = None
     if not isinstance(report, dict):
         raise ReportError(f"connection file {path} is not a JSON object of at most {MAX_REPORT} bytes")
-    if report.get("job") != str(job_id) or not hmac.compare_digest(str(report.get("secret", "")), secret):
+    given = str(report.get("secret", "")).encode("utf-8", "surrogatepass")
+    if report.get("job") != str(job_id) or not hmac.compare_digest(given, secret.encode()):
         raise ReportError(f"connection file {path} is not job {job_id}'s (its job id or secret differs)")
     if "error" in report:
         raise ReportError(printable(str(report["error"]), limit=500))
@@ -196,6 +198,7 @@ class SlurmSite:
             self._looking.stop()
 
     def _look(self):
+        # Nothing here stops or restarts the poll but its end: a callback may watch again.
         listed = {}
         for job_id, (directory, callback) in list(self._files.items()):
             if directory not in listed:
@@ -206,11 +209,13 @@ class SlurmSite:
                               why=e.strerror)
                     listed[directory] = set()
             if f"{job_id}.json" in listed[directory] and self._files.get(job_id) == (directory, callback):
-                self.unwatch_file(job_id)
+                del self._files[job_id]
                 try:
                     callback(os.path.join(directory, f"{job_id}.json"))
                 except Exception:  # logged; the others are looked at all the same
                     _log.failure("handling job {job}'s connection file failed", job=job_id)
+        if not self._files and self._looking.running:
+            self._looking.stop()
 
     # --- commands ---------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ class SlurmSite:
     def own_jobs(self):
         """The ids and comments of every live job with this gateway's name: a Deferred of
         C{{job id: comment}} (failing if squeue fails)."""
-        d = self.run(["squeue", "-h", f"--name={self.name}", "-t", "PENDING,RUNNING,SUSPENDED,CONFIGURING",
+        d = self.run(["squeue", "-h", "--me", f"--name={self.name}", "-t", "PENDING,RUNNING,SUSPENDED,CONFIGURING",
                       "-O", "JobID:|,Comment:"])
 
         def answered(result):
@@ -267,6 +272,8 @@ def connection_directory(path=None):
             raise ValueError("the gateway's user has no home directory: give a directory shared with the nodes")
         path = os.path.join(home, ".nexusws", "slurm")
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path} is not a directory")
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.stat(path)
@@ -302,7 +309,7 @@ def startup(site, services, adopted=()):
                       why=printable(err.decode("utf-8", "replace").strip(), limit=300))
 
     def cancel_left(jobs):
-        left = sorted(set(jobs) - {str(j) for j in adopted}, key=int)
+        left = sorted(set(jobs) - {str(j) for j in adopted}, key=lambda j: (len(j), j))
         if left:
             _log.info("cancelling {count} Slurm job(s) a previous run left: {jobs}", count=len(left),
                       jobs=", ".join(left))
