@@ -4,58 +4,23 @@
 fails it if any job is left."""
 
 import asyncio
-import json
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import websockets
 
 from nexusws.sessions.slurmsite import job_name
 from support.sessions import SCRIPTS, gateway_args, get, marked, open_ws, reserve, run, session_url, state_path
+from support.slurm import desktop_config, our_jobs, program_config
 from support.sse import Reader
 
-ROOT = Path(__file__).resolve().parent.parent
 ECHO = str(SCRIPTS / "echo_server.py")
-
-
-def jobs_dir(tmp_path):
-    where = tmp_path / "jobs"
-    where.mkdir(mode=0o700, exist_ok=True)
-    return where
-
-
-def desktop_config(tmp_path, **options):
-    """The shipped config/slurm_sessions.json, its jobs' files in tmp_path, x11vnc on loopback."""
-    config = json.loads((ROOT / "config" / "slurm_sessions.json").read_text())
-    service = config["Cluster Desktop"]
-    service["script"] = str(ROOT / "config" / "scripts" / service["script"].removeprefix("scripts/"))
-    service["options"].update(connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
-                              **options)
-    path = tmp_path / "slurm_sessions.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
-def program_config(tmp_path, programs, **options):
-    config = {"job": {"script": str(SCRIPTS / "slurm_program.py"), "count": 2, "options": dict(
-        programs=programs, connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
-        **options)}}
-    path = tmp_path / "slurm_program.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def echo_programs(marker):
     return [[sys.executable, ECHO, "{port}", marker, "--hello"]]
-
-
-def our_jobs(slurm, tmp_path):
-    """{job id: (name, state, reason)} of the live jobs of the gateway on tmp_path's state file."""
-    name = job_name(str(state_path(tmp_path)))
-    return {i: j for i, j in slurm.live_jobs().items() if j[0] == name}
 
 
 def wait_until(condition, what, timeout=20.0):

@@ -1,6 +1,7 @@
 """The viewer page's URL logic (nexusws/ansys/nexus/novnc/viewer_url.js), run in Node."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -211,3 +212,101 @@ def test_reconnect_decisions(session_logic):
 
 def test_elapsed_time_text(session_logic):
     assert session_logic["elapsed"] == ["0 s", "0 s", "7 s", "59 s", "1 min 00 s", "2 min 05 s"]
+
+
+# --- a batch job's wait in its scheduler's queue (issue 16) ------------------------------
+
+QUEUE_DRIVER = r"""
+import * as s from './session_events.mjs';
+const T0 = Date.parse('2026-12-05T21:40:00Z');
+const at = (seconds) => new Date(T0 + seconds * 1000).toISOString();
+const pending = (id, seconds, reason, expected, words) => ({
+  id, event: 'progress', time: at(seconds), queue: { state: 'PENDING', reason, expected_start: expected },
+  text: `waiting in Slurm's queue: ${reason}` + (words ? ` (${words})` : '') + (expected ? ', expected to start at 21:50' : '')});
+const running = (id, seconds) => ({ id, event: 'progress', time: at(seconds), text: 'Slurm job 12 is running on node7',
+  queue: { state: 'RUNNING', node: 'node7' } });
+const start = [{ id: 1, event: 'starting', time: at(0) },
+  { id: 2, event: 'progress', text: 'submitting the job to Slurm', time: at(0) },
+  { id: 3, event: 'progress', text: 'Slurm job 12 submitted', time: at(1) },
+  pending(4, 2, 'None', null, 'being scheduled'),
+  pending(5, 4, 'Resources', null, 'waiting for free resources'),
+  pending(6, 30, 'Resources', '2026-12-05T21:50:00Z', 'waiting for free resources'),
+  running(7, 65),
+  { id: 8, event: 'progress', text: 'the job reported where it listens', time: at(66) },
+  // Requeued (a node failed): a wait of its own; a reason without words, a day ahead.
+  pending(9, 70, 'BeginTime', '2026-12-06T20:00:00Z', null),
+  pending(10, 71, 'Weird', 'not a time', null)];
+const now = T0 + 72000;
+let state = s.initialState();
+const texts = [];
+for (const event of start) {
+  state = s.reduce(state, event, now, false);
+  texts.push(state.steps.map((step) => s.stepText(step, now)));
+}
+const out = { texts, steps: state.steps.length, ready: state.ready,
+  queueSteps: state.steps.filter((step) => typeof step === 'object').map((step) => step.queue),
+  words: [s.reasonWords("waiting in Slurm's queue: Priority (jobs of higher priority go first)", 'Priority'),
+          s.reasonWords("waiting in Slurm's queue: Priority", 'Priority'), s.reasonWords(undefined, 'None')],
+  clocks: [s.clockText('2026-12-05T21:50:00Z', T0), s.clockText('2026-12-06T20:00:00Z', T0),
+           s.clockText('2026-12-05T18:00:00Z', T0), s.clockText('garbage', T0)],
+  // A PENDING event without its fields; a queue that is not an object.
+  bare: s.progressSteps([], { event: 'progress', text: 'x', queue: { state: 'PENDING' } }, T0).map((step) => s.stepText(step, T0)),
+  odd: s.progressSteps([], { event: 'progress', text: 'y', queue: 'PENDING' }, T0) };
+console.log(JSON.stringify(out));
+"""
+
+
+def queue_logic(tmp_path_factory, zone):
+    """QUEUE_DRIVER's answers with Node's local time zone C{zone} (a browser's own)."""
+    require(have("node"), "node")
+    work = tmp_path_factory.mktemp("queue_js")
+    (work / "session_events.mjs").write_text((Path(PAGES) / "session_events.js").read_text())
+    (work / "driver.mjs").write_text(QUEUE_DRIVER)
+    run = subprocess.run(["node", str(work / "driver.mjs")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": os.environ["PATH"], "TZ": zone})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.fixture(scope="module")
+def queue_utc(tmp_path_factory):
+    return queue_logic(tmp_path_factory, "UTC")
+
+
+@pytest.fixture(scope="module")
+def queue_kolkata(tmp_path_factory):
+    return queue_logic(tmp_path_factory, "Asia/Kolkata")  # UTC+5:30, no summer time
+
+
+def test_a_wait_in_the_queue_is_one_step_updated_in_place_until_the_job_runs(queue_utc):
+    texts = queue_utc["texts"]
+    head = ["Starting the session", "submitting the job to Slurm", "Slurm job 12 submitted"]
+    assert texts[2] == head
+    assert texts[3] == [*head, "Waiting in the queue: None (being scheduled)"]
+    assert texts[4] == [*head, "Waiting in the queue: Resources (waiting for free resources)"]
+    assert texts[5] == [*head, "Waiting in the queue: Resources (waiting for free resources)"
+                               " \u2014 expected to start at 21:50"]
+    # It runs: the wait (from its first pending event, at 2 s, to 65 s) is done; the run is a step.
+    assert texts[6] == [*head, "Waited 1 min 03 s in the queue", "Slurm job 12 is running on node7"]
+    assert texts[7] == texts[6] + ["the job reported where it listens"]
+    # Pending again after it ran: a new wait, a step of its own.
+    assert texts[8] == texts[7] + ["Waiting in the queue: BeginTime \u2014 expected to start at 2026-12-06 20:00"]
+    assert texts[9] == texts[7] + ["Waiting in the queue: Weird"]  # an expected start that is no time: none
+    assert queue_utc["steps"] == 7 and queue_utc["queueSteps"] == ["DONE", "PENDING"]
+    assert queue_utc["ready"] is False
+
+
+def test_the_expected_start_is_in_the_browsers_time_zone_with_its_date_when_not_today(queue_utc, queue_kolkata):
+    # now: 2026-12-05 21:40 UTC, which is 2026-12-06 03:10 in Kolkata
+    assert queue_utc["clocks"] == ["21:50", "2026-12-06 20:00", "18:00", None]
+    # 18:00 UTC is still the 5th there: a day before that "now", so with its date
+    assert queue_kolkata["clocks"] == ["03:20", "2026-12-07 01:30", "2026-12-05 23:30", None]
+    assert queue_kolkata["texts"][5][-1] == ("Waiting in the queue: Resources (waiting for free resources)"
+                                             " \u2014 expected to start at 03:20")
+    assert queue_kolkata["texts"][8][-1] == "Waiting in the queue: BeginTime \u2014 expected to start at 2026-12-07 01:30"
+
+
+def test_a_pending_reasons_words_come_from_the_progress_text_when_it_has_them(queue_utc):
+    assert queue_utc["words"] == ["jobs of higher priority go first", None, None]
+    assert queue_utc["bare"] == ["Waiting in the queue: None"]
+    assert queue_utc["odd"] == ["y"], "a queue that is not an object: the text, as any progress"

@@ -8,6 +8,7 @@ slurm-client and munge: missing, a test skips loudly, in CI it fails. Each test
 that uses it checks that it left no job behind (L{Slurm.jobs}).
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "slurm"
+ROOT = Path(__file__).resolve().parent.parent.parent
+SESSIONS = ROOT / "tests" / "sessions"
 PROGRAMS = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "munged")
 NEEDS = "a one-node Slurm: root and Debian's slurmctld slurmd slurm-client munge (apt-get install)"
 
@@ -62,3 +65,42 @@ def start():
 
 def stop():
     subprocess.run(["bash", str(SCRIPTS / "down.sh")], capture_output=True, timeout=120)
+
+
+# --- gateways with Slurm services -------------------------------------------------
+
+
+def jobs_dir(tmp_path):
+    where = tmp_path / "jobs"
+    where.mkdir(mode=0o700, exist_ok=True)
+    return where
+
+
+def desktop_config(tmp_path, **options):
+    """The shipped config/slurm_sessions.json, its jobs' files in tmp_path, x11vnc on loopback."""
+    config = json.loads((ROOT / "config" / "slurm_sessions.json").read_text())
+    service = config["Cluster Desktop"]
+    service["script"] = str(ROOT / "config" / "scripts" / service["script"].removeprefix("scripts/"))
+    service["options"].update(connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
+                              **options)
+    path = tmp_path / "slurm_sessions.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def program_config(tmp_path, programs, **options):
+    config = {"job": {"script": str(SESSIONS / "slurm_program.py"), "count": 2, "options": dict(
+        programs=programs, connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
+        **options)}}
+    path = tmp_path / "slurm_program.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def our_jobs(slurm, tmp_path):
+    """{job id: (name, state, reason)} of the live jobs of the gateway on tmp_path's state file."""
+    from nexusws.sessions.slurmsite import job_name
+    from support.sessions import state_path
+
+    name = job_name(str(state_path(tmp_path)))
+    return {i: j for i, j in slurm.live_jobs().items() if j[0] == name}

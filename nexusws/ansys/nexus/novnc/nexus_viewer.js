@@ -304,7 +304,8 @@ function main() {
 
     // --- what the page shows -----------------------------------------------------
 
-    let shownSteps = null;
+    let shownSteps = null;        // the steps shown, and their texts
+    let shownTexts = null;
 
     function render() {
         const now = Date.now();
@@ -313,14 +314,21 @@ function main() {
         progress.hidden = !starting;
         if (starting) {
             progressTitle.textContent = `Starting ${name || 'the session'}\u2026`;
-            if (shownSteps !== state.steps) {
+            // One item a step, changed in place: a batch job's wait in the queue is one
+            // step whose text changes with its reason and expected start.
+            const texts = state.steps.map((step) => session.stepText(step, now));
+            if (shownSteps !== state.steps || texts.join('\n') !== shownTexts) {
                 shownSteps = state.steps;
-                progressSteps.replaceChildren(...state.steps.map((step, i) => {
-                    const item = document.createElement('li');
-                    item.textContent = step;
-                    item.className = i === state.steps.length - 1 ? 'current' : 'done';
-                    return item;
-                }));
+                shownTexts = texts.join('\n');
+                const items = progressSteps.children;
+                while (items.length > texts.length) items[items.length - 1].remove();
+                texts.forEach((text, i) => {
+                    const item = items[i] || progressSteps.appendChild(document.createElement('li'));
+                    if (item.textContent !== text) item.textContent = text;
+                    const kind = (i === texts.length - 1 ? 'current' : 'done')
+                        + (state.steps[i] && state.steps[i].queue ? ' queue' : '');
+                    if (item.className !== kind) item.className = kind;
+                });
             }
             progressElapsed.textContent = session.elapsedText(now - startedAt);
         }

@@ -86,7 +86,7 @@ export function initialState() {
     return {
         last: null,        // the latest event's name
         lastId: 0,         // and its id
-        steps: [],         // the start's steps: 'starting', then each progress text
+        steps: [],         // the start's steps: 'starting', then each progress's (progressSteps)
         ready: false,      // the session has started (ready, attached, reattached)
         idle: null,        // an idle warning: {ends} (ms)
         time: null,        // a time warning: {ends} (ms)
@@ -108,6 +108,65 @@ export function deadline(event, seconds, now) {
     return now + span - age;
 }
 
+// The start's steps after progress event `event` (seen at `now`). A step is its text,
+// or, for a batch job waiting in its scheduler's queue (the event's `queue`, issue 16),
+// a queue step {queue: 'PENDING', reason, words, expectedStart, since}: one step for the
+// whole wait, updated in place as its reason or expected start changes, which becomes
+// {queue: 'DONE', since, until} when the job runs (its own text is then a step of its own).
+export function progressSteps(steps, event, now) {
+    const queue = event.queue && typeof event.queue === 'object' ? event.queue : null;
+    const last = steps.length ? steps[steps.length - 1] : null;
+    const waiting = last !== null && typeof last === 'object' && last.queue === 'PENDING';
+    const at = eventTime(event, now);
+    if (queue && queue.state === 'PENDING') {
+        const reason = String(queue.reason || 'None');
+        const step = { queue: 'PENDING', reason, words: reasonWords(event.text, reason),
+            expectedStart: typeof queue.expected_start === 'string' ? queue.expected_start : null,
+            since: waiting ? last.since : at };
+        return waiting ? [...steps.slice(0, -1), step] : [...steps, step];
+    }
+    const text = String(event.text);
+    if (waiting) return [...steps.slice(0, -1), { queue: 'DONE', since: last.since, until: at }, text];
+    return [...steps, text];
+}
+
+// When event `event` happened (ms): its own time, or `now` if it has none.
+function eventTime(event, now) {
+    const at = Date.parse(event.time);
+    return Number.isNaN(at) ? now : at;
+}
+
+// The words the gateway gives a pending reason in a progress text
+// ("waiting in Slurm's queue: Resources (waiting for free resources), ..."), or null.
+export function reasonWords(text, reason) {
+    const head = `: ${reason} (`;
+    const said = String(text || '');
+    const from = said.indexOf(head);
+    if (from < 0) return null;
+    const to = said.indexOf(')', from + head.length);
+    return to > from + head.length ? said.slice(from + head.length, to) : null;
+}
+
+// "21:50" in this browser's time zone for an ISO time (expected_start: UTC), with its
+// date ("2026-12-06 21:50") when that is not `now`'s date there.
+export function clockText(iso, now) {
+    const at = new Date(Date.parse(iso));
+    if (Number.isNaN(at.getTime())) return null;
+    const two = (n) => String(n).padStart(2, '0');
+    const day = (d) => `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`;
+    const time = `${two(at.getHours())}:${two(at.getMinutes())}`;
+    return day(at) === day(new Date(now)) ? time : `${day(at)} ${time}`;
+}
+
+// The text of step `step` (see progressSteps) at `now`.
+export function stepText(step, now) {
+    if (step === null || typeof step !== 'object') return String(step);
+    if (step.queue === 'DONE') return `Waited ${elapsedText(step.until - step.since)} in the queue`;
+    const expected = step.expectedStart ? clockText(step.expectedStart, now) : null;
+    return `Waiting in the queue: ${step.reason}${step.words ? ` (${step.words})` : ''}`
+        + (expected ? ` \u2014 expected to start at ${expected}` : '');
+}
+
 // The state after event `event` (the parsed `data` of an SSE message) arrives at
 // `now`; `connected`: this page's RFB connection is up.
 export function reduce(state, event, now, connected) {
@@ -118,7 +177,7 @@ export function reduce(state, event, now, connected) {
         s.ready = false;
         break;
     case 'progress':
-        s.steps = [...s.steps, String(event.text)];
+        s.steps = progressSteps(s.steps, event, now);
         break;
     case 'ready':
         s.ready = true;
