@@ -9,6 +9,7 @@ client's ceiling) and drives them all with one client (bench/wsproto.py),
 measuring each figure on each target in turn (A B A B ..., --rounds times).
 Figure 10 has a backend of its own, an RFB server (backend.py --rfb), with
 nexusws in front of it through session tunnels (bench/rfb.py says why).
+Figure 11 starts Slurm sessions on the test Slurm, against plain sbatch (bench/slurmfig.py).
 Prints one table and writes every sample as JSON. Everything runs on
 127.0.0.1; every process started is stopped on exit, Ctrl-C included.
 """
@@ -31,6 +32,7 @@ import figures
 import procs
 import report
 import rfb
+import slurmfig
 from figures import Target
 from procs import BENCH, Proc
 from report import (
@@ -51,6 +53,7 @@ FULL = {
     "slow_rate": 64 * MiB, "launches": 10, "rest_seconds": 3.0, "status_repeats": 20,
     "status_levels": (10, 100, 1000), "profile_seconds": 8.0,
     "rfb_bulk": GiB, "rfb_paste": 256 * MiB, "rfb_events": 128 * KiB, "rfb_batched": 256 * MiB,
+    "slurm_launches": 6,
 }
 QUICK = {
     "down": 64 * MiB, "up": 64 * MiB, "par_each": 16 * MiB, "lat_samples": 500, "setup_seconds": 1.0,
@@ -58,6 +61,7 @@ QUICK = {
     "slow_rate": 32 * MiB, "launches": 3, "rest_seconds": 1.0, "status_repeats": 5,
     "status_levels": (10, 100, 1000), "profile_seconds": 3.0,
     "rfb_bulk": 64 * MiB, "rfb_paste": 32 * MiB, "rfb_events": 32 * KiB, "rfb_batched": 32 * MiB,
+    "slurm_launches": 2,
 }
 PROFILE_PATHS = ("down", "up", "setup", "latency", "rest", "rfb", "rfb-events", "rfb-batched")
 # Figure 5b's client processes: leave a core each to the server measured and to
@@ -466,6 +470,11 @@ class Bench:
             for p in (relay, wsk, gw):
                 p.stop()
 
+    # --- 11: a Slurm session's start --------------------------------------------------
+
+    def fig11(self):
+        slurmfig.run(self)
+
     # --- profile ---------------------------------------------------------------------
 
     def profile(self):
@@ -567,7 +576,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10",
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11",
                     help="figures to run, comma-separated (default: all)")
     ap.add_argument("--client-procs", type=int, default=CLIENT_PROCS, metavar="N",
                     help="client processes for figure 5b's 16 parallel set-up loops"
@@ -593,7 +602,7 @@ def main(argv=None):
     started = time.monotonic()
     try:
         bench.start_main()
-        for fig in ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10"):
+        for fig in ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"):
             if fig in only:
                 load = procs.ForeignLoad()
                 try:

@@ -84,6 +84,8 @@ def table(bench, m):
     self.stats = R
     rows = []
     cols = ["nexusws", "websockify", "plain TCP", "client ceiling", "minimal relay"]
+    if 11 in R:  # figure 11's peer: plain Slurm (bench/slurmfig.py)
+        cols.append("plain Slurm")
 
     def get(fig, metric, t):
         return R.get(fig, {}).get(metric, {}).get(t)
@@ -94,11 +96,11 @@ def table(bench, m):
             return None
         return x["median"] / y["median"]
 
-    def row(label, fig, metric, digits=0, rat=True, target="", verdict=None):
+    def row(label, fig, metric, digits=0, rat=True, target="", verdict=None, versus="websockify"):
         if fig not in R or metric not in R[fig]:
             return
         cells = [fmt(get(fig, metric, c), digits) for c in cols]
-        r = ratio(fig, metric) if rat else None
+        r = ratio(fig, metric, b=versus) if rat else None
         shown = "" if r is None else f"{r:.2f}" if r >= 0.1 else f"{r:.4f}"
         rows.append([label] + cells + [shown, target,
                                       verdict if verdict is not None else ""])
@@ -244,7 +246,13 @@ def table(bench, m):
                 f"gateway CPU µs/{per}", digits, rat=False)
             row(f"{fig}  nexusws CPU per {per}, no tracking, µs (info)", fig,
                 f"gateway CPU µs/{per}" + nt, digits, rat=False)
-    header = ["figure", *cols, "nexusws/websockify", "target", "verdict"]
+    if 11 in R:
+        import slurmfig
+        slurmfig.rows(row)
+    versus = "nexusws/websockify"
+    if 11 in R:  # figure 11's ratio is against plain Slurm
+        versus = "nexusws/plain Slurm" if set(R) == {11} else versus + " (11: /plain Slurm)"
+    header = ["figure", *cols, versus, "target", "verdict"]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = [machine_line(m), ""]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -279,6 +287,9 @@ def table(bench, m):
                      f" ({each}), set-ups summed over wall time;"
                      " 5a runs one loop in the bench process. 5b's client CPU per set-up is"
                      " summed over those processes.")
+    if 11 in self.results:
+        import slurmfig
+        lines += slurmfig.NOTES
     for n in self.notes:
         lines.append(f"note: {n}")
     self.rows = rows

@@ -96,6 +96,8 @@ def make_sessions(options, reactor, notes, metrics=None):
     # which drop it once we are gone (nexusws.sessions.supervisor).
     launcher = Launcher(reactor, relay_output=bool(options["keep_sessions"]))
     slurm = make_slurm_site(options, reactor)
+    if slurm is not None and metrics is not None:
+        metrics.watch_slurm(slurm)
     services = build_services(options["services"], reactor, launcher, slurm_site=slurm)
     if options.get("state_file_is_default"):
         try:

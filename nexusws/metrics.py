@@ -15,6 +15,7 @@ metric.
   nexusws_launch_seconds{service}                 token presented -> instance accepting (histogram)
   nexusws_reattaches_total{service}               WebSockets that re-attached to a detached session
   nexusws_takeovers_total{service}                sessions taken over by a new WebSocket (?takeover=1)
+  nexusws_slurm_commands_total{command}           sbatch, squeue, scancel, sinfo run (Slurm services only)
   nexusws_sessions{service,state}                 live reservations by state (reserved, ..., detached)
   nexusws_session_extends_total{service}          time limits extended (/v1/extend)
   nexusws_session_ends_total{service,reason}      released, closed, grace_expired, idle, max_duration,
@@ -74,6 +75,10 @@ class Metrics:
         service and state, every one of C{states} (read at each scrape)."""
         self.registry.register(_Sessions(sessions, tuple(states)))
 
+    def watch_slurm(self, site):
+        """Report the Slurm commands C{site} (L{nexusws.sessions.slurmsite.SlurmSite}) ran."""
+        self.registry.register(_Slurm(site))
+
     def api_answered(self, call, code):
         """Count one /v1 answer; C{call}: the metric label of the call its path names
         (L{nexusws.api.CALLS} declares them), or None for a path that names none."""
@@ -127,3 +132,20 @@ class _Sessions:
             for state in self.states:
                 gauge.add_metric([service["name"], state], states.count(state))
         yield gauge
+
+
+class _Slurm:
+    """A collector of the Slurm commands the gateway ran (one squeue a poll for all jobs)."""
+
+    def __init__(self, site):
+        self.site = site
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        commands = CounterMetricFamily("nexusws_slurm_commands", "Slurm commands run, by command",
+                                       labels=["command"])
+        for name in ("sbatch", "squeue", "scancel", "sinfo"):
+            commands.add_metric([name], self.site.commands.get(name, 0))
+        yield commands

@@ -211,4 +211,4 @@ def test_the_overlay_shows_the_wait_in_slurms_queue_in_place_then_the_desktop(
         assert gw.stop() == 0
         assert_clean(chromium, token)
     finally:
-        slurm.run("scancel", blocker, check=False)
+        slurm.cancel(blocker)

@@ -169,3 +169,22 @@ def test_a_hundred_pending_jobs_are_one_squeue_a_poll_against_a_real_slurm(slurm
         assert {states[-1].state for states in seen.values()} == {"CANCELLED"}
     finally:
         slurm.run("scancel", f"--name={name}", check=False)
+
+
+def test_a_job_watched_while_a_poll_is_in_flight_is_not_taken_for_gone_by_that_polls_answer():
+    """sbatch answered while squeue ran: that squeue's answer cannot list the new job."""
+    clock, calls = Clock(), []
+
+    def run(argv):
+        calls.append(defer.Deferred())
+        return calls[-1]
+
+    queue = SlurmQueue(clock, "gw", run=run, interval=1.0)
+    seen = watching(queue, "1")
+    clock.advance(0)
+    queue.watch("2", seen.setdefault("2", []).append)  # submitted now, after squeue ran
+    calls[0].callback((line(1).encode(), b"", 0))  # lists job 1 only
+    assert seen["2"] == [], "not gone: that answer predates it"
+    clock.advance(0)
+    calls[1].callback((line(1).encode() + line(2).encode(), b"", 0))
+    assert [job.state for job in seen["2"]] == ["PENDING"]

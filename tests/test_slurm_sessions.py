@@ -5,14 +5,17 @@ fails it if any job is left."""
 
 import asyncio
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
+import urllib.request
 
 import websockets
 
 from nexusws.sessions.slurmsite import job_name
-from support.sessions import SCRIPTS, gateway_args, get, marked, open_ws, reserve, run, session_url, state_path
+from support.sessions import SCRIPTS, echo, gateway_args, get, marked, open_ws, reserve, run, session_url, state_path
 from support.slurm import desktop_config, our_jobs, program_config
 from support.sse import Reader
 
@@ -104,7 +107,7 @@ def test_a_job_waiting_for_resources_is_shown_as_queued_and_starts_when_the_node
         wait_until(lambda: not our_jobs(slurm, tmp_path), "the session's job to end")
         gw.stop()
     finally:
-        slurm.run("scancel", blocker, check=False)
+        slurm.cancel(blocker)
 
 
 def test_a_job_whose_program_fails_before_it_listens_fails_the_start_with_the_programs_words(
@@ -187,6 +190,7 @@ def test_a_gateway_killed_with_sigkill_has_its_jobs_cancelled_by_the_next_start(
     second = gateway(args, http=True)
     second.wait_for(rf"cancelling 1 Slurm job\(s\) a previous run left: {job}")
     wait_until(lambda: not our_jobs(slurm, tmp_path), "the left job to be cancelled")
+    assert list((tmp_path / "jobs").iterdir()) == [], "its report and output removed"
     wait_until(lambda: not marked(marker), "its program to end")
     second.stop()
 
@@ -220,3 +224,77 @@ def test_keep_sessions_leaves_the_job_running_and_the_next_start_takes_it_back(s
     assert get(f"{second.http_url}/v1/release/{token}")[0] == 200
     wait_until(lambda: not our_jobs(slurm, tmp_path), "the adopted job to be cancelled")
     second.stop()
+
+
+def squeue_calls(gw):
+    """nexusws_slurm_commands_total{command="squeue"} of C{gw}."""
+    with urllib.request.urlopen(f"{gw.http_url}/v1/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^nexusws_slurm_commands_total\{command="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def test_a_hundred_queued_sessions_cost_one_squeue_a_poll(slurm, gateway, tmp_path, marker):
+    """Issue 16's polling cost through a gateway: 100 sessions whose jobs wait behind an exclusive
+    one; squeue is run once a poll for all of them, not once a job."""
+    blocker = slurm.submit("--exclusive", "--time=5", "--output=/dev/null", "--wrap", "sleep 300")
+    try:
+        wait_until(lambda: slurm.jobs().get(blocker, ("", ""))[1] == "RUNNING", "the exclusive job to run")
+        config = program_config(tmp_path, echo_programs(marker), count=100)
+        gw = gateway(gateway_args(tmp_path, "--max_reservations_per_user", "0", "--max_tunnels_per_address", "0",
+                                  config=config), http=True)
+        tokens = [reserve(gw, "job") for _ in range(100)]
+
+        async def queued():
+            sockets = [await open_ws(session_url(gw, token)).__aenter__() for token in tokens]
+            try:
+                await asyncio.to_thread(wait_until, lambda: len(our_jobs(slurm, tmp_path)) == 100,
+                                        "100 pending jobs", 60)
+                await asyncio.to_thread(wait_until, lambda: all(
+                    s["instances"] and all(i.get("backend", {}).get("slurm_state") == "PENDING"
+                                           for i in s["instances"]) for s in get(f"{gw.http_url}/v1/status")[1]),
+                    "the gateway to see all of them pending", 60)
+                before, started = squeue_calls(gw), time.monotonic()
+                await asyncio.sleep(10)
+                after, took = squeue_calls(gw), time.monotonic() - started
+                load = get(f"{gw.http_url}/v1/load?format=json")[1]
+                return before, after, took, load
+            finally:
+                for ws in sockets:
+                    await ws.close()
+
+        before, after, took, load = run(queued(), timeout=180)
+        polls = after["squeue"] - before["squeue"]
+        # poll_interval 0.5 s, doubling while nothing changes: at most one call each half second.
+        assert 1 <= polls <= took / 0.5 + 1, (polls, took)
+        assert after["sbatch"] == 100 and load["pending"] == 100 and load["services"]["job"]["pending"] == 100
+        wait_until(lambda: not our_jobs(slurm, tmp_path), "the 100 jobs to be cancelled", 90)
+        assert squeue_calls(gw)["scancel"] == 100
+        gw.stop()
+    finally:
+        slurm.cancel(blocker)
+
+
+def test_a_controller_that_stops_answering_ends_no_session_and_is_one_warning(slurm, gateway, tmp_path, marker):
+    gw = gateway(gateway_args(tmp_path, config=program_config(tmp_path, echo_programs(marker))), http=True)
+    token = reserve(gw, "job")
+
+    async def session():
+        async with open_ws(session_url(gw, token)) as ws:
+            assert (await asyncio.wait_for(ws.recv(), 30)).startswith(b"pid ")
+            slurm.run("scontrol", "shutdown", "slurmctld")
+            try:
+                await asyncio.to_thread(gw.wait_for, r"squeue failed: .*jobs are not taken for gone", 30)
+                await asyncio.sleep(3)
+                await echo(ws, b"still here")
+            finally:
+                subprocess.run(["slurmctld"], env=slurm.env, check=True, timeout=30)  # its saved state: no -c
+                await asyncio.to_thread(wait_until, lambda: subprocess.run(
+                    ["sinfo", "-h"], env=slurm.env, capture_output=True).returncode == 0, "slurmctld back", 60)
+            await asyncio.to_thread(gw.wait_for, r"squeue answers again", 45)
+            await echo(ws, b"and after")
+
+    run(session(), timeout=150)
+    assert gw.log.count("squeue failed") == 1, "one warning for the outage"
+    wait_until(lambda: not our_jobs(slurm, tmp_path), "the job to be cancelled")
+    gw.stop()

@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, formatEvent
 from nexusws.sessions.slurmqueue import SlurmQueue, exit_status, exit_text, expected_start, seconds_of
 from nexusws.sessions.slurmscript import check_options, job_parameters
 from nexusws.sessions.slurmsite import (
+    FILE_POLL,
     MAX_REPORT,
     ReportError,
     SlurmSite,
@@ -215,7 +216,7 @@ def test_a_connection_file_that_vanishes_before_its_read_is_watched_again_by_one
         job = world.job(index)
         world.write(f"{job.id}.json", json.dumps({"job": job.id, "secret": job.secret, "host": "n", "port": 1}))
     first.addCallback(lambda _: os.unlink(world.dir / "102.json"))  # between the listing and 102's read
-    world.clock.advance(0.25)
+    world.clock.advance(FILE_POLL)
     assert result_of(first) is None and not second.called and world.site._looking.running
     looks = [c for c in world.clock.getDelayedCalls() if c.func is world.site._looking]
     assert len(looks) == 1
@@ -289,3 +290,19 @@ def test_startup_that_cannot_list_the_jobs_left_warns_and_releases(tmp_path, slu
     assert lines(events) == ["Slurm service(s) 'desktop': cannot list this gateway's jobs: squeue: error: "
                              "Invalid user"]
     assert result_of(world.site.when_ready()) is None
+
+
+def test_a_slurm_command_that_never_answers_is_killed_and_its_answer_says_so():
+    """A hung controller must not hold a poll (or a start) for ever: run_command kills it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from twisted.internet import reactor\n"
+        "from nexusws.sessions.slurmsite import run_command\n"
+        "def done(result):\n"
+        "    print(repr(result)); reactor.stop()\n"
+        "reactor.callWhenRunning(lambda: run_command(reactor, timeout=0.5)(['sleep', '30']).addCallback(done))\n"
+        "reactor.run()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == repr((b"", b"sleep did not answer within 0.5 s (killed)\n", -9)), out

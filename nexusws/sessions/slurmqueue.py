@@ -108,7 +108,7 @@ class SlurmQueue:
         self._run = run if run is not None else run_command(reactor)
         self.interval, self.max_interval, self.squeue = interval, max_interval, squeue
         self._pause, self._call, self._busy, self._soon = interval, None, False, False
-        self._watchers, self._last = {}, {}
+        self._watchers, self._last, self._asked = {}, {}, set()
         self._next_waiters, self._poll_waiters = [], []  # poll_now's: for the next poll, for this one
         self.outage, self.calls = None, 0
 
@@ -167,6 +167,7 @@ class SlurmQueue:
 
     def _poll(self):
         self._call, self._busy = None, True
+        self._asked = set(self._watchers)  # a job watched during this poll may be too new for its answer
         self._poll_waiters, self._next_waiters = self._next_waiters, []
         self.calls += 1
         argv = [self.squeue, "-h", "-t", "all", f"--name={self.name}", "-O", FORMAT]
@@ -185,6 +186,8 @@ class SlurmQueue:
         jobs = parse(out.decode("utf-8", "replace") if isinstance(out, bytes) else out)
         changed = False
         for job_id, on_change in list(self._watchers.items()):
+            if job_id not in self._asked:
+                continue
             job = jobs.get(job_id)
             if job == self._last.get(job_id, 0):  # 0: never reported
                 continue

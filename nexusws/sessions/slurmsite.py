@@ -13,6 +13,7 @@ L{SlurmSite} holds:
 L{read_connection_file} checks a job's report before the gateway believes it.
 """
 
+import collections
 import errno
 import hashlib
 import hmac
@@ -32,13 +33,16 @@ from nexusws.sessions.slurmqueue import SlurmQueue, command_env
 _log = logger("nexusws.slurm")
 
 #: Seconds between two looks at the connection files of jobs that have not reported.
-FILE_POLL = 0.25
+FILE_POLL = 0.1
 
 #: What scancel says of a job that has ended already (no failure: what it was asked is done).
 GONE = ("already completing or completed", "Invalid job id specified")
 
 #: Seconds between two squeue calls while something changes (a service's C{poll_interval}).
 POLL_INTERVAL = 2.0
+
+#: Seconds a Slurm command may run before it is killed (Slurm's own MessageTimeout is 10 s).
+COMMAND_TIMEOUT = 60.0
 
 #: The largest connection file read (a job's report is a few dozen bytes).
 MAX_REPORT = 64 * 1024
@@ -108,9 +112,20 @@ def read_connection_file(path, job_id, secret):
 class _Command(ProcessProtocol):
     """One command's output and exit code; C{input} written to its stdin first."""
 
-    def __init__(self, input):
-        self.input, self.out, self.err = input, [], []
+    timer = None
+
+    def __init__(self, input, name=""):
+        self.input, self.out, self.err, self.name = input, [], [], name
         self.done = defer.Deferred()
+
+    def overdue(self, seconds):
+        """It ran C{seconds}: killed, and its answer says so (a controller that never answers)."""
+        self.timer = None
+        self.err = [f"{self.name} did not answer within {seconds:g} s (killed)\n".encode()]
+        try:
+            self.transport.signalProcess("KILL")
+        except Exception:
+            pass
 
     def connectionMade(self):
         if self.input:
@@ -124,25 +139,29 @@ class _Command(ProcessProtocol):
         self.err.append(data)
 
     def processEnded(self, reason):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
         code = getattr(reason.value, "exitCode", None)
         if code is None:
             code = -(getattr(reason.value, "signal", None) or 1)
         self.done.callback((b"".join(self.out), b"".join(self.err), code))
 
 
-def run_command(reactor):
-    """C{run(argv, input=None)} -> Deferred((stdout, stderr, exit code)), through Twisted's process API."""
+def run_command(reactor, timeout=COMMAND_TIMEOUT):
+    """C{run(argv, input=None)} -> Deferred((stdout, stderr, exit code)), through Twisted's process
+    API; a command still running after C{timeout} seconds is killed (its code -9, its stderr says why)."""
 
     def run(argv, input=None):
         env = command_env()
         program = shutil.which(argv[0], path=env["PATH"])
         if program is None:
             return defer.fail(FileNotFoundError(f"{argv[0]} not found on PATH ({env['PATH']})"))
-        command = _Command(input)
+        command = _Command(input, os.path.basename(argv[0]))
         try:
             reactor.spawnProcess(command, program, list(argv), env=env)
         except OSError as e:
             return defer.fail(e)
+        command.timer = reactor.callLater(timeout, command.overdue, timeout)
         return command.done
 
     return run
@@ -157,7 +176,8 @@ class SlurmSite:
 
     def __init__(self, reactor, name, run=None, interval=POLL_INTERVAL, max_interval=30.0, file_poll=FILE_POLL):
         self.reactor, self.name = reactor, name
-        self.run = run if run is not None else run_command(reactor)
+        self._run = run if run is not None else run_command(reactor)
+        self.commands = collections.Counter()  # Slurm commands run, by name (a metric)
         self.queue = SlurmQueue(reactor, name, run=lambda argv: self.run(argv), interval=interval,
                                 max_interval=max_interval)
         self._files = {}  # job id -> (directory, callback)
@@ -183,6 +203,11 @@ class SlurmSite:
         d = defer.Deferred()
         self._waiting.append(d)
         return d
+
+    def run(self, argv, input=None):
+        """Run a Slurm command (counted in L{commands}): a Deferred((stdout, stderr, code))."""
+        self.commands[os.path.basename(argv[0])] += 1
+        return self._run(argv, input)
 
     # --- connection files -------------------------------------------------------------
 
@@ -313,6 +338,13 @@ def startup(site, services, adopted=()):
         if left:
             _log.info("cancelling {count} Slurm job(s) a previous run left: {jobs}", count=len(left),
                       jobs=", ".join(left))
+            for directory in {getattr(s, "connection_dir", None) for s in services} - {None}:
+                for job in left:  # their reports and output, which no stop will remove now
+                    for name in (f"{job}.json", f"{site.name}-{job}.out"):
+                        try:
+                            os.unlink(os.path.join(directory, name))
+                        except OSError:
+                            pass
             return defer.DeferredList([site.cancel(job) for job in left])
 
     site.hold()  # a job submitted meanwhile would be taken for one the previous run left

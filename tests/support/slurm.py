@@ -45,6 +45,17 @@ class Slurm:
         return {i: (name, state, reason) for i, name, state, reason in
                 (line.split("|", 3) for line in out.splitlines() if line)}
 
+    def cancel(self, job, timeout=30.0):
+        """scancel C{job} and wait until Slurm no longer counts it live (COMPLETING is)."""
+        import time
+
+        self.run("scancel", job, check=False)
+        deadline = time.monotonic() + timeout
+        while job in self.live_jobs():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job} still live {timeout:g} s after scancel")
+            time.sleep(0.1)
+
     def live_jobs(self):
         """The jobs not yet ended: pending, running, completing."""
         return {i: j for i, j in self.jobs().items() if j[1] in ("PENDING", "RUNNING", "COMPLETING",
@@ -88,8 +99,8 @@ def desktop_config(tmp_path, **options):
     return path
 
 
-def program_config(tmp_path, programs, **options):
-    config = {"job": {"script": str(SESSIONS / "slurm_program.py"), "count": 2, "options": dict(
+def program_config(tmp_path, programs, count=2, **options):
+    config = {"job": {"script": str(SESSIONS / "slurm_program.py"), "count": count, "options": dict(
         programs=programs, connection_dir=str(jobs_dir(tmp_path)), host="127.0.0.1", poll_interval=0.5,
         **options)}}
     path = tmp_path / "slurm_program.json"
