@@ -33,7 +33,8 @@ from support.browser import (  # noqa: F401 (the fixtures chromium and novnc)
 )
 from support.desktop import COLOUR, free_display, processes_with
 from support.sessions import get, reserve
-from support.sse import Reader
+from support.sessions import session_snapshot as session
+from support.sse import events_of
 from support.waiting import wait_until
 
 SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
@@ -106,22 +107,6 @@ def xvfb_of(display):
         except OSError:
             pass
     return pids
-
-
-def session(gw, token):
-    status, snapshot = get(f"{gw.http_url}/v1/session/{urllib.parse.quote(token)}")
-    assert status == 200, (status, snapshot)
-    return snapshot
-
-
-def events_of(gw, token):
-    """Every event of C{token}'s session so far, once it has ended (the stream then closes)."""
-    stream = Reader(f"{gw.http_url}/v1/events/{urllib.parse.quote(token)}")
-    try:
-        wait_until(lambda: stream.closed, 15, "the event stream's end")
-        return [e["data"] for e in stream.events]
-    finally:
-        stream.close()
 
 
 def state_of(page):

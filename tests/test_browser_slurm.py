@@ -27,8 +27,9 @@ from support.browser import (  # noqa: F401 (the fixtures chromium and novnc)
     wait_for_desktop,
 )
 from support.sessions import gateway_args, get, reserve
+from support.sessions import session_snapshot as session
 from support.slurm import desktop_config, our_jobs
-from support.sse import Reader
+from support.sse import Reader, events_of
 from support.waiting import wait_until
 
 SERVICE = "Cluster Desktop"
@@ -64,12 +65,6 @@ def open_viewer(chromium, gw, token, zone=None):
     return page
 
 
-def session(gw, token):
-    status, snapshot = get(f"{gw.http_url}/v1/session/{urllib.parse.quote(token)}")
-    assert status == 200, (status, snapshot)
-    return snapshot
-
-
 def job_programs(job):
     """The pids of the Xvfb and x11vnc of Slurm job C{job} (on this machine: the one node)."""
     found = set()
@@ -85,16 +80,6 @@ def job_programs(job):
             except OSError:
                 pass
     return found
-
-
-def events_of(gw, token):
-    """Every event of C{token}'s session so far, once it has ended (the stream then closes)."""
-    stream = Reader(f"{gw.http_url}/v1/events/{urllib.parse.quote(token)}")
-    try:
-        wait_until(lambda: stream.closed, 15, "the event stream's end")
-        return [e["data"] for e in stream.events]
-    finally:
-        stream.close()
 
 
 def assert_clean(chromium, *secrets):

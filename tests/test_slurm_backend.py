@@ -4,6 +4,7 @@ test writing its connection file. No real Slurm, no sleep."""
 
 import ast
 import json
+import os
 import time
 
 import pytest
@@ -50,7 +51,7 @@ def test_sbatch_gets_the_sites_arguments_then_ours_and_the_job_script_on_stdin(w
     world.start(1)
     [(argv, script)] = [call for call in world.slurm.calls if call[0][0] == "sbatch"]
     where = str(world.dir)
-    assert argv == ["sbatch", "--partition=gpu", "--parsable", f"--job-name={NAME}",
+    assert argv == ["sbatch", "--partition=gpu", "--parsable", "--no-requeue", f"--job-name={NAME}",
                     f"--comment=nexusws {digest('desktop', 8)}:1:{digest(TOKEN)}", "--export=NONE",
                     f"--output={where}/{NAME}-%j.out", f"--chdir={where}"]
     text = script.decode()
@@ -185,9 +186,25 @@ def test_a_job_that_ends_before_it_reports_fails_with_its_exit_and_last_output_l
     assert list(world.dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("fields", [{"secret": "not-it"}, {"job": "102"}])
+def test_a_stale_or_forged_report_is_one_warning_and_the_jobs_own_still_starts_the_session(world, events, fields):
+    """An earlier job's report of the same id (a Slurm state reset) or a forgery: ignored, not
+    read again while unchanged; the job's own, renamed over it as its runner does, is believed."""
+    d = world.start()
+    world.report(**fields)
+    world.clock.pump([FILE_POLL] * 10)
+    assert not d.called
+    [warning] = warnings(events)
+    assert "is not job 101's (its job id or secret differs); waiting for the job's own" in warning
+    job = world.job()
+    own = world.write("partial", json.dumps({"job": job.id, "secret": job.secret, "host": "node1", "port": 5901}))
+    os.replace(own, world.dir / "101.json")
+    world.clock.advance(FILE_POLL)
+    assert result_of(d) == ("node1", 5901)
+    assert list(world.dir.iterdir()) == [], "a report read is removed: its secret lives in memory alone"
+
+
 @pytest.mark.parametrize("fields, why", [
-    ({"secret": "not-it"}, "is not job 101's (its job id or secret differs)"),
-    ({"job": "102"}, "is not job 101's (its job id or secret differs)"),
     ({"error": "Xvnc exited (status 1)"}, "Xvnc exited (status 1)"),
     ({"port": 0}, "'port' is not a port number"),
     ({"host": "node 1"}, "'host' is not a host name"),
@@ -337,3 +354,60 @@ def test_a_report_before_any_running_poll_counts_its_time_limit_from_the_report(
     world.slurm.show(101, "RUNNING", "None", "node1", limit="2:00:00", left="1:59:00")
     world.clock.advance(1)
     assert world.service.ends_at(0) == pytest.approx(world.clock.seconds() + 7140), "time_left once it is seen"
+
+
+# --- what the hostile review found --------------------------------------------------------
+
+
+def test_a_submission_whose_answer_was_lost_is_found_by_its_comment_and_cancelled(world, events):
+    """sbatch timed out (a stalled controller) but its request got through: the job is found
+    by the comment that only this start has, and cancelled, not left to run for its --time."""
+    world.slurm.submits.append((b"", b"sbatch: error: Batch job submission failed: Socket timed out on "
+                                     b"send/recv operation\n", 1))
+    failure_of(world.start(), StartFailure)
+    comment = world.job().comment
+    world.slurm.answers["own"] = (b"", b"", 0)  # not there yet
+    world.clock.advance(0)
+    assert world.slurm.argvs("scancel") == []
+    world.slurm.answers["own"] = (f"4242|{comment}|\n4243|nexusws other:0:ab|\n".encode(), b"", 0)
+    world.clock.advance(5)
+    assert world.slurm.argvs("scancel") == [["scancel", "4242"]], "that start's job only"
+    assert any("Slurm job 4242 was made though sbatch's answer was lost" in w for w in warnings(events))
+    calls = len(world.slurm.calls)
+    world.clock.advance(600)
+    assert len(world.slurm.calls) == calls, "found: looked for no more"
+
+
+def test_a_lost_submission_is_looked_for_a_while_then_given_up(world):
+    world.slurm.submits.append((b"", b"sbatch: error: Socket timed out\n", 1))
+    failure_of(world.start(), StartFailure)
+    world.clock.pump([5] * 70)
+    looks = len(world.slurm.argvs("squeue"))
+    assert 50 <= looks <= 62, looks
+    world.clock.pump([5] * 10)
+    assert len(world.slurm.argvs("squeue")) == looks
+
+
+def test_a_running_job_requeued_from_outside_ends_its_session_and_is_still_cancelled(world):
+    world.running()
+    world.slurm.show(101, "PENDING", "BeginTime")
+    world.clock.pump([1] * 3)
+    assert world.ended == [(world.service, 0, "Slurm job 101 was requeued")]
+    stopped = world.service.stop(0)
+    assert world.slurm.argvs("scancel") == [["scancel", "101"]], "requeued, it would run again"
+    world.slurm.show(101, "CANCELLED", "None")
+    world.clock.pump([1] * 3)
+    assert fired(stopped)
+
+
+def test_a_job_requeued_before_it_reported_waits_again_without_its_start_timeout(world):
+    d = world.start()
+    world.slurm.show(101, "RUNNING", "None", "node1")
+    world.clock.advance(0)
+    world.slurm.show(101, "PENDING", "BeginTime")
+    world.clock.pump([1] * 40)  # longer than the start timeout (30 s)
+    assert not d.called and world.progress[-1][1].startswith("waiting in Slurm's queue: BeginTime")
+    world.slurm.show(101, "RUNNING", "None", "node1")
+    world.clock.advance(1)
+    world.report()
+    assert result_of(d) == ("node1", 5901)

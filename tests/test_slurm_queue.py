@@ -47,7 +47,7 @@ def test_one_squeue_a_poll_for_every_watched_job_and_its_command_line():
     seen = watching(queue, *[str(i) for i in range(100, 200)])
     clock.advance(0)
     assert queue.calls == 1 and all(len(states) == 1 for states in seen.values())
-    assert squeue.argvs[0] == ["squeue", "-h", "-t", "all", "--name=nexusws-1a2b3c4d", "-O", FORMAT]
+    assert squeue.argvs[0] == ["squeue", "-h", "--me", "-t", "all", "--name=nexusws-1a2b3c4d", "-O", FORMAT]
     assert seen["150"] == [Job("150", "PENDING", "Resources", None, None, "1:00:00", "1:00:00", "0")]
 
 

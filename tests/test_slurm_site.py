@@ -13,17 +13,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 
 from nexusws.sessions.slurmqueue import SlurmQueue, exit_status, exit_text, expected_start, seconds_of
+from nexusws.sessions.slurmreport import MAX_REPORT, ReportError, connection_directory, read_connection_file
 from nexusws.sessions.slurmscript import check_options, job_parameters
-from nexusws.sessions.slurmsite import (
-    FILE_POLL,
-    MAX_REPORT,
-    ReportError,
-    SlurmSite,
-    connection_directory,
-    job_name,
-    read_connection_file,
-    startup,
-)
+from nexusws.sessions.slurmsite import FILE_POLL, SlurmSite, job_name, startup
 from support.deferreds import result_of
 from support.slurm_fakes import NAME, FakeSlurm, World
 
@@ -251,6 +243,11 @@ def slurm_path(tmp_path, monkeypatch):
 
 def test_startup_holds_submissions_until_the_jobs_a_previous_run_left_are_cancelled(tmp_path, slurm_path):
     world = World(tmp_path)
+    for job in ("5", "7", "8"):  # 5 ended while the gateway was down; 8 is taken back
+        world.write(f"{job}.json", "{}")
+        world.output(job, "")
+    world.write("other-gateway-9.out", "")
+    world.write("9.json", "{}")
     world.slurm.answers["own"] = own = defer.Deferred()
     done = startup(world.site, [world.service], adopted={"8"})
     world.start()
@@ -259,6 +256,8 @@ def test_startup_holds_submissions_until_the_jobs_a_previous_run_left_are_cancel
     assert result_of(done) is None
     assert [argv[0] for argv, _ in world.slurm.calls] == ["sinfo", "squeue", "scancel", "scancel", "sbatch"]
     assert world.slurm.argvs("scancel") == [["scancel", "7"], ["scancel", "10"]]
+    assert sorted(p.name for p in world.dir.iterdir()) == ["8.json", "9.json", f"{NAME}-8.out",
+                                                            "other-gateway-9.out"], "ours removed, but 8's"
     assert world.slurm.argvs("squeue")[0] == ["squeue", "-h", "--me", f"--name={NAME}", "-t",
                                               "PENDING,RUNNING,SUSPENDED,CONFIGURING", "-O", "JobID:|,Comment:"]
 

@@ -29,7 +29,8 @@
   slurmscript  the script API of a Slurm service, SlurmScript (public path: nexusws.services)
   slurm        the Slurm backend (SlurmService): a session is a batch job; kept and adopted jobs
   slurminstance  one instance's job: sbatch, the queue's progress, the report, scancel (Job)
-  slurmsite    what the Slurm services share: job name, queue, connection files, sbatch/scancel
+  slurmsite    what the Slurm services share: job name, queue, the reports' poll, sbatch/scancel
+  slurmreport  a job's report (the connection file) checked, and its directory
   slurmjob     the program inside a session's job (sent to sbatch; imports nothing of ours)
 
 May import: the standard library, Twisted, zope.interface, and nexusws's

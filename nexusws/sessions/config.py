@@ -77,7 +77,7 @@ class ServiceSpec:
         try:
             if self.slurm:
                 from nexusws.sessions.slurm import SlurmService
-                from nexusws.sessions.slurmsite import connection_directory
+                from nexusws.sessions.slurmreport import connection_directory
                 try:
                     where = connection_directory(self.options.get("connection_dir"))
                 except ValueError as e:

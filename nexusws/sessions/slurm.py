@@ -48,6 +48,8 @@ class SlurmService:
         self.digest = digest(name, 8)
         self._jobs = {}
         self.script = script_class(copy.deepcopy(common_options))
+        if site is not None:
+            site.services.append(self)
 
     def __repr__(self):
         return f"<SlurmService {self.name!r} count={self.count}>"

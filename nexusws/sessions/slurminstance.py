@@ -37,9 +37,10 @@ from twisted.python.failure import Failure
 from nexusws.logs import describe, logger, printable
 from nexusws.sessions import slurmjob
 from nexusws.sessions.backend import CRASHED, FAILED, StartFailure
-from nexusws.sessions.slurmqueue import ENDED, REASONS, exit_status, exit_text, expected_start, seconds_of
+from nexusws.sessions.slurmqueue import ENDED, REASONS, REQUEUED, exit_status, exit_text, expected_start, seconds_of
+from nexusws.sessions.slurmreport import ReportError, read_connection_file
 from nexusws.sessions.slurmscript import job_parameters, own_option
-from nexusws.sessions.slurmsite import ReportError, digest, read_connection_file
+from nexusws.sessions.slurmsite import digest
 
 _log = logger("nexusws.slurm")
 
@@ -57,6 +58,7 @@ class Job:
     """One instance's job, from its submission to its end (see the module docstring)."""
 
     id = address = password = slurm_state = node = reason = ends_at = time_limit = None
+    _foreign = None  # (inode, mtime) of a report that is not this job's: not read again
 
     def __init__(self, service, index):
         self.service, self.index, self.site = service, index, service.site
@@ -96,8 +98,10 @@ class Job:
             self._fail(CRASHED, f"sbatch_arguments() gave {taken}, which is nexusws's own")
             return self.started
         where = service.connection_dir
-        argv = ["sbatch", *arguments, "--parsable", f"--job-name={self.site.name}",
-                f"--comment=nexusws {service.digest}:{self.index}:{digest(options.get('token', ''))}",
+        self.comment = f"nexusws {service.digest}:{self.index}:{digest(options.get('token', ''))}"
+        # --no-requeue: a session's job that fails or loses its node ends (NODE_FAIL), never runs again.
+        argv = ["sbatch", *arguments, "--parsable", "--no-requeue", f"--job-name={self.site.name}",
+                f"--comment={self.comment}",
                 "--export=NONE", f"--output={os.path.join(where, self.site.name)}-%j.out", f"--chdir={where}"]
         script = f"#!{service.python}\n{JOB_SOURCE}\nmain(json.loads({json.dumps(params)!r}))\n"
         service.progress(self.index, "submitting the job to Slurm")
@@ -120,6 +124,7 @@ class Job:
                     err.decode("utf-8", "replace").splitlines() if line.strip()]
             why = printable("; ".join(said), limit=500) or text(out) or f"exit {code}"
             self._fail(FAILED, f"sbatch refused the job: {why}", exit_status=code if code else None)
+            self.site.find_lost(self.comment)  # a lost answer (a timeout) may still have made a job
             return
         self.id = job_id
         _log.info("{service}[{index}]: Slurm job {job} submitted", service=self.service.name, index=self.index,
@@ -145,7 +150,17 @@ class Job:
         self.slurm_state, self.node = job.state, job.node or self.node
         self.time_limit = seconds_of(job.time_limit)
         self.reason = job.reason if job.state == "PENDING" else None
-        if job.state == "PENDING":
+        if job.state in REQUEUED and self.state == "running" and not self._stopped:
+            # Requeued (by an administrator: nexusws asks for --no-requeue): its session is gone.
+            self.state = "ended"
+            why = f"Slurm job {self.id} was requeued"
+            _log.info("{service}[{index}]: {why}", service=self.service.name, index=self.index, why=why)
+            if self.service.on_ended is not None:
+                self.service.on_ended(self.service, self.index, why)
+        elif job.state in REQUEUED:
+            if self._shown == "RUNNING":  # back in the queue before it reported: wait again
+                self._cancel_timer()
+                self._shown = None
             self._pending(job)
         elif job.state == "RUNNING":
             left = seconds_of(job.time_left)
@@ -180,14 +195,28 @@ class Job:
 
     def _reported(self, path):
         try:
+            seen = os.stat(path, follow_symlinks=False)
+            seen = (seen.st_ino, seen.st_mtime_ns)
+            if seen == self._foreign:  # the stale report again: the job's own replaces it
+                raise FileNotFoundError(path)
             report = read_connection_file(path, self.id, self.secret)
         except FileNotFoundError:
             self.site.watch_file(self.service.connection_dir, self.id, self._reported)
             return
-        except (OSError, ReportError) as e:
+        except ReportError as e:
+            if e.foreign:  # a stale report (an earlier job of that id, a forgery): the job's own awaited
+                _log.warn("{service}[{index}]: {why}; waiting for the job's own", service=self.service.name,
+                          index=self.index, why=str(e))
+                self._foreign = seen
+                self.site.watch_file(self.service.connection_dir, self.id, self._reported)
+                return
             last = self._last_output(own=False)  # the program's last words, if it said any
             self._fail(FAILED, f"Slurm job {self.id}: {e}" + (f": {last}" if last else ""))
             return
+        except OSError as e:
+            self._fail(FAILED, f"Slurm job {self.id}: {e}")
+            return
+        _remove(path)  # its secret and password are kept in memory (and the state file) alone
         if self.state != "starting" or self.started.called:
             return
         self._cancel_timer()
@@ -323,3 +352,12 @@ class Job:
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:
             d.callback(None)
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        _log.warn("cannot remove {path}: {why}", path=path, why=e.strerror)

@@ -30,6 +30,7 @@ the last line of when a job ends before it reported.
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -45,6 +46,7 @@ GRACE = 5.0
 
 #: Placeholders in the programs' arguments.
 PLACEHOLDERS = ("port", "host", "display", "password_file", "user", "dir")
+PLACEHOLDER = re.compile("\\{(" + "|".join(PLACEHOLDERS) + ")\\}")
 
 
 class JobError(Exception):
@@ -85,6 +87,57 @@ def accepts(host, port):
             return True
     except OSError:
         return False
+
+
+def listeners(port):
+    """The socket inodes listening on TCP C{port} (any address), from /proc/net; None without it."""
+    found, read = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found if read else None
+
+
+def descendants(root):
+    """C{root} and every process below it (from /proc's parent ids)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def socket_inodes(pids):
+    """The inodes of the sockets C{pids} hold open."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    return inodes
 
 
 def write_connection_file(directory, job, content):
@@ -158,16 +211,33 @@ class Job:
                                f"{self.params.get('ready_timeout', 60)} s")
             time.sleep(0.005)  # a connect to a port nobody listens on costs microseconds
         self._check_alive("")
+        taken = self._taken_by_another(port)
+        if taken:
+            raise JobError(taken)
         self._report({"host": self.host, "port": port, "password": self.password})
         say(f"ready at {self.host}:{port}")
 
+    def _taken_by_another(self, port):
+        """Why the listener on C{port} is not this job's (another user of the node bound it
+        first), or None: it is held by the job's own processes, or /proc cannot tell."""
+        listening = listeners(port)
+        if listening is None:
+            return None  # no /proc/net: nothing to check against
+        ours = socket_inodes(descendants(os.getpid()))
+        if listening and not listening & ours:
+            return (f"port {port} on {self.host} is held by a process that is not this job's "
+                    f"(another user of the node bound it first); not reporting it")
+        return None
+
     def _fill(self, arg):
-        for name in PLACEHOLDERS:
-            if "{" + name + "}" in arg:
-                if name not in self.values:
-                    raise JobError(f"{{{name}}} in a program's arguments, but the job has none")
-                arg = arg.replace("{" + name + "}", self.values[name])
-        return arg
+        """C{arg} with its placeholders put in, in one pass: a value is never expanded again."""
+        def value(found):
+            name = found.group(1)
+            if name not in self.values:
+                raise JobError(f"{{{name}}} in a program's arguments, but the job has none")
+            return self.values[name]
+
+        return PLACEHOLDER.sub(value, arg)
 
     def _spawn(self, argv):
         try:

@@ -29,6 +29,9 @@ from nexusws.logs import logger, printable
 _log = logger("nexusws.slurm")
 
 #: Slurm's states of a job that has ended (or is ending: COMPLETING).
+#: Slurm's states of a job sent back to the queue (after it ran, or was about to).
+REQUEUED = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
+
 ENDED = frozenset({"COMPLETED", "COMPLETING", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
                    "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "STOPPED"})
 
@@ -170,7 +173,7 @@ class SlurmQueue:
         self._asked = set(self._watchers)  # a job watched during this poll may be too new for its answer
         self._poll_waiters, self._next_waiters = self._next_waiters, []
         self.calls += 1
-        argv = [self.squeue, "-h", "-t", "all", f"--name={self.name}", "-O", FORMAT]
+        argv = [self.squeue, "-h", "--me", "-t", "all", f"--name={self.name}", "-O", FORMAT]
         d = self._run(argv)
         d.addCallbacks(self._answered, self._failed)
         d.addErrback(lambda f: _log.failure("handling squeue's answer failed", f))

@@ -89,9 +89,14 @@ OWN_OPTIONS = {"--job-name": "-J", "--comment": None, "--export": None, "--outpu
 
 
 def own_option(argument):
-    """The option of L{OWN_OPTIONS} that C{argument} gives, or None."""
+    """The option of L{OWN_OPTIONS} that C{argument} gives, or None. sbatch takes any
+    unambiguous start of a long option (C{--wra=...} is C{--wrap}): a start counts."""
     for long, short in OWN_OPTIONS.items():
-        if argument == long or argument.startswith(long + "=") or (short and argument.startswith(short)):
+        if argument.startswith("--"):
+            name = argument[2:].split("=", 1)[0]
+            if len(name) >= 2 and long[2:].startswith(name):
+                return long
+        elif short and argument.startswith(short):
             return long
     return None
 

@@ -14,14 +14,10 @@ L{read_connection_file} checks a job's report before the gateway believes it.
 """
 
 import collections
-import errno
 import hashlib
-import hmac
-import json
 import os
 import shutil
 import socket
-import stat
 
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
@@ -44,8 +40,12 @@ POLL_INTERVAL = 2.0
 #: Seconds a Slurm command may run before it is killed (Slurm's own MessageTimeout is 10 s).
 COMMAND_TIMEOUT = 60.0
 
-#: The largest connection file read (a job's report is a few dozen bytes).
-MAX_REPORT = 64 * 1024
+#: Seconds a submission whose answer was lost is looked for (sbatch is killed after
+#: COMMAND_TIMEOUT; a stalled controller may take its request in a while after).
+SUSPECT_WATCH = 300.0
+
+#: Seconds between two looks for such a job.
+SWEEP_INTERVAL = 5.0
 
 
 def job_name(state_file, host=None):
@@ -57,56 +57,6 @@ def job_name(state_file, host=None):
 def digest(text, size=16):
     """A short digest of C{text} (a token, a service's name) fit to show every cluster user."""
     return hashlib.sha256(str(text).encode()).hexdigest()[:size]
-
-
-class ReportError(Exception):
-    """A connection file that cannot be believed, or one that reports the job's failure; one line."""
-
-
-def read_connection_file(path, job_id, secret):
-    """The report of job C{job_id} in C{path}: C{{"host", "port", "password"}}.
-
-    Believed only if it is a regular file (not a link) of this process's user that no one
-    else may read or write, of at most L{MAX_REPORT} bytes of JSON naming C{job_id} and
-    carrying C{secret}.
-
-    @raise FileNotFoundError: not written yet.
-    @raise ReportError: anything else wrong with it, or the job's own C{"error"}.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise
-        raise ReportError(f"connection file {path}: {e.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ReportError(f"connection file {path} is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise ReportError(f"connection file {path} is not the gateway user's alone "
-                              f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o})")
-        raw = f.read(MAX_REPORT + 1)
-    try:
-        report = json.loads(raw[:MAX_REPORT].decode("utf-8")) if len(raw) <= MAX_REPORT else None
-    except (UnicodeDecodeError, ValueError):
-        report = None
-    if not isinstance(report, dict):
-        raise ReportError(f"connection file {path} is not a JSON object of at most {MAX_REPORT} bytes")
-    given = str(report.get("secret", "")).encode("utf-8", "surrogatepass")
-    if report.get("job") != str(job_id) or not hmac.compare_digest(given, secret.encode()):
-        raise ReportError(f"connection file {path} is not job {job_id}'s (its job id or secret differs)")
-    if "error" in report:
-        raise ReportError(printable(str(report["error"]), limit=500))
-    host, port, password = report.get("host"), report.get("port"), report.get("password")
-    if not isinstance(host, str) or not host or any(c.isspace() for c in host):
-        raise ReportError(f"connection file {path}: 'host' is not a host name")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise ReportError(f"connection file {path}: 'port' is not a port number")
-    if password is not None and not isinstance(password, str):
-        raise ReportError(f"connection file {path}: 'password' is not a string")
-    return {"host": host, "port": port, "password": password}
 
 
 class _Command(ProcessProtocol):
@@ -185,6 +135,8 @@ class SlurmSite:
         self._looking.clock = reactor
         self._file_poll = file_poll
         self._ready, self._waiting = True, []
+        self.services = []  # the Slurm services on this site (each adds itself): the jobs they hold
+        self._suspects, self._sweep_call = {}, None  # comment -> until when it is looked for
 
     def hold(self):
         """Submit nothing until L{release}: L{startup} is finding what a previous run left."""
@@ -242,6 +194,37 @@ class SlurmSite:
         if not self._files and self._looking.running:
             self._looking.stop()
 
+    # --- submissions whose answer was lost ----------------------------------------------
+
+    def find_lost(self, comment):
+        """sbatch failed, but its request may have reached the controller (a timeout): look for a
+        job with C{comment} (unique to that start) for L{SUSPECT_WATCH} seconds and cancel it."""
+        self._suspects[comment] = self.reactor.seconds() + SUSPECT_WATCH
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(0, self._sweep)
+
+    def _sweep(self):
+        self._sweep_call = None
+        d = self.own_jobs()
+
+        def answered(jobs):
+            held = {job for service in self.services for job in service.job_ids()}
+            for job_id, comment in sorted(jobs.items()):
+                if comment in self._suspects and job_id not in held:
+                    _log.warn("Slurm job {job} was made though sbatch's answer was lost: cancelling it", job=job_id)
+                    del self._suspects[comment]
+                    self.cancel(job_id)
+            now = self.reactor.seconds()  # only an answer says a job is not there (yet)
+            self._suspects = {c: until for c, until in self._suspects.items() if until > now}
+
+        d.addCallbacks(answered, lambda f: None)  # squeue failing: the next look tells
+        d.addErrback(lambda f: _log.failure("looking for lost submissions failed", f))
+        d.addBoth(lambda _: self._next_sweep())
+
+    def _next_sweep(self):
+        if self._suspects and self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(SWEEP_INTERVAL, self._sweep)
+
     # --- commands ---------------------------------------------------------------------
 
     def cancel(self, job_id):
@@ -281,37 +264,12 @@ class SlurmSite:
 
     def stop(self):
         self.queue.stop()
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
         self._files.clear()
         if self._looking.running:
             self._looking.stop()
-
-
-def connection_directory(path=None):
-    """The connection directory C{path} (default C{~/.nexusws/slurm}), made (mode 0700) if absent.
-
-    @raise ValueError: it is unfit: not a directory, not this user's, writable by others.
-    """
-    if path is None:
-        home = os.path.expanduser("~")
-        if home == "~" or not os.path.isabs(home):
-            raise ValueError("the gateway's user has no home directory: give a directory shared with the nodes")
-        path = os.path.join(home, ".nexusws", "slurm")
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise ValueError(f"{path} is not a directory")
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"cannot create {path}: {e.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"{path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise ValueError(f"{path} is not the gateway user's (owner uid {info.st_uid})")
-    if info.st_mode & 0o022:
-        raise ValueError(f"{path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
-                         f"anyone could forge a job's report")
-    return path
 
 
 def startup(site, services, adopted=()):
@@ -334,17 +292,15 @@ def startup(site, services, adopted=()):
                       why=printable(err.decode("utf-8", "replace").strip(), limit=300))
 
     def cancel_left(jobs):
-        left = sorted(set(jobs) - {str(j) for j in adopted}, key=lambda j: (len(j), j))
+        kept = {str(j) for j in adopted}
+        left = sorted(set(jobs) - kept, key=lambda j: (len(j), j))
+        # What no stop will remove now: the files of every job of ours but those taken back
+        # (reports hold a password and a secret), of jobs ended meanwhile too.
+        for directory in {getattr(s, "connection_dir", None) for s in services} - {None}:
+            _sweep_files(directory, site.name, kept)
         if left:
             _log.info("cancelling {count} Slurm job(s) a previous run left: {jobs}", count=len(left),
                       jobs=", ".join(left))
-            for directory in {getattr(s, "connection_dir", None) for s in services} - {None}:
-                for job in left:  # their reports and output, which no stop will remove now
-                    for name in (f"{job}.json", f"{site.name}-{job}.out"):
-                        try:
-                            os.unlink(os.path.join(directory, name))
-                        except OSError:
-                            pass
             return defer.DeferredList([site.cancel(job) for job in left])
 
     site.hold()  # a job submitted meanwhile would be taken for one the previous run left
@@ -353,3 +309,19 @@ def startup(site, services, adopted=()):
     d.addErrback(lambda f: _log.warn("Slurm service(s) {names}: cannot list this gateway's jobs: {why}",
                                      names=names, why=printable(f.getErrorMessage())))
     return d.addBoth(lambda _: site.release())
+
+
+def _sweep_files(directory, name, kept):
+    """Remove this gateway's job files in C{directory} (C{<name>-<id>.out}, and the reports
+    C{<id>.json} whose job ran its output there) but those of the jobs C{kept}."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    ours = {n[len(name) + 1:-4] for n in names if n.startswith(name + "-") and n.endswith(".out")}
+    for job in ours - kept:
+        for gone in (f"{name}-{job}.out", f"{job}.json"):
+            try:
+                os.unlink(os.path.join(directory, gone))
+            except OSError:
+                pass

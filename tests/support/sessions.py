@@ -62,6 +62,13 @@ def get(url, headers=None):
             return e.code, json.loads(e.read() or b"null")
 
 
+def session_snapshot(gw, token):
+    """GET /v1/session/{token} of C{gw} (it must answer 200): the session's snapshot."""
+    status, snapshot = get(f"{gw.http_url}/v1/session/{urllib.parse.quote(token)}")
+    assert status == 200, (status, snapshot)
+    return snapshot
+
+
 def reserve(gw, service, **options):
     """Reserve C{service} on C{gw}; return the token (the call must succeed)."""
     query = urllib.parse.urlencode(options)

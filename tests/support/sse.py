@@ -9,6 +9,7 @@ import urllib.parse
 from twisted.internet.testing import StringTransport
 
 from support.http import PEER
+from support.waiting import wait_until
 
 
 def dechunk(body):
@@ -120,3 +121,13 @@ class Reader:
 
     def close(self):
         self.connection.close()
+
+
+def events_of(gw, token):
+    """Every event of C{token}'s session so far, once it has ended (the stream then closes)."""
+    stream = Reader(f"{gw.http_url}/v1/events/{urllib.parse.quote(token)}")
+    try:
+        wait_until(lambda: stream.closed, 15, "the event stream's end")
+        return [e["data"] for e in stream.events]
+    finally:
+        stream.close()
