@@ -231,7 +231,8 @@ def test_a_slurm_services_options_are_checked_when_the_config_is_read(tmp_path):
                                             "options": {"programs": [["true"]], **options}}}))
         return read_config(path)
 
-    assert read(sbatch=["--time=5", "-A", "acct", "--exclusive", "--constraint=gpu"])[0].slurm
+    assert read(sbatch=["--time=5", "-A", "acct", "-Aalpha", "-vvv", "-pgpu", "--exclusive", "--constraint=gpu",
+                        "--nodes=1", "--mem=4G", "--reservation=r", "--wait-all-nodes=1"])[0].slurm
     for options, said in [({"sbatch": "--time=5"}, "'options.sbatch' must be a list of strings"),
                           ({"sbatch": ["-J", "mine"]}, "'options.sbatch': --job-name is nexusws's own"),
                           ({"sbatch": ["--output=/tmp/x"]}, "--output is nexusws's own"),
@@ -239,6 +240,11 @@ def test_a_slurm_services_options_are_checked_when_the_config_is_read(tmp_path):
                           ({"sbatch": ["--wra=hostname"]}, "--wrap is nexusws's own"),  # sbatch takes a start
                           ({"sbatch": ["--arr=0-2"]}, "--array is nexusws's own"),
                           ({"sbatch": ["--outp", "/tmp/x"]}, "--output is nexusws's own"),
+                          ({"sbatch": ["-va0-1"]}, "--array is nexusws's own"),  # grouped: -v -a 0-1
+                          ({"sbatch": ["-vJx"]}, "--job-name is nexusws's own"),
+                          ({"sbatch": ["--wait"]}, "--wait is nexusws's own, or a session's job cannot work"),
+                          ({"sbatch": ["-H"]}, "--hold is nexusws's own"),
+                          ({"sbatch": ["--requeue"]}, "--requeue is nexusws's own"),
                           ({"python": "python3"}, "'options.python' must be an absolute path"),
                           ({"poll_interval": 0}, "'options.poll_interval' must be a number of seconds >= 0.1"),
                           ({"queue_timeout": -1}, "'options.queue_timeout' must be a number"),

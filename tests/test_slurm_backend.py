@@ -370,8 +370,11 @@ def test_a_submission_whose_answer_was_lost_is_found_by_its_comment_and_cancelle
     world.clock.advance(0)
     assert world.slurm.argvs("scancel") == []
     world.slurm.answers["own"] = (f"4242|{comment}|\n4243|nexusws other:0:ab|\n".encode(), b"", 0)
+    world.write("4242.json", "{}")  # it ran and reported before it was found
+    world.output(4242, "")
     world.clock.advance(5)
     assert world.slurm.argvs("scancel") == [["scancel", "4242"]], "that start's job only"
+    assert list(world.dir.iterdir()) == [], "its report (a secret, a password) and output removed"
     assert any("Slurm job 4242 was made though sbatch's answer was lost" in w for w in warnings(events))
     calls = len(world.slurm.calls)
     world.clock.advance(600)

@@ -127,17 +127,20 @@ def descendants(root):
 
 
 def socket_inodes(pids):
-    """The inodes of the sockets C{pids} hold open."""
-    inodes = set()
+    """The inodes of the sockets C{pids} hold open, and how many of C{pids} could not be read
+    (gone meanwhile is no failure)."""
+    inodes, unreadable = set(), 0
     for pid in pids:
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
+        except PermissionError:
+            unreadable += 1
         except OSError:
             continue
-    return inodes
+    return inodes, unreadable
 
 
 def write_connection_file(directory, job, content):
@@ -223,8 +226,14 @@ class Job:
         listening = listeners(port)
         if listening is None:
             return None  # no /proc/net: nothing to check against
-        ours = socket_inodes(descendants(os.getpid()))
-        if listening and not listening & ours:
+        ours, unreadable = socket_inodes(descendants(os.getpid()))
+        # Every listener on the port must be the job's: one of another user's on 127.0.0.1 beside
+        # the job's on [::] (a program that binds each family on its own) would get the session.
+        if listening - ours:
+            if unreadable:  # a program of the job's whose sockets cannot be seen (not dumpable)
+                say(f"port {port}: cannot tell whose every listener is ({unreadable} process(es) "
+                    f"of the job not readable); reporting it")
+                return None
             return (f"port {port} on {self.host} is held by a process that is not this job's "
                     f"(another user of the node bound it first); not reporting it")
         return None

@@ -85,19 +85,28 @@ class SlurmScript:
 #: sbatch's options nexusws sets itself (after the service's), or that would break its job:
 #: long form -> short form (or None).
 OWN_OPTIONS = {"--job-name": "-J", "--comment": None, "--export": None, "--output": "-o", "--chdir": "-D",
-               "--parsable": None, "--wrap": None, "--array": "-a"}
+               "--parsable": None, "--wrap": None, "--array": "-a", "--no-requeue": None, "--requeue": None,
+               "--wait": "-W", "--hold": "-H", "--test-only": None}
+
+#: sbatch's short options that take no value: in a group (C{-vW}) the next letter is another option.
+FLAGS = set("hHIkOQsuvVW")
 
 
 def own_option(argument):
     """The option of L{OWN_OPTIONS} that C{argument} gives, or None. sbatch takes any
     unambiguous start of a long option (C{--wra=...} is C{--wrap}): a start counts."""
-    for long, short in OWN_OPTIONS.items():
-        if argument.startswith("--"):
-            name = argument[2:].split("=", 1)[0]
+    if argument.startswith("--"):
+        name = argument[2:].split("=", 1)[0]
+        for long in OWN_OPTIONS:
             if len(name) >= 2 and long[2:].startswith(name):
                 return long
-        elif short and argument.startswith(short):
-            return long
+        return None
+    shorts = {short[1]: long for long, short in OWN_OPTIONS.items() if short}
+    for letter in argument[1:] if argument.startswith("-") else "":  # grouped: -vJx is -v -J x
+        if letter in shorts:
+            return shorts[letter]
+        if letter not in FLAGS:
+            return None  # a letter that takes a value: the rest is its value
     return None
 
 
@@ -108,8 +117,8 @@ def check_options(options):
         return "'options.sbatch' must be a list of strings (sbatch's arguments)"
     taken = next((own_option(a) for a in sbatch if own_option(a)), None)
     if taken is not None:
-        return (f"'options.sbatch': {taken} is nexusws's own (it names, places and watches each job; "
-                f"see the README's Sessions on a Slurm cluster)")
+        return (f"'options.sbatch': {taken} is nexusws's own, or a session's job cannot work with it "
+                f"(see the README's Sessions on a Slurm cluster)")
     for key in ("connection_dir", "python", "host"):
         value = options.get(key)
         if key in options and (not isinstance(value, str) or not value.strip() or "\0" in value):

@@ -213,13 +213,22 @@ class SlurmSite:
                 if comment in self._suspects and job_id not in held:
                     _log.warn("Slurm job {job} was made though sbatch's answer was lost: cancelling it", job=job_id)
                     del self._suspects[comment]
-                    self.cancel(job_id)
+                    self.cancel(job_id).addCallback(lambda _, job=job_id: self._remove_files(job))
             now = self.reactor.seconds()  # only an answer says a job is not there (yet)
             self._suspects = {c: until for c, until in self._suspects.items() if until > now}
 
         d.addCallbacks(answered, lambda f: None)  # squeue failing: the next look tells
         d.addErrback(lambda f: _log.failure("looking for lost submissions failed", f))
         d.addBoth(lambda _: self._next_sweep())
+
+    def _remove_files(self, job_id):
+        """Job C{job_id}'s report and output, which no stop will remove (no session holds it)."""
+        for directory in {getattr(s, "connection_dir", None) for s in self.services} - {None}:
+            for name in (f"{job_id}.json", f"{self.name}-{job_id}.out"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except OSError:
+                    pass
 
     def _next_sweep(self):
         if self._suspects and self._sweep_call is None:
