@@ -396,6 +396,7 @@ def test_a_running_job_requeued_from_outside_ends_its_session_and_is_still_cance
     world.slurm.show(101, "PENDING", "BeginTime")
     world.clock.pump([1] * 3)
     assert world.ended == [(world.service, 0, "Slurm job 101 was requeued")]
+    assert world.service.lost(0) is None, "its end is known: nothing to ask Slurm"
     stopped = world.service.stop(0)
     assert world.slurm.argvs("scancel") == [["scancel", "101"]], "requeued, it would run again"
     world.slurm.show(101, "CANCELLED", "None")

@@ -283,8 +283,8 @@ class Job:
         self._timer = None
 
     def lost(self):
-        if self.id is None or self._ended_seen or self._stopped:
-            return None
+        if self.id is None or self._ended_seen or self._stopped or self.state == "ended":
+            return None  # nothing to find out: no job, or its end is known (a requeue too)
         return defer.ensureDeferred(self._ask_after_loss())
 
     async def _ask_after_loss(self):
