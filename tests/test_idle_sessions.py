@@ -16,7 +16,7 @@ import websockets
 
 from conftest import ROOT, require
 from support.desktop import free_display, processes_with
-from support.sessions import SCRIPTS, gateway_args, get, open_ws, reserve, run, session_url
+from support.sessions import SCRIPTS, closed_with, gateway_args, get, open_ws, reserve, run, session_url
 
 DESKTOP = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
 FBUR = struct.pack("!BBHHHH", 3, 1, 0, 0, 640, 480)
@@ -72,14 +72,6 @@ class Rfb:
             pass
 
 
-async def closed_code(ws):
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), 30)
-    except websockets.ConnectionClosed as closed:
-        return closed.rcvd.code, closed.rcvd.reason
-
-
 def test_a_viewer_that_only_asks_for_updates_is_warned_and_ended_for_idleness(gateway, tmp_path, desktop):
     gw = gateway(gateway_args(tmp_path, "--idle_timeout", "6", "--idle_warning", "3", config=desktop), http=True)
     token = reserve(gw, "desk")
@@ -124,7 +116,7 @@ def test_pointer_events_keep_it_and_it_ends_once_they_stop(gateway, tmp_path, de
             _, snapshot = get(f"{gw.http_url}/v1/session/{token}")
             assert snapshot["state"] == "active" and snapshot["idle"] < 2.5, snapshot
             assert snapshot["bytes_up"] > 9 * (len(FBUR) + len(POINTER))
-            return await closed_code(ws)
+            return await closed_with(ws)
 
     assert run(user()) == (4002, "session ended: idle")
 
@@ -143,7 +135,7 @@ def test_a_time_limit_warns_ends_and_extend_postpones_it(gateway, tmp_path):
             assert get(f"{gw.http_url}/v1/extend/{token}?seconds=4")[0] == 403
             status, snapshot = get(f"{gw.http_url}/v1/extend/{token}?seconds=3")
             assert status == 200 and 6 < snapshot["time_left"] <= 7
-            code = await closed_code(ws)
+            code = await closed_with(ws)
             return code, time.monotonic() - started
 
     (code, reason), after = run(session())

@@ -15,7 +15,19 @@ import urllib.request
 import websockets
 
 from nexusws.sessions.slurmsite import job_name
-from support.sessions import SCRIPTS, echo, gateway_args, get, marked, open_ws, reserve, run, session_url, state_path
+from support.sessions import (
+    SCRIPTS,
+    closed_with,
+    echo,
+    gateway_args,
+    get,
+    marked,
+    open_ws,
+    reserve,
+    run,
+    session_url,
+    state_path,
+)
 from support.slurm import desktop_config, our_jobs, program_config
 from support.sse import Reader
 
@@ -50,14 +62,10 @@ async def first_line(url):
         return got.split(b"\n")[0]
 
 
-async def closed_with(url):
+async def closed_on(url):
     """Open C{url} and wait for the server's close frame: C{(code, reason)}."""
     async with open_ws(url) as ws:
-        try:
-            while True:
-                await asyncio.wait_for(ws.recv(), 60)
-        except websockets.ConnectionClosed as e:
-            return e.rcvd.code, e.rcvd.reason
+        return await closed_with(ws)
 
 
 def test_a_cluster_desktop_is_a_job_whose_x11vnc_greets_through_the_websocket_and_ends_with_it(
@@ -115,7 +123,7 @@ def test_a_job_whose_program_fails_before_it_listens_fails_the_start_with_the_pr
     failing = [["/bin/sh", "-c", "echo 'cannot open the licence file' >&2; exit 3"]]
     gw = gateway(gateway_args(tmp_path, config=program_config(tmp_path, failing)), http=True)
     token = reserve(gw, "job")
-    code, reason = run(closed_with(session_url(gw, token)))
+    code, reason = run(closed_on(session_url(gw, token)))
     assert code == 1011 and "sh exited (status 3)" in reason, (code, reason)
     assert reason.endswith(": cannot open the licence file"), reason
     wait_until(lambda: not our_jobs(slurm, tmp_path), "no job left")
@@ -128,7 +136,7 @@ def test_a_refused_submission_fails_the_start_with_slurms_message(slurm, gateway
     gw = gateway(gateway_args(tmp_path, config=config), http=True)
     token = reserve(gw, "job")
     events = Reader(f"{gw.http_url}/v1/events/{token}")
-    code, reason = run(closed_with(session_url(gw, token)))
+    code, reason = run(closed_on(session_url(gw, token)))
     said = ("sbatch refused the job: invalid partition specified: no-such-partition; "
             "Batch job submission failed: Invalid partition name specified")
     # A close reason is 123 bytes at most: cut in its middle; the event has all of it.
@@ -170,7 +178,7 @@ def test_a_job_that_never_reports_is_cancelled_after_the_start_timeout(slurm, ga
     gw = gateway(gateway_args(tmp_path, "--start_timeout", "3",
                               config=program_config(tmp_path, silent, ready_timeout=100)), http=True)
     token = reserve(gw, "job")
-    code, reason = run(closed_with(session_url(gw, token)))
+    code, reason = run(closed_on(session_url(gw, token)))
     assert code == 1011 and "did not report where it listens within 3 s of its start; it is cancelled" in reason
     wait_until(lambda: not our_jobs(slurm, tmp_path), "the job to be cancelled")
     wait_until(lambda: not marked(marker), "the job's program to end")
@@ -202,7 +210,7 @@ def test_without_slurms_commands_a_slurm_service_is_one_start_up_line_and_a_clea
                  env=env)
     gw.wait_for(r"Slurm service\(s\) 'job': sbatch, squeue, scancel not found on PATH")
     token = reserve(gw, "job")
-    code, reason = run(closed_with(session_url(gw, token)))
+    code, reason = run(closed_on(session_url(gw, token)))
     assert code == 1011 and reason.startswith("cannot run sbatch"), (code, reason)
     assert gw.log.count("Slurm service(s)") == 1
     gw.stop()

@@ -341,13 +341,7 @@ class Job:
         if self.id is not None:
             self.site.queue.unwatch(self.id)
             self.site.unwatch_file(self.id)
-            for name in (f"{self.id}.json", f"{self.site.name}-{self.id}.out"):
-                try:
-                    os.unlink(os.path.join(self.service.connection_dir, name))
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    _log.warn("cannot remove {name}: {why}", name=name, why=e.strerror)
+            self.site.remove_files(self.id, [self.service.connection_dir])
         self.state = "stopped"
         waiters, self._stop_waiters = self._stop_waiters, []
         for d in waiters:

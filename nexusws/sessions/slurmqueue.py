@@ -14,7 +14,8 @@ is an outage: one warning when it begins, one line when it ends, the pause
 backs off meanwhile, and no job is taken for gone during it.
 
 C{run(argv)} runs a command and fires with C{(stdout, stderr, exit code)}
-(L{run_command}: Twisted's process API, never blocking the reactor).
+(the site's, L{nexusws.sessions.slurmsite.SlurmSite.run}: Twisted's process API,
+never blocking the reactor, a hung command killed).
 """
 
 import collections
@@ -22,7 +23,7 @@ import os
 import re
 import time
 
-from twisted.internet import defer, utils
+from twisted.internet import defer
 
 from nexusws.logs import logger, printable
 
@@ -89,26 +90,17 @@ def parse(output):
     return jobs
 
 
-def run_command(reactor):
-    """A C{run} for L{SlurmQueue}: the command's output and exit code, through Twisted's process API."""
-
-    def run(argv):
-        return utils.getProcessOutputAndValue(argv[0], argv[1:], env=command_env(), reactor=reactor)
-
-    return run
-
-
 class SlurmQueue:
     """The state of one gateway's Slurm jobs (see the module docstring).
 
     @param name: the job name all of the gateway's jobs have (C{sbatch --job-name}).
-    @param run: C{argv -> Deferred((stdout, stderr, code))}; L{run_command} by default.
+    @param run: C{argv -> Deferred((stdout, stderr, code))}.
     @ivar calls: how many squeue commands it ran (for its tests and its metrics).
     """
 
-    def __init__(self, reactor, name, run=None, interval=2.0, max_interval=30.0, squeue="squeue"):
+    def __init__(self, reactor, name, run, interval=2.0, max_interval=30.0, squeue="squeue"):
         self._reactor, self.name = reactor, name
-        self._run = run if run is not None else run_command(reactor)
+        self._run = run
         self.interval, self.max_interval, self.squeue = interval, max_interval, squeue
         self._pause, self._call, self._busy, self._soon = interval, None, False, False
         self._watchers, self._last, self._asked = {}, {}, set()

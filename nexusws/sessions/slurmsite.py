@@ -128,7 +128,7 @@ class SlurmSite:
         self.reactor, self.name = reactor, name
         self._run = run if run is not None else run_command(reactor)
         self.commands = collections.Counter()  # Slurm commands run, by name (a metric)
-        self.queue = SlurmQueue(reactor, name, run=lambda argv: self.run(argv), interval=interval,
+        self.queue = SlurmQueue(reactor, name, run=self.run, interval=interval,
                                 max_interval=max_interval)
         self._files = {}  # job id -> (directory, callback)
         self._looking = LoopingCall(self._look)
@@ -213,7 +213,7 @@ class SlurmSite:
                 if comment in self._suspects and job_id not in held:
                     _log.warn("Slurm job {job} was made though sbatch's answer was lost: cancelling it", job=job_id)
                     del self._suspects[comment]
-                    self.cancel(job_id).addCallback(lambda _, job=job_id: self._remove_files(job))
+                    self.cancel(job_id).addCallback(lambda _, job=job_id: self.remove_files(job))
             now = self.reactor.seconds()  # only an answer says a job is not there (yet)
             self._suspects = {c: until for c, until in self._suspects.items() if until > now}
 
@@ -221,14 +221,21 @@ class SlurmSite:
         d.addErrback(lambda f: _log.failure("looking for lost submissions failed", f))
         d.addBoth(lambda _: self._next_sweep())
 
-    def _remove_files(self, job_id):
-        """Job C{job_id}'s report and output, which no stop will remove (no session holds it)."""
-        for directory in {getattr(s, "connection_dir", None) for s in self.services} - {None}:
+    def directories(self):
+        """The connection directories of its services."""
+        return {service.connection_dir for service in self.services}
+
+    def remove_files(self, job_id, directories=None):
+        """Remove job C{job_id}'s report and output from C{directories} (default: all of its
+        services'); a file already gone is no error, another failure a warning."""
+        for directory in self.directories() if directories is None else directories:
             for name in (f"{job_id}.json", f"{self.name}-{job_id}.out"):
                 try:
                     os.unlink(os.path.join(directory, name))
-                except OSError:
+                except FileNotFoundError:
                     pass
+                except OSError as e:
+                    _log.warn("cannot remove {name}: {why}", name=name, why=e.strerror)
 
     def _next_sweep(self):
         if self._suspects and self._sweep_call is None:
@@ -305,8 +312,8 @@ def startup(site, services, adopted=()):
         left = sorted(set(jobs) - kept, key=lambda j: (len(j), j))
         # What no stop will remove now: the files of every job of ours but those taken back
         # (reports hold a password and a secret), of jobs ended meanwhile too.
-        for directory in {getattr(s, "connection_dir", None) for s in services} - {None}:
-            _sweep_files(directory, site.name, kept)
+        for directory in site.directories():
+            _sweep_files(site, directory, kept)
         if left:
             _log.info("cancelling {count} Slurm job(s) a previous run left: {jobs}", count=len(left),
                       jobs=", ".join(left))
@@ -320,17 +327,13 @@ def startup(site, services, adopted=()):
     return d.addBoth(lambda _: site.release())
 
 
-def _sweep_files(directory, name, kept):
-    """Remove this gateway's job files in C{directory} (C{<name>-<id>.out}, and the reports
+def _sweep_files(site, directory, kept):
+    """Remove the site's job files in C{directory} (C{<name>-<id>.out}, and the reports
     C{<id>.json} whose job ran its output there) but those of the jobs C{kept}."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
-    ours = {n[len(name) + 1:-4] for n in names if n.startswith(name + "-") and n.endswith(".out")}
-    for job in ours - kept:
-        for gone in (f"{name}-{job}.out", f"{job}.json"):
-            try:
-                os.unlink(os.path.join(directory, gone))
-            except OSError:
-                pass
+    prefix = site.name + "-"
+    for job in {n[len(prefix):-4] for n in names if n.startswith(prefix) and n.endswith(".out")} - kept:
+        site.remove_files(job, [directory])
