@@ -9,8 +9,9 @@ tests/test_architecture.py; docs/architecture.rst draws it):
                  start-up, shutdown), cli (console script), services (the
                  public import path of the script API, imported by nothing here)
   3  tunnel      routing, handshake, closing, bridge: a WebSocket to a TCP backend
-     http        responses, ranges, files, web, viewer, controls, streams, api: the HTTP
-                 tree and /v1 (controls: a session's snapshot, touch, extend; streams: its events)
+     http        responses, ranges, files, web, viewer, controls, streams, portal, api: the
+                 HTTP tree and /v1 (controls: a session's snapshot, touch, extend; streams: its
+                 events; portal: the calls of the session portal and the admin dashboard)
   2  sessions/   a session's life, reservation to the last process ended
   1  access      groups, limits, sites, auth, admission: who may do what, how much
   0  foundation  errors, convert, scrub, logs, clock, internals, answers, addresses,

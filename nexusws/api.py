@@ -14,6 +14,7 @@ Every call is a GET answered with JSON (errors as C{{"error": "..."}}):
   /v1/stop                      200 {"stopping": true}, then a graceful shutdown
   /v1/metrics                   200 Prometheus metrics, text exposition format (nexusws.metrics)
   /v1/load                      200 the node's load, 0-100, as text; ?format=json: its parts (nexusws.load)
+  /v1/services, /v1/sessions, /v1/admin...: the portal's and the dashboard's (nexusws.portal)
 
 Each call is declared once, in L{CALLS}: its arity, whether it changes something,
 who may make it, its metric label and its handler; dispatch, 404, 405, HEAD, that
@@ -31,7 +32,8 @@ C{?security_token=...} or C{Authorization: Bearer ...} or it gets 401; but a
 session's own calls (session, events, touch, extend: C{by_token} in L{CALLS})
 are answered without it, as the token's WebSocket is: the reservation token in
 their path is their credential, under its access rule (its user, from a
-trusted proxy, or anyone for an anonymous reservation).
+trusted proxy, or anyone for an anonymous reservation). A user a trusted proxy
+names (authenticated by it) needs no security token for the calls marked C{by_user}.
 
 Access (see L{nexusws.auth}): the caller's user comes from the user header
 of a trusted proxy or, on a call authenticated with the security token, from
@@ -48,8 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import resource
 
+from nexusws import portal
 from nexusws.answers import HTML, TEXT, Answers
 from nexusws.auth import Access
 from nexusws.controls import extend, session, touch
@@ -58,8 +61,8 @@ from nexusws.groups import check_user
 from nexusws.limits import QuotaExceeded, check_reservation_quota
 from nexusws.logs import logger, printable
 from nexusws.metrics import CONTENT_TYPE
-from nexusws.responses import respond
-from nexusws.scrub import mask_options, redact
+from nexusws.responses import answer_later, respond
+from nexusws.scrub import mask_options
 from nexusws.sessions.records import check_options
 from nexusws.sessions.registry import NoFreeInstance, NotRecorded, UnknownToken
 from nexusws.status_page import status_page
@@ -94,6 +97,7 @@ class Who(enum.Enum):
     ANYONE = "anyone"
     LOCAL = "local"  # a local client, or a call with the security token
     REMOTE_API = "remote_api"  # those, and anyone else under --allow_remote_api
+    ADMIN = "admin"  # an administrator (nexusws.auth.Access.is_admin)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Call:
     #: The reservation token in its path is its credential: it is answered without the
     #: security token too (as the token's WebSocket is), under the token's own access rule.
     by_token: bool = False
+    #: Answered without the security token to a user a trusted proxy names, under its L{Who}.
+    by_user: bool = False
 
     @property
     def methods(self):
@@ -142,6 +148,9 @@ class ApiRoot(resource.Resource):
     isLeaf = True
     #: Outstanding reservations per user, or anonymous address (0: no limit); set by assemble.
     max_reservations_per_user = 0
+    #: C{()} -> where the WebSocket listener is (L{nexusws.portal.services}); set by assemble.
+    websocket = None
+    watchers = None  # the live views' L{nexusws.portal.Watchers}, once one is open
 
     def __init__(self, security_token=None, registry=None, stop=None, reactor=None, access=None,
                  metrics=None, load=None):
@@ -175,7 +184,10 @@ class ApiRoot(resource.Resource):
             return answer.error(request, 403, refusal)
         authorized = self.authorized(request)
         with_token = self._token.required and authorized
-        if not authorized and not (call is not None and call.by_token and call.takes(args)):
+        # A by_user call without the token: is the caller a user a trusted proxy names?
+        caller = None if authorized or call is None or not call.by_user else self._caller(request, with_token)
+        if not authorized and not (call is not None and call.takes(args) and (
+                call.by_token or (caller is not None and caller.proxied and caller.user is not None))):
             request.setHeader(b"www-authenticate", b'Bearer realm="nexusws"')
             return answer.error(request, 401, "missing or wrong security_token")
         if request.method not in API_METHODS:
@@ -186,30 +198,42 @@ class ApiRoot(resource.Resource):
         if request.method not in call.methods:
             request.setHeader(b"allow", b", ".join(call.methods))
             return answer.error(request, 405, f"/v1/{name} answers {b' and '.join(call.methods).decode()} only")
-        caller = self._caller(request, with_token)
-        if isinstance(caller, bytes):
-            return caller
+        caller = caller or self._caller(request, with_token)
+        if caller.problem:
+            return answer.error(request, 400, f"user parameter: {caller.problem}")
+        if call.who is Who.ADMIN and not self.is_admin(caller):
+            self.refused(caller, name, "not an administrator")
+            return answer.error(request, 403, f"/v1/{name} is for administrators (--admin_group)")
         if not self._may_call(call, caller):
-            self._refused(caller, name, "a client on another host without the security token")
+            self.refused(caller, name, "a client on another host without the security token")
             more = " (or the server's --allow_remote_api)" if call.who is Who.REMOTE_API else ""
-            return answer.error(request, 403, f"/v1/{name} from another host needs the security token{more}")
+            return answer.error(request, 403, f"/v1/{name} from another host or through a proxy needs the "
+                                              f"security token{more}")
         return call.handler(self, request, caller, *args)
+
+    def caller_of(self, request):
+        """The L{nexusws.auth.Identity} of C{request} (for the tree's pages: the dashboard's guard)."""
+        return self._caller(request, self._token.required and self.authorized(request))
+
+    def is_admin(self, caller):
+        """Whether C{caller} is an administrator (L{nexusws.auth.Access.is_admin})."""
+        return self.access.is_admin(caller, self._token.required)
 
     def _may_call(self, call, caller):
         """Whether C{caller} may make C{call}, by its L{Who} (see L{Access.may_change})."""
-        if call.who is Who.ANYONE:
+        if call.who in (Who.ANYONE, Who.ADMIN):
             return True
         return self.access.may_change(caller, caller.with_token, call.who is Who.REMOTE_API)
 
     def _caller(self, request, with_token):
         """The caller's L{nexusws.auth.Identity}, with C{with_token} set (whether the
-        request carried the security token); or the bytes of a 400 answer for an
-        unusable C{user} parameter."""
+        request carried the security token) and C{problem}: why its C{user} parameter
+        is unusable (a 400), or None."""
         headers = {}
         for name, values in request.requestHeaders.getAllRawHeaders():
             headers[name.decode("latin-1").lower()] = ", ".join(v.decode("latin-1") for v in values)
         caller = self.access.identify(request.getClientAddress(), headers)
-        caller.with_token = with_token
+        caller.with_token, caller.problem = with_token, None
         named = request.args.get(b"user")
         if named and not caller.with_token:
             _log.warn("ignored the user parameter from {client}: only calls with the "
@@ -221,13 +245,13 @@ class ApiRoot(resource.Resource):
                 user, problem = None, "not UTF-8"
             if len(named) > 1:
                 problem = "given more than once"
-            if problem:
-                return answer.error(request, 400, f"user parameter: {problem}")
-            caller.user = user
+            caller.user, caller.named, caller.problem = user, True, problem
         return caller
 
-    def _refused(self, caller, call, reason):
-        _log.warn("/v1/{call} refused: {client} as {user}: {reason}", call=call,
+    def refused(self, caller, call, reason, what=None):
+        """Log one refusal of /v1/C{call} (or of C{what}, a page's path in bytes) to C{caller}."""
+        shown = f"/v1/{call}" if what is None else what.decode("latin-1")
+        _log.warn("{what} refused: {client} as {user}: {reason}", what=printable(shown),
                   client=printable(caller.client), reason=reason,
                   user="anonymous" if caller.user is None else repr(printable(caller.user)))
 
@@ -239,14 +263,14 @@ class ApiRoot(resource.Resource):
             return answer.error(request, 404, f"unknown service {printable(name)!r}")
         refusal = self.access.refusal(caller.user, service)
         if refusal is not None:
-            self._refused(caller, "reserve", refusal)
+            self.refused(caller, "reserve", refusal)
             return answer.error(request, 403, refusal)
         address = None if caller.with_token else caller.client  # with the token: by the user it names only
         try:
             check_reservation_quota(self.registry.outstanding(caller.user, address), caller.user, address,
                                     self.max_reservations_per_user)
         except QuotaExceeded as e:
-            self._refused(caller, "reserve", str(e))
+            self.refused(caller, "reserve", str(e))
             return answer.error(request, 429, str(e))
         options = reservation_options(request)
         try:
@@ -274,7 +298,7 @@ class ApiRoot(resource.Resource):
         # The security token without a user parameter is the operator's: it may release any.
         if owner is not None and caller.user != owner and not (
                 caller.with_token and not request.args.get(b"user")):
-            self._refused(caller, "release", f"the token was reserved by {printable(owner)!r}")
+            self.refused(caller, "release", f"the token was reserved by {printable(owner)!r}")
             return answer.error(request, 403, "this token was reserved by another user")
         d = defer.maybeDeferred(self.registry.release, token)
 
@@ -345,8 +369,8 @@ class ApiRoot(resource.Resource):
 #: its metric label all follow from the entry.
 CALLS = {call.name: call for call in (
     #    name           arity  mutating  who              handler                metric
-    Call("reserve",     1,     True,     Who.REMOTE_API,  ApiRoot._reserve,      "reserve"),
-    Call("release",     1,     True,     Who.REMOTE_API,  ApiRoot._release,      "release"),
+    Call("reserve",     1,     True,     Who.REMOTE_API,  ApiRoot._reserve,      "reserve",      by_user=True),
+    Call("release",     1,     True,     Who.REMOTE_API,  ApiRoot._release,      "release",      by_user=True),
     Call("status",      0,     False,    Who.ANYONE,      ApiRoot._status,       "status"),
     Call("status_view", 0,     False,    Who.ANYONE,      ApiRoot._status_view,  "status_view"),
     Call("stop",        0,     True,     Who.LOCAL,       ApiRoot._stop_server,  "stop"),
@@ -356,22 +380,12 @@ CALLS = {call.name: call for call in (
     Call("events",      1,     False,    Who.ANYONE,      events,                "events",       by_token=True),
     Call("touch",       1,     True,     Who.ANYONE,      touch,                 "touch",        by_token=True),
     Call("extend",      1,     True,     Who.ANYONE,      extend,                "extend",       by_token=True),
+    Call("services",    0,     False,    Who.ANYONE,      portal.services,       "services",     by_user=True),
+    Call("sessions",    0,     False,    Who.ANYONE,      portal.sessions,       "sessions",     by_user=True),
+    Call("admin",       0,     False,    Who.ADMIN,       portal.admin,          "admin",        by_user=True),
+    Call("admin_end",   1,     True,     Who.ADMIN,       portal.admin_end,      "admin_end",    by_user=True),
+    Call("admin_extend", 1,    True,     Who.ADMIN,       portal.admin_extend,   "admin_extend", by_user=True),
 )}
 
 #: The methods some call answers (C{Allow} of the 405 to any other).
 API_METHODS = tuple(dict.fromkeys(m for call in CALLS.values() for m in call.methods))
-
-
-def answer_later(request, d):
-    """Write the body C{d} fires with, unless the client has gone by then."""
-    gone = []
-    request.notifyFinish().addErrback(gone.append)
-
-    def write(body):
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    d.addCallback(write)
-    d.addErrback(lambda f: _log.failure("answering {uri} failed", f, uri=printable(redact(request.path))))
-    return server.NOT_DONE_YET

@@ -179,6 +179,16 @@ class AdvertisedURL:
         return self.url
 
 
+def websocket_place(options, listener):
+    """C{()} -> where pages here reach the ws listener (L{nexusws.portal.services}):
+    --advertise_url, else its port (None on a UNIX socket) and whether it is wss."""
+    def place():
+        host = None if listener.port is None else listener.port.getHost()
+        return {"url": options.get("advertise_url") or None, "port": getattr(host, "port", None),
+                "secure": listener.scheme == "wss"}
+    return place
+
+
 def build_service(options, reactor):
     """The gateway's service tree for parsed L{nexusws.tap.Options}, on C{reactor}.
 
@@ -200,6 +210,7 @@ def build_service(options, reactor):
         api = ApiRoot(options["security_token"], registry=registry, stop=reactor.stop, reactor=reactor,
                       access=access, metrics=metrics, load=node_load)
         api.max_reservations_per_user = options["max_reservations_per_user"]  # nexusws.limits
+        api.websocket = websocket_place(options, listeners[0])
         site = make_site(options["http_directory"], api, reactor,  # limits and HSTS: nexusws.web
                          viewer=viewer_resource(options["novnc_dir"]), allow_dotfiles=options["http_allow_dotfiles"],
                          max_header_size=options["http_max_header_size"],

@@ -88,9 +88,10 @@ class Identity:
     @ivar proxied: whether the peer is a trusted proxy.
     @ivar forwarded: whether the request came through a proxy, trusted or not:
         it carries the user header or one of L{FORWARDING_HEADERS}.
-    @ivar with_token: the request carried the security token (set by the API)."""
+    @ivar with_token: the request carried the security token (set by the API);
+        C{named}: its C{user} came from the call's C{user} parameter (the API's)."""
 
-    with_token = False
+    with_token = named = False
 
     def __init__(self, user, client, peer, proxied, forwarded):
         self.user, self.client, self.peer, self.proxied = user, client, peer, proxied
@@ -141,11 +142,15 @@ class Access:
     @param allow_remote_api: reserve and release need neither a local client
         nor the security token.
     @param sites: the L{Sites} whose pages and names may call the API (default: no
-        --allowed_host nor --allowed_origin)."""
+        --allowed_host nor --allowed_origin).
+    @param admin_group: the group whose members see and act on every session (the
+        dashboard, L{is_admin}), or None."""
 
     def __init__(self, trusted=None, user_header="X-Remote-User", groups_file=None,
-                 os_groups=None, require_group=None, allow_remote_api=False, sites=None):
+                 os_groups=None, require_group=None, allow_remote_api=False, sites=None,
+                 admin_group=None):
         self.sites = sites if sites is not None else Sites()
+        self.admin_group = admin_group
         self.trusted = trusted if trusted is not None else TrustedProxies()
         self.user_header = check_header_name(user_header)
         self.groups_file, self.os_groups = groups_file, os_groups
@@ -213,6 +218,17 @@ class Access:
             return True
         return self.allow_remote_api and remote_api
 
+    def is_admin(self, identity, token_configured):
+        """Whether C{identity} is an administrator, who sees and acts on every session: the
+        security token without a C{user} parameter, a direct local caller when no security
+        token is configured (as for /v1/stop), or a member of C{admin_group}."""
+        if identity.with_token and not identity.named:
+            return True
+        if identity.local and not token_configured and identity.user is None:
+            return True
+        return (identity.user is not None and self.admin_group is not None
+                and self.is_member(identity.user, self.admin_group))
+
 
 # --- the options -------------------------------------------------------------------------
 
@@ -231,6 +247,9 @@ class AccessOptions(usage.Options):
          'JSON file of groups, {"group": ["user", ...]}; re-read when it changes.'],
         ["require_group", None, None,
          "Group every session reservation and session WebSocket requires (e.g. RemoteSession)."],
+        ["admin_group", None, None,
+         "Group whose members see every session on /ansys/nexus/admin/ and may end or extend "
+         "it (besides callers with the security token, or local ones when there is none)."],
     ]
     optFlags = [
         ["os_groups", None, "Take group membership from the operating system's groups too."],
@@ -280,21 +299,29 @@ def access_from_options(options, clock):
     if options.get("groups_file"):
         groups_file = GroupsFile(options["groups_file"], clock)
     os_groups = os_member if options.get("os_groups") else None
-    require = options.get("require_group")
-    if require is not None:
-        require = require.strip()
-        if not require:
-            raise StartupError("--require_group: the group name is empty")
-        if groups_file is None and os_groups is None:
-            raise StartupError("--require_group needs --groups_file or --os_groups: "
-                               "without them nobody is a member")
+    require, admin = (_group_option(options, name, groups_file is None and os_groups is None)
+                      for name in ("require_group", "admin_group"))
     hosts = list(options.get("allowed_host") or ())
     advertised = options.get("advertise_url")
     if advertised:  # the name the balancer and clients are told is one of ours
         hosts.append(urlsplit(advertised).hostname or "")
     sites = Sites(hosts, options.get("allowed_origin") or ())
     return Access(trusted, header, groups_file, os_groups, require,
-                  bool(options.get("allow_remote_api")), sites)
+                  bool(options.get("allow_remote_api")), sites, admin)
+
+
+def _group_option(options, name, no_groups):
+    """The group of option C{name} (stripped), or None; StartupError if empty, or if there
+    is no source of groups (C{no_groups}): nobody would be a member."""
+    group = options.get(name)
+    if group is None:
+        return None
+    group = group.strip()
+    if not group:
+        raise StartupError(f"--{name}: the group name is empty")
+    if no_groups:
+        raise StartupError(f"--{name} needs --groups_file or --os_groups: without them nobody is a member")
+    return group
 
 
 # --- start-up notes ----------------------------------------------------------------------
@@ -333,6 +360,10 @@ def access_notes(access, services, http_listen, security_token, inherited=None):
             access.allow_remote_api) else "reserve, release and stop are refused to them"
         notes.append(f"the /v1 API on --http_listen {http_listen} is reachable from other hosts "
                      f"and there is no --security_token: /v1/status is open to them, {open_calls}")
+    if access.admin_group and access.os_groups is None and access.groups_file is not None \
+            and not access.groups_file.members(access.admin_group):
+        notes.append(f"--admin_group {access.admin_group!r} has no member in --groups_file: only the "
+                     "operator (the security token, or a local caller without one) is an administrator")
     if not access.has_groups:
         for service in services:
             if getattr(service, "group", None):

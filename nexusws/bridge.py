@@ -31,7 +31,7 @@ from twisted.internet import defer
 
 from nexusws import internals, limits, pipes
 from nexusws.activity import InputTracker
-from nexusws.closing import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, Closing
+from nexusws.closing import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, SESSION_END_CLOSES, Closing
 from nexusws.handshake import HELD_LIMIT, Handshake
 from nexusws.logs import Quieter, logger, printable
 from nexusws.pipes import Backend, OneShot, QuietIO, Valve, describe
@@ -132,7 +132,11 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
     def _launch_failed(self, failure):
         self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
                        launch=self.launch, reason=printable(failure.getErrorMessage()))
-        if not self.closing:
+        if not self.closing and getattr(failure.value, "why", None) in SESSION_END_CLOSES:
+            # Ended while starting for a reason with a code of its own (an administrator's End).
+            code, text = SESSION_END_CLOSES[failure.value.why]
+            self._close(code, text.format(detail="its instance ended"))
+        elif not self.closing:
             # The reason names the service and instance already; its end is the cause.
             # A script's message may quote its options: the client gets them masked too.
             self._close(CLOSE_INTERNAL_ERROR, pipes.close_reason(redact_text(failure.getErrorMessage())))

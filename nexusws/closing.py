@@ -44,11 +44,14 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TAKEN_OVER = 4001
 #: The session was ended by its idle limit, by its time limit (L{nexusws.sessions.deadlines}).
 CLOSE_IDLE, CLOSE_TIME_LIMIT = 4002, 4003
+#: The code of a session an administrator ended (the dashboard's End).
+CLOSE_BY_ADMIN = 4004
 
 #: A limit's name (the C{ending} event's reason) -> the close code and reason its WebSocket gets.
 SESSION_END_CLOSES = {"idle": (CLOSE_IDLE, "session ended: idle"),
                       "max_duration": (CLOSE_TIME_LIMIT, "session ended: time limit reached"),
-                      "backend_ended": (CLOSE_INTERNAL_ERROR, "session ended: {detail}")}
+                      "backend_ended": (CLOSE_INTERNAL_ERROR, "session ended: {detail}"),
+                      "admin": (CLOSE_BY_ADMIN, "session ended by an administrator")}
 
 #: Seconds a client has to answer the close of a connection the gateway failed.
 FAILED_CLOSE_TIMEOUT = 2.0

@@ -34,7 +34,7 @@ def owned_log(api, request, caller, token, call):
     # The security token without a user parameter is the operator's: it may read any.
     if log.user is not None and caller.user != log.user and not (
             caller.with_token and not request.args.get(b"user")):
-        api._refused(caller, call, f"the token was reserved by {printable(log.user)!r}")
+        api.refused(caller, call, f"the token was reserved by {printable(log.user)!r}")
         return answer.error(request, 403, "this token was reserved by another user")
     return log
 
@@ -69,11 +69,8 @@ def touch(api, request, caller, token):
     return answer.json(request, 200, api.registry.session(token))
 
 
-def extend(api, request, caller, token):
-    """/v1/extend/{token}?seconds=N: its time limit, N seconds later (the token is checked first)."""
-    r = _live(api, request, caller, token, "extend")
-    if isinstance(r, bytes):
-        return r
+def extend_seconds(request):
+    """The C{seconds} parameter of an extend call, or the bytes of its 400 answer."""
     values = request.args.get(b"seconds") or []
     if len(values) != 1:
         return answer.error(request, 400, "seconds: give it once, a whole number of seconds"
@@ -82,8 +79,19 @@ def extend(api, request, caller, token):
     # ASCII digits only (int() takes "+1", "1_0" and other scripts' digits), and few of them.
     if not (text.isdigit() and text.isascii() and len(text) <= 9) or not 1 <= int(text) <= EXTEND_MAX_SECONDS:
         return answer.error(request, 400, f"seconds: not a whole number from 1 to {EXTEND_MAX_SECONDS}")
+    return int(text)
+
+
+def extend(api, request, caller, token):
+    """/v1/extend/{token}?seconds=N: its time limit, N seconds later (the token is checked first)."""
+    r = _live(api, request, caller, token, "extend")
+    if isinstance(r, bytes):
+        return r
+    seconds = extend_seconds(request)
+    if isinstance(seconds, bytes):
+        return seconds
     try:
-        api.registry.extend(r, int(text))
+        api.registry.extend(r, seconds)
     except ExtendRefused as e:
         # The token's own user asking too much: not a warning (a page may ask again and again).
         _log.info("/v1/extend refused: {label}: {reason}", label=r.label, reason=str(e))

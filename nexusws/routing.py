@@ -81,6 +81,7 @@ class Launch:
 
     tunnel = None
     last_input = on_input = None
+    client = None  # its client's address (behind a trusted proxy, the one it names), for the dashboard
     #: C{explain()}: the connection to the backend closed; a Deferred that fires once the
     #: session's backend knows why (or None): the registry sets it for a session.
     explain = None
@@ -163,6 +164,7 @@ class TokenRouter:
             self._authorize(request, reservation)
         label = "-" if reservation is None else f"{printable(reservation.service.name)}#{reservation.index}"
         launch = Launch(None, lambda why: self.registry.deactivate(token, launch, why), label)
+        launch.client = self.access.client(getattr(request, "peer", None), getattr(request, "headers", None) or {})
         launch.explain = lambda: self.registry.instance_lost(token)
         takeover = request.params.get("takeover", [None])[0] == TAKEOVER
         try:

@@ -16,10 +16,11 @@ import os
 from importlib import resources
 
 from OpenSSL import SSL
-from twisted.web import http, server
+from twisted.web import http, resource, server
 
 from nexusws.files import ConfinedFile
 from nexusws.logs import logger, printable
+from nexusws.portal import AdminGuard
 from nexusws.scrub import redact
 from nexusws.tls import openssl_reason
 
@@ -213,6 +214,31 @@ def log_request(request, log=_log):
     )
 
 
+class SameOriginFrames(resource.Resource):
+    """C{inner}, whose pages only pages of the same origin may frame (C{frame-ancestors 'self'},
+    C{X-Frame-Options: SAMEORIGIN}): another site framing the portal or the dashboard could
+    make its user click Launch or End unawares. The children named in C{exempt} (the viewer,
+    which a Nexus page of another origin may embed) are left alone."""
+
+    def __init__(self, inner, exempt=()):
+        super().__init__()
+        self.inner, self.exempt = inner, exempt
+
+    @staticmethod
+    def _mark(request):
+        request.setHeader(b"content-security-policy", b"frame-ancestors 'self'")
+        request.setHeader(b"x-frame-options", b"SAMEORIGIN")
+
+    def getChildWithDefault(self, path, request):
+        if path not in self.exempt:
+            self._mark(request)
+        return self.inner.getChildWithDefault(path, request)
+
+    def render(self, request):
+        self._mark(request)
+        return self.inner.render(request)
+
+
 def build_root(http_directory, api, viewer=None, allow_dotfiles=False):
     """Build the resource tree for C{http_directory} with C{api} mounted at /v1.
 
@@ -221,10 +247,13 @@ def build_root(http_directory, api, viewer=None, allow_dotfiles=False):
     """
     root = ConfinedFile(os.path.abspath(http_directory), allow_dotfiles=allow_dotfiles)
     ansys = ConfinedFile(ANSYS_ROOT)
+    nexus = ConfinedFile(os.path.join(ANSYS_ROOT, "nexus"), root=ANSYS_ROOT)
     if viewer is not None:
-        nexus = ConfinedFile(os.path.join(ANSYS_ROOT, "nexus"), root=ANSYS_ROOT)
         nexus.putChild(b"novnc", viewer)
-        ansys.putChild(b"nexus", nexus)
+    # The dashboard's page: administrators only (its scripts, in js/, hold no secret).
+    nexus.putChild(b"admin", AdminGuard(api, ConfinedFile(os.path.join(ANSYS_ROOT, "nexus", "admin"),
+                                                          root=ANSYS_ROOT)))
+    ansys.putChild(b"nexus", SameOriginFrames(nexus, exempt=(b"novnc",)))
     root.putChild(b"ansys", ansys)
     root.putChild(b"v1", api)
     return root

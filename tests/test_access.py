@@ -161,7 +161,7 @@ def test_a_remote_client_forwarded_by_the_proxy_may_not_reserve_without_the_secu
     forwarded = {"X-Forwarded-For": "203.0.113.5"}
     status, body = reserve(gw, "render", user="alice", headers=forwarded)
     assert status == 403 and body["error"] == (
-        "/v1/reserve from another host needs the security token (or the server's --allow_remote_api)")
+        "/v1/reserve from another host or through a proxy needs the security token (or the server's --allow_remote_api)")
     gw.wait_for(r"/v1/reserve refused: 203\.0\.113\.5 as 'alice': a client on another host")
     assert instances(gw, "render") == []
 

@@ -10,68 +10,12 @@ Raw HTTP goes through twisted.web's parser and the nexusws Site, on a
 StringTransport whose peer each test chooses; the registry runs on a Clock.
 """
 
-import json
 
 import pytest
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from nexusws import web
-from nexusws.api import CALLS, ApiRoot, Who
-from nexusws.auth import Access, TrustedProxies
-from nexusws.groups import GroupsFile
-from nexusws.sessions.registry import Registry
-from support.api import EPOCH, FakeService
-from support.http import Response
-
-SECRET = "s3cr3t-T0KEN"
-LOCAL, REMOTE = "127.0.0.1", "203.0.113.9"
-#: The peer of a UNIX-socket connection (nginx on the shipped sockets).
-UNIX = object()
-
-
-class Gateway:
-    """An ApiRoot over a Registry of an open service and a ClusterRendering one."""
-
-    def __init__(self, tmp_path, security_token=None, **access):
-        groups = tmp_path / "groups.json"
-        groups.write_text(json.dumps({"ClusterRendering": ["alice"], "RemoteSession": ["alice", "bob"]}))
-        self.clock = Clock()
-        self.services = [FakeService("open", count=3),
-                         FakeService("render", count=3, common_options={"group": "ClusterRendering"})]
-        self.services[1].group = "ClusterRendering"
-        self.registry = Registry(self.services, self.clock, wallclock=lambda: EPOCH,
-                                 wait_for_port=lambda *args: defer.succeed(None))
-        self.access = Access(groups_file=GroupsFile(groups, self.clock), **access)
-        self.stops = []
-        root = ApiRoot(security_token, registry=self.registry, stop=lambda: self.stops.append(1),
-                       reactor=self.clock, access=self.access)
-        self.site = web.make_site(str(tmp_path), root, reactor=MemoryReactorClock())
-
-    def get(self, target, peer=LOCAL, user=None, forwarded=None, headers=()):
-        """GET C{target} from C{peer} (an IPv4 address, or UNIX: a UNIX-socket peer), with
-        the user header and X-Forwarded-For if given."""
-        lines = [b"GET " + target.encode() + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
-        if user is not None:
-            lines.append(b"X-Remote-User: " + user.encode())
-        if forwarded is not None:
-            lines.append(b"X-Forwarded-For: " + forwarded.encode())
-        lines += [f"{n}: {v}".encode() for n, v in headers]
-        address = UNIXAddress(None) if peer is UNIX else IPv4Address("TCP", peer, 40000)
-        host = UNIXAddress(b"/run/nexusws/http.sock") if peer is UNIX else IPv4Address("TCP", LOCAL, 8080)
-        transport = StringTransport(peerAddress=address, hostAddress=host)
-        protocol = self.site.buildProtocol(address)
-        protocol.makeConnection(transport)
-        protocol.dataReceived(b"\r\n".join([*lines, b"", b""]))
-        self.clock.advance(0)  # /v1/stop calls later
-        return Response(transport.value(), b"GET")
-
-    def reserve(self, service="open", **kwargs):
-        """Reserve; return (status, body)."""
-        r = self.get(f"/v1/reserve/{service}" + kwargs.pop("query", ""), **kwargs)
-        return r.status, r.json()
+from nexusws.api import CALLS, Who
+from nexusws.auth import TrustedProxies
+from support.access_api import LOCAL, REMOTE, SECRET, UNIX, Gateway
 
 
 @pytest.fixture
@@ -192,12 +136,14 @@ def test_allow_remote_api_opens_reserve_and_release_to_remote_clients_but_not_st
 def test_who_may_make_a_call_is_what_the_table_declares(gw, call, allow_remote_api):
     g = gw(allow_remote_api=allow_remote_api)
     target = "/v1/" + "/".join([call.name, *["open"] * call.arity])
-    refused = call.who is Who.LOCAL or (call.who is Who.REMOTE_API and not allow_remote_api)
+    refused = call.who in (Who.LOCAL, Who.ADMIN) or (call.who is Who.REMOTE_API and not allow_remote_api)
     r = g.get(target, peer=REMOTE)
     assert (r.status == 403) == refused, r.raw
-    if refused:
+    if refused and call.who is Who.ADMIN:
+        assert r.json()["error"] == f"/v1/{call.name} is for administrators (--admin_group)"
+    elif refused:
         more = " (or the server's --allow_remote_api)" if call.who is Who.REMOTE_API else ""
-        assert r.json()["error"] == f"/v1/{call.name} from another host needs the security token{more}"
+        assert r.json()["error"] == f"/v1/{call.name} from another host or through a proxy needs the security token{more}"
     assert g.get(target).status != 403, "a local client may make every call"
 
 

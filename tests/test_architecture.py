@@ -22,7 +22,7 @@ LAYERS = {
     1: ("groups", "limits", "sites", "auth", "admission"),
     2: ("sessions",),
     3: ("routing", "handshake", "closing", "bridge", "responses", "ranges", "files", "web", "viewer", "controls", "streams",
-        "api"),
+        "portal", "api"),
     4: ("gateway", "assemble", "tap", "cli", "services"),
     5: ("balancer",),
 }

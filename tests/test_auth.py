@@ -262,6 +262,13 @@ def test_start_up_warns_when_the_api_is_reachable_from_other_hosts_without_a_sec
     assert access_notes(Access(), [], None, None) == []
 
 
+def test_start_up_warns_when_the_admin_group_has_no_member(members):
+    (note,) = access_notes(Access(groups_file=members, admin_group="admnis"), [], None, None)
+    assert note == ("--admin_group 'admnis' has no member in --groups_file: only the operator (the "
+                    "security token, or a local caller without one) is an administrator")
+    assert access_notes(Access(groups_file=members, admin_group="ClusterRendering"), [], None, None) == []
+
+
 LOOPBACK_NOTE = ("--http_listen {listen} is TCP and --trusted_proxy trusts loopback ({trusted}): every "
                  "local user can connect and name any user in x-remote-user; on a host with other "
                  "users, listen on UNIX sockets only nginx may open and give --trusted_proxy unix "
@@ -365,6 +372,11 @@ def test_access_options_are_parsed_into_the_access(tmp_path):
     assert (access.require_group, access.allow_remote_api) == ("RemoteSession", True)
 
 
+def test_admin_group_names_the_administrators_group():
+    assert parse("--admin_group", " admins ", "--os_groups", "0")["access"].admin_group == "admins"
+    assert parse("0")["access"].admin_group is None
+
+
 def test_trusted_proxy_none_trusts_no_proxy():
     assert str(parse("--trusted_proxy", "none", "0")["access"].trusted) == "none"
 
@@ -374,6 +386,8 @@ def test_trusted_proxy_none_trusts_no_proxy():
     (["--user_header", "X Remote"], "'X Remote' is not an HTTP header name"),
     (["--require_group", "RemoteSession"], "--require_group needs --groups_file or --os_groups"),
     (["--require_group", " ", "--os_groups"], "--require_group: the group name is empty"),
+    (["--admin_group", "admins"], "--admin_group needs --groups_file or --os_groups"),
+    (["--admin_group", "", "--os_groups"], "--admin_group: the group name is empty"),
     (["--groups_file", "/nonexistent/groups.json"],
      "--groups_file /nonexistent/groups.json: cannot read it: No such file or directory"),
 ])
@@ -456,6 +470,13 @@ def test_a_token_presented_as_another_user_is_refused_403_and_logged_without_the
 def test_a_users_token_presented_anonymously_or_through_an_untrusted_peer_is_refused_403():
     assert refused(Reservation("alice"), Handshake())[0] == 403
     assert refused(Reservation("alice"), Handshake(peer="tcp4:203.0.113.9:1", user="alice"))[0] == 403
+
+
+def test_a_sessions_launch_knows_its_clients_address_for_the_dashboard():
+    launch, _ = route(Reservation("alice"), Handshake(user="alice", x_forwarded_for="198.51.100.7"))
+    assert launch.client == "198.51.100.7", "behind a trusted proxy: the client it forwards"
+    launch, _ = route(Reservation(None), Handshake(peer="tcp4:203.0.113.9:1", x_forwarded_for="10.0.0.1"))
+    assert launch.client == "203.0.113.9", "an untrusted peer's X-Forwarded-For counts for nothing"
 
 
 def test_an_anonymous_reservation_may_be_used_by_anyone():

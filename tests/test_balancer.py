@@ -271,6 +271,16 @@ def test_webots_endpoints_answer_availability_load_session_and_monitor():
     assert body(get(root, b"/load")) == b"-1"
 
 
+def test_monitor_as_json_gives_each_nodes_load_for_an_admin_dashboard():
+    w = World()
+    root = Root(w.cluster, w.clock)
+    w.poll({"a:1": report(30, ws="ws://a/"), "b:1": report(97), "c:1": None})
+    answer = json.loads(body(get(root, b"/monitor", args={b"format": [b"json"]})))
+    assert [(n["node"], n["load"], n["available"]) for n in answer["nodes"]] == [
+        ("a:1", 30, True), ("b:1", 97, False), ("c:1", None, False)]
+    assert answer["nodes"][2]["error"] and answer["load"] == 63.5 and answer["threshold"] == 95
+
+
 def test_a_reservation_is_forwarded_to_the_least_loaded_node_and_falls_to_the_next():
     w = World()
     root = Root(w.cluster, w.clock)

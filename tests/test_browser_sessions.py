@@ -23,6 +23,7 @@ from conftest import ROOT, require
 from support.browser import (  # noqa: F401 (the fixtures chromium and novnc)
     CORNERS,
     LOOPBACK,
+    RECORD_CLOSES,
     CutProxy,
     chromium_fixture,
     novnc_fixture,
@@ -42,21 +43,6 @@ SERVICE = "Local Software Session"
 PASSWORD = "veronica"
 #: The colour the idle test paints the desktop with, now and then, beside COLOUR.
 OTHER = "#a5503a"
-
-# Every WebSocket the page opens records its close code (noVNC's disconnect event has none).
-RECORD_CLOSES = """(() => {
-    const Native = window.WebSocket;
-    window.__closes = [];
-    // A function that returns the native object: noVNC 1.7 checks its prototype's own methods.
-    function Recording(...args) {
-        const ws = new Native(...args);
-        ws.addEventListener('close', (e) => window.__closes.push(e.code));
-        return ws;
-    }
-    Recording.prototype = Native.prototype;
-    for (const name of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Recording[name] = Native[name];
-    window.WebSocket = Recording;
-})();"""
 
 
 #: Most tests use one noVNC, npm's 1.7 (the page is the same over 1.3); the reconnecting ones use both.

@@ -290,7 +290,11 @@ class Backend(threading.Thread):
 
 
 NODE_DRIVER = r"""
-// Runs the landing page's own script against a tiny fake DOM and a real gateway.
+// Runs the landing page's own script (its module, as the gateway serves it) against a tiny
+// fake DOM and a real gateway.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 const [pageUrl, wsUrl] = process.argv.slice(2);
 const elements = {};
 const element = (id) => elements[id] || (elements[id] = {
@@ -310,7 +314,15 @@ const until = async (what, test) => {
 };
 (async () => {
   const html = await (await fetch(pageUrl)).text();
-  new Function(html.match(/<script>([\s\S]*?)<\/script>/)[1])();
+  const dir = mkdtempSync(join(tmpdir(), "landing-"));
+  writeFileSync(join(dir, "package.json"), '{"type": "module"}');
+  for (const name of ["landing.js", "places.js"]) {
+    writeFileSync(join(dir, name), await (await fetch(new URL("js/" + name, pageUrl))).text());
+  }
+  if (!html.includes('src="js/landing.js"')) throw new Error("the page no longer loads js/landing.js");
+  await import(join(dir, "landing.js"));
+  const guessed = element("url").value;  // before /v1/services answers
+  await until("the gateway's own URL", () => element("url").value !== guessed);
   const defaultUrl = element("url").value;
   element("url").value = wsUrl;
   fire("connect-form", "submit");
@@ -329,7 +341,8 @@ const until = async (what, test) => {
 
 
 def test_landing_page_websocket_client_works_against_the_gateway(gateway, www, tmp_path):
-    """The page's script, run in node, connects with subprotocol binary, shows bytes, sends text."""
+    """The page's script, run in node, defaults to the gateway's WebSocket URL, connects with
+    subprotocol binary, shows bytes, sends text."""
     require(have("node"), "node")
     flags = []
     if subprocess.run(["node", "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"]).returncode:
@@ -337,7 +350,7 @@ def test_landing_page_websocket_client_works_against_the_gateway(gateway, www, t
     backend = Backend(b"\x00\x01\xffRFB")
     backend.start()
     gw = gateway(http_args(www, "--client_hostname", "127.0.0.1", "--client_port", str(backend.port)), http=True)
-    driver = tmp_path / "driver.js"
+    driver = tmp_path / "driver.mjs"
     driver.write_text(NODE_DRIVER)
     run = subprocess.run(
         ["node", *flags, str(driver), gw.http_url + "/ansys/nexus/", gw.ws_url + "/"],
@@ -346,7 +359,7 @@ def test_landing_page_websocket_client_works_against_the_gateway(gateway, www, t
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     backend.join(10)
-    assert result["defaultUrl"] == f"ws://127.0.0.1:{gw.http_port}/websockify"
+    assert result["defaultUrl"] == f"{gw.ws_url}/websockify", "the gateway's own ws listener, from /v1/services"
     assert "open, subprotocol: binary" in result["log"]
     assert "binary (6 bytes)" in result["log"] and "text: ..\ufffdRFB" in result["log"]
     assert "sent binary (5 bytes): 62 69 6e c3 a9" in result["log"]

@@ -235,6 +235,15 @@ def test_a_failed_start_closes_the_tunnel_1011_with_its_cause_and_logs_it(events
     assert registry.deactivated == ["SECRET"]
 
 
+def test_a_start_an_administrator_cut_short_closes_the_tunnel_4004_as_a_running_ones_end_does():
+    registry = Registry()
+    h = Harness(router=TokenRouter(registry, NoRouter()))
+    h.flush()
+    registry.started.errback(StartFailure("Demo Session", 1, CUT_SHORT, "admin"))
+    h.flush()
+    assert h.client.closed[1:] == (4004, "session ended by an administrator")
+
+
 def test_the_launch_failure_carries_the_start_failures_fields():
     registry = Registry()
     launch = TokenRouter(registry, NoRouter()).route(Request(token="T1"))

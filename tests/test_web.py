@@ -8,6 +8,7 @@ a real listener does. The response bytes are parsed by L{http.client}.
 import hashlib
 import html.parser
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -268,8 +269,12 @@ def test_ansys_nexus_serves_the_bundled_landing_page(package_client):
     assert r.status == 200
     assert r.headers["content-type"] == "text/html"
     assert r.body == (Path(PACKAGE_ANSYS) / "nexus" / "index.html").read_bytes()
-    assert b'href="/v1/status"' in r.body
-    assert b'new WebSocket(url, ["binary"])' in r.body
+    assert b'href="../../v1/status"' in r.body  # relative: behind a proxy at a prefix too
+    assert b'src="js/landing.js"' in r.body
+    for page in ("sessions/", "admin/", "test/viewer_test_vnc.html"):
+        assert f'href="{page}"'.encode() in r.body
+    script = package_client.request("/ansys/nexus/js/landing.js")
+    assert script.status == 200 and b'new WebSocket(url, ["binary"])' in script.body
 
 
 def test_ansys_nexus_without_slash_redirects_to_the_page(package_client):
@@ -288,13 +293,20 @@ class _Refs(html.parser.HTMLParser):
 
 
 def test_landing_page_loads_nothing_from_elsewhere():
-    """Every reference is a same-origin path; no external scripts, styles or fonts."""
-    text = (Path(PACKAGE_ANSYS) / "nexus" / "index.html").read_text("utf-8")
-    parser = _Refs()
-    parser.feed(text)
-    assert parser.refs, "expected at least the /v1/status link"
-    assert all(ref.startswith("/") and not ref.startswith("//") for ref in parser.refs), parser.refs
-    assert "@import" not in text and "url(" not in text and "<link" not in text
+    """Every reference of the pages is a relative path on the same origin (so that they work behind
+    a proxy at a path prefix too); no external scripts, styles or fonts, no absolute paths."""
+    pages = [Path(PACKAGE_ANSYS) / "nexus" / name for name in (
+        "index.html", "sessions/index.html", "admin/index.html", "test/viewer_test_vnc.html")]
+    for page in pages:
+        text = page.read_text("utf-8")
+        parser = _Refs()
+        parser.feed(text)
+        assert parser.refs, page
+        assert not [ref for ref in parser.refs if ref.startswith("/") or "://" in ref or ":" in ref], parser.refs
+        assert "@import" not in text and "url(" not in text.replace("url(#sky)", ""), page
+    for script in (Path(PACKAGE_ANSYS) / "nexus" / "js").glob("*.js"):
+        imports = re.findall(r"""from\s+['"]([^'"]+)['"]""", script.read_text("utf-8"))
+        assert all(i.startswith("./") for i in imports), (script, imports)
 
 
 def test_ansys_and_v1_shadow_same_named_directories_of_http_directory(clock, tmp_path):

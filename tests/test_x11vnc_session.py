@@ -120,3 +120,92 @@ def test_the_shipped_desktop_config_loads(tmp_path):
     (service,) = config_services(str(ROOT / "config" / "desktop_sessions.json"), task.Clock(), Launcher(task.Clock()))
     assert (service.name, service.count) == ("Local Software Session", 2)
     assert service.common_options["background"] == "#3a6ea5"
+
+
+# --- the programs option -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("programs, reason", [
+    ("xmessage", "programs: must be a list of command lines, not 'xmessage'"),
+    ([[]], "programs: [] is not a command line (a non-empty list of strings)"),
+    (["xmessage"], "programs: 'xmessage' is not a command line (a non-empty list of strings)"),
+    ([["xmessage", 3]], "programs: ['xmessage', 3] is not a command line (a non-empty list of strings)"),
+    ([["no-such-program-nexusws"]], "programs: 'no-such-program-nexusws' is not on PATH"),
+    ([["/nonexistent/xclock"]], "programs: '/nonexistent/xclock' does not exist or is not executable"),
+])
+def test_a_bad_programs_option_is_refused_at_start_up_in_one_line(tmp_path, programs, reason):
+    from twisted.internet import task
+
+    from nexusws.errors import StartupError
+    from nexusws.sessions.launcher import Launcher
+    from support.services import config_services
+
+    config = tmp_path / "desktops.json"
+    config.write_text(json.dumps({"Desktop": {"script": str(SCRIPT), "count": 1,
+                                              "options": {"programs": programs}}}))
+    with pytest.raises(StartupError) as info:
+        config_services(str(config), task.Clock(), Launcher(task.Clock()))
+    message = str(info.value)
+    assert reason in message and "\n" not in message, message
+
+
+PROBE = """\
+import json, os, signal, subprocess, sys
+painted = subprocess.run(["xsetroot", "-solid", "#123456"], capture_output=True, text=True)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid(), "argv": sys.argv[2:], "display": os.environ.get("DISPLAY"),
+               "xsetroot": painted.returncode, "stderr": painted.stderr}, f)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+signal.pause()
+"""
+
+
+def test_programs_run_on_the_sessions_display_and_stop_with_the_session(gateway, tmp_path):
+    """Each command line of C{programs} runs once x11vnc listens, as an X client of the session's
+    display (DISPLAY and the session's cookie), and ends with the session."""
+    require(all(shutil.which(p) for p in ("Xvfb", "x11vnc", "xsetroot")),
+            "Xvfb, x11vnc and xsetroot (apt-get install xvfb x11vnc x11-xserver-utils)")
+    from support.sessions import gateway_args, marked
+    from support.waiting import wait_until, wait_until_async
+
+    base = free_display()
+    probe, report = tmp_path / "probe.py", tmp_path / "probe.json"
+    probe.write_text(PROBE)
+    config = tmp_path / "desktops.json"
+    config.write_text(json.dumps({"Local Software Session": {
+        "script": str(SCRIPT), "count": 1,
+        "options": {"sizes": ["640x480"], "display_base": base,
+                    "programs": [["python3", str(probe), str(report), "two words", "--flag"]]}}}))
+    gw = gateway(gateway_args(tmp_path, config=config), http=True)
+    token = reserve(gw)["token"]
+
+    async def session():
+        async with connect(f"{gw.ws_url}/?token={token}", subprotocols=["binary"], open_timeout=30) as ws:
+            assert (await asyncio.wait_for(ws.recv(), 30)).startswith(b"RFB 003.")
+            await wait_until_async(report.exists, 20, "the program to report")
+            seen = json.loads(report.read_text())
+            assert seen["pid"] in marked(str(report)), "it runs while the session does"
+            return seen
+
+    seen = asyncio.run(session())
+    assert seen["argv"] == ["two words", "--flag"]
+    assert seen["display"] == f":{base}"
+    assert seen["xsetroot"] == 0, f"the program is a client of the display: {seen['stderr']}"
+    gw.wait_for(r"Local Software Session#0: stopping -> released")
+    wait_until(lambda: not marked(str(report)), 10, "the program to end with the session")
+    assert processes_with(f":{base}") == []
+    assert gw.stop() == 0
+
+
+def test_without_programs_the_desktop_runs_nothing_else(tmp_path):
+    """The option is optional: absent (or empty), the script has no programs to start."""
+    from twisted.internet import task
+
+    from nexusws.sessions.launcher import Launcher
+    from support.services import config_services
+
+    config = tmp_path / "desktops.json"
+    config.write_text(json.dumps({"A": {"script": str(SCRIPT), "count": 1, "options": {}},
+                                  "B": {"script": str(SCRIPT), "count": 1, "options": {"programs": []}}}))
+    services = config_services(str(config), task.Clock(), Launcher(task.Clock()))
+    assert [service.script.programs for service in services] == [[], []]

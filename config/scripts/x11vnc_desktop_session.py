@@ -14,19 +14,24 @@ config file):
   background    fill the desktop with this colour ("#3a6ea5", "steelblue"),
                 with xsetroot (Debian: x11-xserver-utils); default: Xvfb's
   xvfb, x11vnc, xsetroot  the programs (default: found on PATH)
+  programs      command lines to run on the desktop once x11vnc listens, each
+                a list of strings, e.g. [["xmessage", "-center", "Hello"]];
+                a program is a path or a command on PATH, checked at start-up.
+                They get DISPLAY and XAUTHORITY and stop with the session
+                (default: none)
 
 Reservation options (the query of /v1/reserve):
 
   size          one of the offered sizes
   password      the VNC password (none: no password, for loopback-only use)
 
-On stop, nexusws terminates both programs (their process groups).
+On stop, nexusws terminates Xvfb, x11vnc and the programs (their process groups).
 
 Only the session reaches the X display: Xvfb requires a fresh random cookie
-(MIT-MAGIC-COOKIE-1, in a 0600 file only x11vnc and xsetroot are given), so
-other local users cannot open it. x11vnc listens on 127.0.0.1: without a
-password, any local user could connect to it directly, so give one on a host
-shared with other users.
+(MIT-MAGIC-COOKIE-1, in a 0600 file only x11vnc, xsetroot and the programs
+are given), so other local users cannot open it. x11vnc listens on 127.0.0.1:
+without a password, any local user could connect to it directly, so give one
+on a host shared with other users.
 """
 
 import os
@@ -88,6 +93,29 @@ def xauthority(cookie):
     return struct.pack(">H", 0xFFFF) + field(b"") + field(b"") + field(b"MIT-MAGIC-COOKIE-1") + field(cookie)
 
 
+def programs_option(value):
+    """The C{programs} option checked: a list of command lines, each program found.
+
+    @return: the command lines, each program as the path found.
+    @raise ValueError: one line naming the option and what is wrong.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"programs: must be a list of command lines, not {value!r}")
+    checked = []
+    for argv in value:
+        if (not isinstance(argv, list) or not argv or not all(isinstance(arg, str) for arg in argv)
+                or not argv[0]):
+            raise ValueError(f"programs: {argv!r} is not a command line (a non-empty list of strings)")
+        found = shutil.which(argv[0])
+        if found is None:
+            where = "does not exist or is not executable" if os.sep in argv[0] else "is not on PATH"
+            raise ValueError(f"programs: {argv[0]!r} {where}")
+        checked.append([found, *argv[1:]])
+    return checked
+
+
 class X11VncDesktopSession(RemoteServiceScript):
     def __init__(self, common_options):
         super().__init__(common_options)
@@ -109,6 +137,7 @@ class X11VncDesktopSession(RemoteServiceScript):
             self.xsetroot = options.get("xsetroot") or shutil.which("xsetroot")
             if not self.xsetroot:
                 raise ValueError("background needs xsetroot (Debian: apt-get install x11-xserver-utils)")
+        self.programs = programs_option(options.get("programs"))
         self.private_files = {}  # index -> files removed at stop
 
     async def start(self, index, options):
@@ -145,6 +174,11 @@ class X11VncDesktopSession(RemoteServiceScript):
         x11vnc = self.spawn(argv)
         self.progress("waiting for the VNC server to listen")
         await self.wait_for_port("127.0.0.1", port, timeout=self.timeout, child=x11vnc)
+        if self.programs:
+            self.progress("starting the desktop's programs")
+            env = {**os.environ, "DISPLAY": f":{display}", "XAUTHORITY": auth}
+            for argv in self.programs:
+                self.spawn(argv, env=env)
         self.log.info("desktop {index}: display :{display} {size}, VNC on 127.0.0.1:{port}",
                       index=index, display=display, size=size, port=port)
         return "127.0.0.1", port

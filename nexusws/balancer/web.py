@@ -3,7 +3,9 @@
   GET /                    1 if a node takes sessions, else 0 (text)
   WebSocket /              sends 1 or 0 at once, then each time that changes
   GET /load                the mean load of the nodes that answer (-1: none answers)
-  GET /monitor             an HTML table of the nodes and their loads (full: in red)
+  GET /monitor             an HTML table of the nodes and their loads (full: in red);
+                           ?format=json: {"load", "threshold", "nodes": [{"node", "url", "load",
+                           "available", "error"}]}
   GET /session             ws(s)://... of the least-loaded node that takes sessions
   GET /v1/reserve/{service}?k=v...
                            reserves on the least-loaded node with a free instance of
@@ -118,6 +120,12 @@ class Root(resource.Resource):
     def _monitor(self, request):
         c = self.cluster
         threshold = c.config.load_threshold
+        if request.args.get(b"format") == [b"json"]:  # the nodes panel of a node's admin dashboard
+            taking = c.candidates()
+            return answer.json(request, 200, {
+                "load": c.average_load(), "threshold": threshold,
+                "nodes": [{"node": n.name, "url": n.url, "load": n.load, "available": n in taking,
+                           "error": n.error} for n in c.nodes]})
         rows = []
         for i, node in enumerate(c.nodes, 1):
             load = node.load

@@ -39,6 +39,9 @@ IDLE, MAX_DURATION = "idle", "max_duration"
 #: Why a session ends when its backend says its instance ended on its own (a Slurm job's end).
 BACKEND_ENDED = "backend_ended"
 
+#: Why a session ends when an administrator ends it (the dashboard's End).
+BY_ADMIN = "admin"
+
 #: The limits' names and their built-in defaults (seconds; 0: off).
 LIMITS = {"idle_timeout": 0.0, "idle_warning": 120.0, "max_duration": 0.0, "time_warning": 300.0,
           "max_extend": 0.0}
@@ -105,8 +108,9 @@ class Deadlines:
         self._input_resumed(r, "touch")
         _log.debug("{label}: touched", label=r.label)
 
-    def extend(self, r, seconds):
-        """Move C{r}'s time limit C{seconds} later.
+    def extend(self, r, seconds, by_admin=False):
+        """Move C{r}'s time limit C{seconds} later; C{by_admin}: beyond C{max_extend} too
+        (an administrator's extension counts towards it all the same).
 
         @raise ExtendRefused: no time limit, not started, or beyond C{max_extend}.
         @return: the seconds left afterwards."""
@@ -120,7 +124,7 @@ class Deadlines:
             raise ExtendRefused(403, f"extending by {seconds:g} s is beyond its Slurm job's time limit "
                                      f"({max(0.0, r.job_end - r.deadline):.0f} s more at most)")
         allowed = self.limit(r.service, "max_extend")
-        if r.extended + seconds > allowed:
+        if r.extended + seconds > allowed and not by_admin:
             left = max(0.0, allowed - r.extended)
             raise ExtendRefused(403, f"extending by {seconds:g} s is beyond max_extend ({allowed:g} s in all; "
                                      f"{left:g} s left to extend)")
@@ -132,7 +136,8 @@ class Deadlines:
         left = self.time_left(r, now)
         _log.info("{label}: time limit extended by {seconds:g} s ({left:.0f} s left)", label=r.label,
                   seconds=seconds, left=left)
-        self._emit(r, "extended", seconds=seconds, time_left=round(left, 1))
+        self._emit(r, "extended", seconds=seconds, time_left=round(left, 1),
+                   **({"by": "admin"} if by_admin else {}))
         if self.metrics is not None:
             self.metrics.extends.labels(r.service.name).inc()
         return left
@@ -205,16 +210,25 @@ class Deadlines:
                 r.end_detail = why
                 self._end_for(r, BACKEND_ENDED)
 
-    def _end_for(self, r, reason):
-        """End C{r} for C{reason} (a limit, L{BACKEND_ENDED}); its WebSocket, if one is attached,
-        is told why (its C{session_ending(reason, detail)}: the tunnel closes with a code that says it)."""
-        self._end(r, reason)
+    def end_by_admin(self, r):
+        """An administrator ends C{r} (L{BY_ADMIN}); a Deferred firing once its index is free.
+
+        @raise NotRecorded: unused, and the state file could not record its end: it stays."""
+        _log.info("{label}: ended by an administrator", label=r.label)
+        return self._end_for(r, BY_ADMIN, required=True)
+
+    def _end_for(self, r, reason, required=False):
+        """End C{r} for C{reason} (a limit, L{BACKEND_ENDED}, L{BY_ADMIN}); its WebSocket, if one is
+        attached, is told why (its C{session_ending(reason, detail)}: the tunnel closes with a code
+        that says it). Returns the Deferred of its end."""
+        done = self._end(r, reason, required=required)
         ending = getattr(r.attached, "session_ending", None)
         if ending is not None:
             try:
                 ending(reason, r.end_detail)
             except Exception:  # logged; the session is stopping all the same
                 _log.failure("{label}: closing its WebSocket failed", label=r.label)
+        return done
 
     # --- the timers -------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ turns each transition of the state machine into events as it logs it:
   idle_warning {"seconds_left"}  no user input for a while: it ends that much later without any
   active {"by"}                  input (C{"input"}) or a touch (C{"touch"}) after an idle warning
   time_warning {"seconds_left"}  its time limit is that near
-  extended {"seconds", "time_left"}  its time limit was moved (L{nexusws.sessions.deadlines})
+  extended {"seconds", "time_left"}  its time limit was moved (L{nexusws.sessions.deadlines}); by an
+                                 administrator: also C{"by": "admin"}
   ending {"reason"}              C{released}, C{closed}, C{grace_expired}, C{idle},
                                  C{max_duration}, C{stopped} (shutdown, /v1/stop), C{expired} (unused),
+                                 C{admin} (an administrator ended it),
                                  C{instance_ended} with C{"detail"} (a Slurm job ended: its state), or
                                  C{failed} with C{"failure"}: the StartFailure's reason
   ended                          the index is free
@@ -33,7 +35,7 @@ import itertools
 
 from nexusws.logs import iso_utc, logger
 from nexusws.sessions.attach import GRACE_EXPIRED
-from nexusws.sessions.deadlines import BACKEND_ENDED, IDLE, MAX_DURATION
+from nexusws.sessions.deadlines import BACKEND_ENDED, BY_ADMIN, IDLE, MAX_DURATION
 from nexusws.sessions.reservation import ACTIVE, DETACHED, EXPIRED, RELEASED, RESERVED, STARTING, STOPPING
 from nexusws.sessions.timeouts import EVENTS_KEPT_AFTER_END
 
@@ -51,7 +53,7 @@ SHUTDOWN = "server shutting down"
 #: An end's cause, as the registry gives it -> the C{reason} of the C{ending} event
 #: (any other cause: the WebSocket or the backend closed, C{closed}).
 REASONS = {"released": "released", GRACE_EXPIRED: "grace_expired", SHUTDOWN: "stopped", IDLE: "idle",
-           MAX_DURATION: "max_duration", BACKEND_ENDED: "instance_ended"}
+           MAX_DURATION: "max_duration", BACKEND_ENDED: "instance_ended", BY_ADMIN: "admin"}
 
 
 def progress_text(text):

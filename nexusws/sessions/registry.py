@@ -346,6 +346,21 @@ class Registry(Attaching, Deadlines, Keeping, Reporting, Upkeep):
         changed, r.pids = current != r.pids, current
         return changed
 
+    def live(self):
+        """Every live reservation (reserved, starting, active, detached, stopping)."""
+        return list(self._live.values())
+
+    def in_use(self):
+        """Service name -> how many of its instances are reserved or running."""
+        counts = {}
+        for r in self._live.values():
+            counts[r.service.name] = counts.get(r.service.name, 0) + 1
+        return counts
+
+    def now(self):
+        """The reactor's clock."""
+        return self._reactor.seconds()
+
     def running(self):
         """Whether any instance is starting, active, detached or stopping (may have processes)."""
         return any(r.state != RESERVED for r in self._live.values())

@@ -12,6 +12,7 @@ In memory (fake transports, memory reactors, a Clock):
 - L{support.data_path}: C{@both_paths}, a test run on the fast data path and on the public-API fallback.
 - L{support.http}: parsing raw HTTP answers; the in-memory client address.
 - L{support.api}: the in-memory /v1 API harness over a Registry of fake services.
+- L{support.access_api}: the in-memory /v1 API with access rules, asked from any peer as any user.
 - L{support.reservations}: the in-memory reservation registry harness.
 - L{support.services}: services built as makeService builds them, from a config file or built-in specs.
 - L{support.options}: C{parse}, the L{nexusws.tap.Options} of a command line.
@@ -34,6 +35,8 @@ Real processes and sockets:
 - L{support.cluster}: real gateway nodes and a real balancer process.
 - L{support.smtp_server}: a real SMTP server on loopback (STARTTLS, login) that keeps what it receives.
 - L{support.nginx_front}: a real nginx in front of nexusws, with the shipped config/nginx/ files.
+- L{support.nginx_pages}: the pages (portal, dashboard, viewer) in Chromium through nginx at a path prefix.
+- L{support.portal}: the portal, the dashboard and the test page in Chromium against a real gateway.
 - L{support.shipped_units}: the shipped systemd units, read and run under socket activation.
 - L{support.desktop}: a real VNC desktop (Xvfb painted one colour, x11vnc).
 """

@@ -41,6 +41,21 @@ CORNERS = """() => {
         ([x, y]) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3)));
 }"""
 
+# Every WebSocket the page opens records its close code (noVNC's disconnect event has none).
+RECORD_CLOSES = """(() => {
+    const Native = window.WebSocket;
+    window.__closes = [];
+    // A function that returns the native object: noVNC 1.7 checks its prototype's own methods.
+    function Recording(...args) {
+        const ws = new Native(...args);
+        ws.addEventListener('close', (e) => window.__closes.push(e.code));
+        return ws;
+    }
+    Recording.prototype = Native.prototype;
+    for (const name of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Recording[name] = Native[name];
+    window.WebSocket = Recording;
+})();"""
+
 
 @pytest.fixture(name="novnc", params=["1.3", "1.7"])
 def novnc_fixture(request):

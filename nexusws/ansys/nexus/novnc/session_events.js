@@ -15,6 +15,7 @@ export const ENDINGS = {
     max_duration: 'time limit reached',
     stopped: 'stopped by the server',
     expired: 'never used',
+    admin: 'ended by an administrator',
 };
 
 export function endingText(ending) {
