@@ -269,12 +269,18 @@ def test_readme_curl_session_works_verbatim(gateway, tmp_path):
             token = json.loads(done.stdout)["token"]
             assert uuid.UUID(token).version == 4
             answer = [line.replace(placeholder, token) for line in answer]
-        check_answer(answer, done.stdout, status)
+        stdout = done.stdout
+        if "/v1/status" in command and status == 200:
+            # Where Xvfb and x11vnc are installed the demo offers "Desktop" too, as the README says.
+            listing = json.loads(stdout)
+            assert {s["name"] for s in listing} - {"Demo Session"} <= {"Desktop"}, listing
+            stdout = json.dumps([s for s in listing if s["name"] != "Desktop"])
+        check_answer(answer, stdout, status)
 
     # The release was real: the instance is free again.
     request = urllib.request.Request(gw.http_url + "/v1/status",
                                      headers={"Authorization": f"Bearer {security_token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        assert [s["instances"] for s in json.loads(response.read())] == [[]]
+        assert all(s["instances"] == [] for s in json.loads(response.read()))
     assert gw.stop(signal.SIGTERM) == 0
     assert security_token not in gw.log and token not in gw.log
