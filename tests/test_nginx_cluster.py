@@ -2,7 +2,8 @@
 
 Two nexusws nodes and the balancer run as real processes; nginx (on a socket
 the test bound) routes Webots' endpoints and /v1 to the balancer, /<node>/ws/...
-to a node's WebSocket port (with the upgrade) and /<node>/... to its HTTP port.
+to a node's WebSocket port (with the upgrade) and /<node>/... to its HTTP port. In headless
+Chromium, a node's admin dashboard shows the balancer's nodes beside the node's own sessions.
 """
 
 import asyncio
@@ -15,12 +16,23 @@ import pytest
 import websockets
 
 from conftest import require
+from support.browser import screenshot
 from support.cluster import LOOPBACK, TESTS, get, start_balancer, stop
 from support.nginx_front import Nginx, adapt, basic, nginx_binary
+from support.nginx_pages import browser_fixture  # noqa: F401 (the fixture browser: alice, as here)
 from support.waiting import wait_until
 
 PASSWORDS = {"alice": "alice-pw"}
+GROUPS = {"admins": ["alice"]}
 AUTH = {"Authorization": basic("alice", "alice-pw")}
+
+
+#: The dashboard's tables, cell by cell: {"nodes": [[node, load, takes sessions]...],
+#: "sessions": [[data-state, id, service, user...]...]}.
+TABLES = """() => Object.fromEntries(['nodes', 'sessions'].map((id) => [id,
+    Array.from(document.querySelectorAll(`#${id} tbody tr:not(.empty)`), (tr) =>
+        (id === 'sessions' ? [tr.dataset.state] : []).concat(
+            Array.from(tr.cells, (td) => td.innerText)))]))"""
 
 
 def fetch(url, headers=AUTH):
@@ -33,18 +45,22 @@ def fetch(url, headers=AUTH):
 
 
 class NodeBehind:
-    """A node that advertises its WebSocket address through the front."""
+    """A node that advertises its WebSocket address through the front; alice administers it
+    (C{--admin_group}: its dashboard, with every session, is hers; /v1/status still shows her
+    no token but her own)."""
 
     def __init__(self, gateway, tmp_path, name, front_port):
         www = tmp_path / name
         www.mkdir()
-        services = tmp_path / "services.json"
+        services, groups = tmp_path / "services.json", tmp_path / "groups.json"
         services.write_text(json.dumps({"echo": {"script": str(TESTS / "sessions" / "helper_echo.py"),
                                                  "count": 2, "options": {"kind": "helpers"}}}))
+        groups.write_text(json.dumps(GROUPS))
         self.gw = gateway(["--ws_listen", LOOPBACK, "--http_listen", LOOPBACK, "--http_directory", str(www),
                            "--remote_session_config", str(services),
                            "--state_file", str(tmp_path / f"{name}.state"),
                            "--user_header", "X-Remote-User", "--trusted_proxy", "127.0.0.1",
+                           "--groups_file", str(groups), "--admin_group", "admins",
                            "--advertise_url", f"ws://127.0.0.1:{front_port}/{name}/ws/"], http=True)
         self.name, self.http = name, f"127.0.0.1:{self.gw.http_port}"
 
@@ -118,6 +134,61 @@ def test_a_session_reserved_through_the_front_opens_through_the_front_on_its_nod
     assert fetch(f"http://{front}/n9/v1/status")[0] == 404, "an unknown node"
     assert fetch(f"http://{front}/n9/ws/")[0] == 404
     wait_until(lambda: get(f"http://{node.http}/v1/status") is not None, 5, "node alive")
+
+
+def test_an_administrator_of_a_node_sees_the_nodes_and_its_sessions_live_through_the_front(
+        cluster_front, browser, artifacts):
+    """n1's dashboard at /n1/... with ?balancer=/: the balancer's nodes (its /monitor, through
+    the same front) beside n1's own sessions, live; and n1's portal, signed in."""
+    front, nodes = cluster_front
+    n1, alice = nodes[0], browser("alice")
+    portal, answer = alice.open(f"http://{front}/n1/ansys/nexus/sessions/")
+    assert answer.status == 200
+    portal.wait_for_function("() => document.documentElement.dataset.state === 'ready'")
+    assert portal.locator("#who").inner_text() == "Signed in as alice"
+    assert portal.locator("#admin-link").is_visible(), "alice administers n1"
+    assert "2 of 2 free" in portal.locator(".card", has_text="echo").inner_text()
+
+    dashboard, answer = alice.open(f"http://{front}/n1/ansys/nexus/admin/?balancer=/")
+    assert answer.status == 200
+    dashboard.wait_for_function("() => document.documentElement.dataset.state === 'live'")
+    assert dashboard.locator("#sessions tbody").inner_text() == "No session."
+
+    def tables():
+        return dashboard.evaluate(TABLES)
+
+    def loads():  # node -> its load as the Nodes table shows it, once it shows both nodes
+        shown = {row[0]: row[1:] for row in tables()["nodes"]}
+        return shown if set(shown) == {n.http for n in nodes} else None
+
+    shown = wait_until(loads, 10, "the Nodes table, both nodes")
+    assert dashboard.locator("#nodes-section").is_visible()
+    assert all(0 <= float(load) <= 100 and took in ("yes", "no") for load, took in shown.values()), shown
+
+    # Reserved through the front: the balancer places it on the least-loaded node (in turn
+    # among equals), n1 at the latest once n2 has had one.
+    for _ in range(4):
+        status, body = fetch(f"http://{front}/v1/reserve/echo")
+        assert status == 200, body
+        placed = json.loads(body)
+        if placed["node"] == n1.http:
+            break
+    else:
+        raise AssertionError("no reservation placed on n1")
+    (row,) = json.loads(fetch(f"http://{front}/n1/v1/admin")[1])["sessions"]
+    # n1's stream (/n1/v1/admin through nginx) brings the row by itself: n1's session only.
+    wait_until(lambda: [r[:4] for r in tables()["sessions"]] == [
+        ["reserved", f"#{row['id']}", f"echo #{row['index']}", "anonymous"]], 10, "n1's row, reserved")
+    # The Nodes table follows the balancer (asked again every 5 s): n1 now at 50 at least (1 of
+    # its 2 echo instances in use). The page is asked first: Playwright records the requests
+    # (its events) only while it is called.
+    wait_until(lambda: float(((loads() or {}).get(n1.http) or ["0"])[0]) >= 50
+               and alice.requests.count("/monitor?format=json") >= 2, 15, "n1's new load")
+    screenshot(dashboard, artifacts, "cluster-dashboard")
+    assert dashboard.locator("#problem").is_hidden()
+    assert "/monitor?format=json" in alice.requests and "/n1/v1/admin" in alice.streams
+    assert all(t.startswith("/n1/") or t == "/monitor?format=json" for t in alice.requests), alice.requests
+    assert alice.problems() == []
 
 
 def test_the_shipped_cluster_site_runs_with_only_addresses_certificate_and_logs_changed(

@@ -124,6 +124,7 @@ async function nodes(balancer) {
     try {
         const answer = await fetch(`${balancer.replace(/\/+$/, '')}/monitor?format=json`, { cache: 'no-store' });
         const body = await answer.json();
+        if (!answer.ok || !Array.isArray(body.nodes)) throw new Error(body.error || `HTTP ${answer.status}`);
         byId('nodes-section').hidden = false;
         byId('nodes').tBodies[0].replaceChildren(...(body.nodes || []).map((n) => el('tr', {},
             el('td', {}, n.node), el('td', { className: 'num' }, n.load === null ? 'no answer' : String(n.load)),
@@ -131,7 +132,7 @@ async function nodes(balancer) {
     } catch (e) {
         byId('nodes-section').hidden = false;
         byId('nodes').tBodies[0].replaceChildren(el('tr', { className: 'empty' },
-            el('td', { colSpan: 3 }, `The balancer at ${balancer} cannot be asked`)));
+            el('td', { colSpan: 3 }, `The balancer at ${balancer} cannot be asked (${e.message})`)));
     }
     setTimeout(() => nodes(balancer), 5000);
 }
