@@ -38,7 +38,7 @@ from nexusws.addresses import (
     peer_host,
 )
 from nexusws.errors import StartupError
-from nexusws.groups import GroupsFile, check_user, os_member
+from nexusws.groups import GroupsFile, check_user, os_group_exists, os_member
 from nexusws.logs import logger, printable
 from nexusws.sites import HOST_NAME, Sites, is_address_literal
 
@@ -360,9 +360,11 @@ def access_notes(access, services, http_listen, security_token, inherited=None):
             access.allow_remote_api) else "reserve, release and stop are refused to them"
         notes.append(f"the /v1 API on --http_listen {http_listen} is reachable from other hosts "
                      f"and there is no --security_token: /v1/status is open to them, {open_calls}")
-    if access.admin_group and access.os_groups is None and access.groups_file is not None \
-            and not access.groups_file.members(access.admin_group):
-        notes.append(f"--admin_group {access.admin_group!r} has no member in --groups_file: only the "
+    if access.admin_group and not (access.groups_file is not None and access.groups_file.members(
+            access.admin_group)) and not (access.os_groups is not None and os_group_exists(access.admin_group)):
+        where = " or ".join(name for name, given in (("--groups_file", access.groups_file is not None),
+                                                    ("the system's groups", access.os_groups is not None)) if given)
+        notes.append(f"--admin_group {access.admin_group!r} has no member in {where}: only the "
                      "operator (the security token, or a local caller without one) is an administrator")
     if not access.has_groups:
         for service in services:

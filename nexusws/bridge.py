@@ -130,8 +130,12 @@ class BridgeProtocol(Handshake, Closing, QuietIO, WebSocketServerProtocol):
         return d
 
     def _launch_failed(self, failure):
-        self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
-                       launch=self.launch, reason=printable(failure.getErrorMessage()))
+        if getattr(failure.value, "why", None) in SESSION_END_CLOSES:  # ended on purpose: no failure
+            self._log.info("tunnel closed: {client} -> {launch}: {reason}", client=self.client,
+                           launch=self.launch, reason=printable(failure.getErrorMessage()))
+        else:
+            self._log.warn("tunnel failed: {client} -> {launch}: {reason}", client=self.client,
+                           launch=self.launch, reason=printable(failure.getErrorMessage()))
         if not self.closing and getattr(failure.value, "why", None) in SESSION_END_CLOSES:
             # Ended while starting for a reason with a code of its own (an administrator's End).
             code, text = SESSION_END_CLOSES[failure.value.why]

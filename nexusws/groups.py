@@ -133,6 +133,15 @@ class GroupsFile:
         return self.current().get(group, frozenset())
 
 
+def os_group_exists(group):
+    """Whether the operating system knows C{group} (an NSS look-up: it may block on LDAP)."""
+    try:
+        grp.getgrnam(group)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
 def os_member(user, group):
     """Whether the operating system puts C{user} in C{group} (as a member, or as
     their primary group). These are NSS look-ups: they may block on LDAP."""

@@ -18,7 +18,7 @@ from twisted.python.systemd import ListenFDs
 from nexusws.addresses import is_local, listener_is_local, parse_network, peer_host
 from nexusws.api import CALLS, Who
 from nexusws.auth import Access, TrustedProxies, access_notes
-from nexusws.groups import GroupsFile
+from nexusws.groups import GroupsFile, os_member
 from nexusws.routing import Launch, NoRouter, TokenRouter
 from support.options import parse
 
@@ -267,6 +267,10 @@ def test_start_up_warns_when_the_admin_group_has_no_member(members):
     assert note == ("--admin_group 'admnis' has no member in --groups_file: only the operator (the "
                     "security token, or a local caller without one) is an administrator")
     assert access_notes(Access(groups_file=members, admin_group="ClusterRendering"), [], None, None) == []
+    # With the system's groups too: a group neither knows.
+    (note,) = access_notes(Access(groups_file=members, os_groups=os_member, admin_group="admnis"), [], None, None)
+    assert note.startswith("--admin_group 'admnis' has no member in --groups_file or the system's groups: ")
+    assert access_notes(Access(os_groups=os_member, admin_group="root"), [], None, None) == []
 
 
 LOOPBACK_NOTE = ("--http_listen {listen} is TCP and --trusted_proxy trusts loopback ({trusted}): every "

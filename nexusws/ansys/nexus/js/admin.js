@@ -145,5 +145,14 @@ watch('admin', show, (why) => {
 });
 // Only a path on this origin (the balancer behind the same front, e.g. "/"): a link must not
 // make the dashboard ask another site.
-const balancer = params.get('balancer');
-if (balancer && balancer.startsWith('/') && !balancer.startsWith('//') && !balancer.includes('\\')) nodes(balancer);
+function sameOriginPath(value) {
+    if (!value || !value.startsWith('/')) return null;
+    try {
+        const url = new URL(value, window.location.href);  // as the browser will read it (tabs dropped...)
+        return url.origin === window.location.origin ? url.pathname : null;
+    } catch (e) {
+        return null;
+    }
+}
+const balancer = sameOriginPath(params.get('balancer'));
+if (balancer) nodes(balancer);

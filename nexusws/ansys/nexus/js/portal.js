@@ -11,7 +11,6 @@ import { duration, stateText, viewerUrl, websocketPlace } from './places.js';
 const KEPT = 'nexusws.portal.tokens';
 const byId = (id) => document.getElementById(id);
 let place = null;             // where the WebSocket is (from /v1/services)
-let shownServices = null;     // the services the cards show (JSON)
 let mayReserve = true;        // whether the gateway takes this caller's reservations
 let listed = [];              // /v1/sessions
 let keptRows = new Map();     // token -> its /v1/session snapshot, for kept tokens not listed
@@ -66,8 +65,10 @@ async function launch(service, button) {
     // call is a pop-up the browser may block), and sent to the viewer once reserved.
     const target = window.open('', '_blank');
     button.disabled = true;
+    button.dataset.busy = '1';
     const answer = await call('reserve', service.name);
-    button.disabled = false;
+    delete button.dataset.busy;
+    button.disabled = service.free < 1 || !mayReserve;
     if (!answer.ok) {
         if (target) target.close();
         problem(`Could not start ${service.name}: ${answer.error}`);
@@ -80,24 +81,61 @@ async function launch(service, button) {
     loadServices();  // one fewer free now, not at the next look
 }
 
-function serviceCard(service) {
-    const button = el('button', { className: 'primary', type: 'button', textContent: 'Launch',
-                                  disabled: service.free < 1 || !mayReserve });
+// The cards shown, by service name: each updated in place (its Launch button stays the same
+// element when a free count changes, so a focused button keeps its focus).
+const cards = new Map();
+
+function cardOf(service) {
+    let card = cards.get(service.name);
+    if (card) return card;
+    const button = el('button', { className: 'primary', type: 'button', textContent: 'Launch' });
     button.dataset.service = service.name;
-    button.addEventListener('click', () => launch(service, button));
+    card = { facts: el('div', { className: 'facts' }), chips: el('div', {}), button, service };
+    button.addEventListener('click', () => launch(card.service, button));
+    card.element = el('div', { className: 'card' }, el('h3', {}, service.name), card.facts, card.chips,
+                      el('div', { className: 'actions' }, button));
+    cards.set(service.name, card);
+    return card;
+}
+
+function updateCard(card, service) {
+    card.service = service;
     const limits = [];
     if (service.limits.idle_timeout > 0) limits.push(`ends after ${duration(service.limits.idle_timeout)} idle`);
     if (service.limits.max_duration > 0) limits.push(`at most ${duration(service.limits.max_duration)}`);
-    return el('div', { className: 'card' },
-        el('h3', {}, service.name),
-        el('div', { className: 'facts' },
-            `${service.free} of ${service.count} free`,
-            service.backend === 'slurm' ? ' \u00b7 on a cluster node (Slurm)' : '',
-            limits.length ? ' \u00b7 ' + limits.join(', ') : ''),
-        service.file_ext.length
-            ? el('div', {}, ...service.file_ext.map((ext) => el('span', { className: 'chip' }, `.${ext.replace(/^\./, '')}`)))
-            : null,
-        el('div', { className: 'actions' }, button));
+    text(card.facts, `${service.free} of ${service.count} free`
+        + (service.backend === 'slurm' ? ' \u00b7 on a cluster node (Slurm)' : '')
+        + (limits.length ? ' \u00b7 ' + limits.join(', ') : ''));
+    const chips = service.file_ext.map((ext) => `.${ext.replace(/^\./, '')}`);
+    if (Array.from(card.chips.children, (chip) => chip.textContent).join() !== chips.join()) {
+        card.chips.replaceChildren(...chips.map((chip) => el('span', { className: 'chip' }, chip)));
+    }
+    card.chips.hidden = !chips.length;
+    // A service that is no VNC desktop (its "viewer": false) is started by its own page or program.
+    card.button.hidden = service.viewer === false;
+    if (service.viewer === false) text(card.facts, `${card.facts.textContent} \u00b7 no browser viewer: `
+        + 'started from its own page or program');
+    if (!card.button.dataset.busy) card.button.disabled = service.free < 1 || !mayReserve;
+}
+
+function showServices(box, services) {
+    const names = new Set(services.map((service) => service.name));
+    for (const name of [...cards.keys()]) if (!names.has(name)) cards.delete(name);
+    const elements = services.map((service) => {
+        const card = cardOf(service);
+        updateCard(card, service);
+        return card.element;
+    });
+    if (!elements.length) {
+        if (!box.querySelector('p.muted[data-none]')) {
+            const none = el('p', { className: 'muted' }, 'There is no service you may use here.');
+            none.dataset.none = '';
+            box.replaceChildren(none);
+        }
+        return;
+    }
+    const current = Array.from(box.children);
+    if (current.length !== elements.length || current.some((e, i) => e !== elements[i])) box.replaceChildren(...elements);
 }
 
 async function loadServices() {
@@ -117,12 +155,7 @@ async function loadServices() {
     note.hidden = mayReserve;
     text(note, mayReserve ? '' : 'This gateway takes reservations from its own host only: you can see '
         + 'the services and your sessions here, but not start one (its operator may allow it: --allow_remote_api).');
-    const listing = JSON.stringify([info.services, mayReserve]);
-    if (listing !== shownServices) {  // the cards (their buttons) stay while nothing changed
-        shownServices = listing;
-        box.replaceChildren(...(info.services.length ? info.services.map(serviceCard)
-            : [el('p', { className: 'muted' }, 'There is no service you may use here.')]));
-    }
+    showServices(box, info.services);
     document.documentElement.dataset.state = 'ready';
     render();
 }
