@@ -4,7 +4,7 @@
                              the caller is, whether it may reserve (/v1/reserve's rule, without the
                              groups), where a page here reaches the WebSocket listener, and the services
                              the caller may use (their groups and --require_group applied), each
-                             {"name", "count", "free", "file_ext", "backend", "limits"}
+                             {"name", "count", "free", "file_ext", "viewer", "backend", "limits"}
   /v1/sessions               200 [...]: the caller's own sessions, each with its token (L{session_row})
   /v1/admin                  200 {"sessions", "services", "load"}: every session, with its C{id}
                              (its token's tag) and never its token (L{admin_row}); administrators only
@@ -67,6 +67,7 @@ def services(api, request, caller):
     listing = [{
         "name": s.name, "count": s.count, "free": max(0, s.count - in_use.get(s.name, 0)),
         "file_ext": file_extensions(s.common_options.get("file_ext")),
+        "viewer": s.common_options.get("viewer", True) is not False,
         "backend": getattr(s, "kind", None) or "local",
         "limits": {name: registry.limit(s, name) for name in SHOWN_LIMITS},
     } for s in usable]

@@ -161,8 +161,7 @@ class Gateway:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            self.kill()  # its group, and what runs below it in sessions of their own
             raise AssertionError(
                 f"gateway did not exit within {timeout}s after {sig}:\n{self.log}"
             ) from None

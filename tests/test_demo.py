@@ -144,3 +144,24 @@ def test_demo_without_xvfb_says_in_one_line_what_to_install_and_serves_the_text_
     asyncio.run(asyncio.wait_for(talk(), 30))
     gw.wait_for(r"Demo Session.*released")
     assert gw.stop(signal.SIGTERM) == 0
+
+
+def test_a_closed_terminal_stops_the_demo_and_its_desktops_gracefully(gateway, tmp_path):
+    """SIGHUP (a closed terminal, a dropped ssh) is a stop like Ctrl-C: the gateway, in a session of
+    its own, is told to stop and stops every desktop it runs."""
+    require(all(shutil.which(p) for p in ("Xvfb", "x11vnc", "xsetroot")),
+            "Xvfb, x11vnc and xsetroot (apt-get install xvfb x11vnc x11-xserver-utils)")
+    gw = demo(gateway, tmp_path)
+    token = reserve(gw, "Desktop")
+
+    async def session():
+        async with connect(f"{gw.ws_url}/websockify?token={token}", subprotocols=["binary"],
+                           open_timeout=30) as ws:
+            assert await asyncio.wait_for(ws.recv(), 30) == b"RFB 003.008\n"
+            display = gw.wait_for(r"desktop 0: display :(\d+) 1024x768, VNC on").group(1)
+            assert await asyncio.to_thread(gw.stop, signal.SIGHUP) == 0  # its close answered meanwhile
+            return display
+
+    display = asyncio.run(asyncio.wait_for(session(), 60))
+    assert "Desktop#0: stopping -> released" in gw.log
+    wait_until(lambda: processes_with(f":{display}") == [], 10, "the desktop to end with the demo")

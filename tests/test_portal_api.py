@@ -65,8 +65,15 @@ def test_services_lists_only_what_the_caller_may_use_with_free_instances(gw):
         first = body["services"][0]
         assert (first["count"], first["free"], first["file_ext"], first["backend"]) == (3, 2, ["csv"], "local")
         assert first["limits"] == {"idle_timeout": 60.0, "max_duration": 0.0, "max_extend": 0.0}
+        assert first["viewer"] is True
         assert body["websocket"]["proxied"] is True
     assert g.get("/v1/services", peer=REMOTE).status == 401, "anonymous, without the security token"
+
+
+def test_a_service_that_is_no_vnc_desktop_says_so(gw):
+    g = gw()
+    g.services[0].common_options = {"viewer": False}
+    assert [s["viewer"] for s in g.get("/v1/services").json()["services"]] == [False]
 
 
 def test_services_says_where_the_websocket_listener_is(gw):

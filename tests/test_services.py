@@ -270,6 +270,8 @@ CONFIG_ERRORS = [
      ["service 'svc'", "'options' must be an object, not a list"]),
     ("group_not_a_name", {"services.json": service_json(options={"group": 7})},
      ["service 'svc'", "'options.group' must be a group name, not 7"]),
+    ("viewer_not_a_boolean", {"services.json": service_json(options={"viewer": "no"})},
+     ["service 'svc'", "'options.viewer' must be true or false, not \"no\""]),
     ("empty_service_name", {"services.json": json.dumps(
         {" ": {"script": "good.py", "count": 1, "options": {}}})},
      ["service ' '", "must not be empty"]),

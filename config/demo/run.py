@@ -99,28 +99,48 @@ def services_config(directory):
     return config
 
 
+#: The signals that stop the demo (Ctrl-C, kill, a closed terminal): the gateway is told to stop
+#: gracefully, so that every session it runs is stopped with it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main(args):
+    # The children run in sessions of their own: Ctrl-C or a closed terminal reaches this
+    # script alone, which stops them in order (the gateway gracefully, its sessions with it).
+    children, stopping = {}, []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        if "gateway" in children:
+            children["gateway"].send_signal(signal.SIGTERM)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
     directory = tempfile.TemporaryDirectory(prefix="nexusws-demo-")
-    backend = subprocess.Popen(
-        [sys.executable, str(HERE / "backend.py"), "0"], stdout=subprocess.PIPE, text=True
-    )
+    backend = subprocess.Popen([sys.executable, str(HERE / "backend.py"), "0"], stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
     try:
         line = backend.stdout.readline()
         match = re.search(r":(\d+)$", line.strip())
+        if stopping:
+            return 0
         if not match:
             sys.exit(f"demo: the backend did not start: {line!r}")
         port = match.group(1)
         print(f"demo: backend on 127.0.0.1:{port}; open http://127.0.0.1:9000/?port=9090 and "
               "http://127.0.0.1:9000/sessions.html?port=9090 (or the ports you chose)", flush=True)
         config = services_config(directory.name)
-        gateway = subprocess.Popen(
+        if stopping:
+            return 0
+        children["gateway"] = gateway = subprocess.Popen(
             gateway_command() + ["--http_directory", str(HERE / "www"), "--client_hostname",
                                  "127.0.0.1", "--client_port", port, "--remote_session_config",
-                                 str(config)] + (args or DEFAULTS)
-        )
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda s, f: gateway.send_signal(signal.SIGTERM))
-        return gateway.wait()
+                                 str(config)] + (args or DEFAULTS), start_new_session=True)
+        if stopping:  # a signal came while it was being started
+            gateway.send_signal(signal.SIGTERM)
+        status = gateway.wait()
+        # Stopped by a signal it got before it could handle one: that stop was asked for.
+        return 0 if stopping and status == -signal.SIGTERM else status
     finally:
         backend.terminate()
         backend.wait()

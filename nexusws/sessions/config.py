@@ -2,7 +2,8 @@
 
 Each entry names a Python script defining one L{RemoteServiceScript}
 subclass (L{nexusws.sessions.script}), the number of instances and their
-common options (C{group}, C{reconnect_grace} and the limits C{idle_timeout},
+common options (C{group}, C{reconnect_grace}, C{viewer} (false: the portal offers no
+Launch: it is not a VNC desktop) and the limits C{idle_timeout},
 C{idle_warning}, C{max_duration}, C{time_warning} and C{max_extend} are nexusws's
 own, checked here; see L{nexusws.sessions.attach} and L{nexusws.sessions.deadlines}). L{read_config} reads and checks the whole file and runs each
 script (the options stage: no reactor); L{ServiceSpec.build} creates the
@@ -158,6 +159,8 @@ def read_config(path):
         group = options.get("group")
         if "group" in options and (not isinstance(group, str) or not group.strip()):
             raise bad(f"'options.group' must be a group name, not {show(group)}")
+        if "viewer" in options and not isinstance(options["viewer"], bool):
+            raise bad(f"'options.viewer' must be true or false, not {show(options['viewer'])}")
         for key in SECONDS_OPTIONS:
             if key in options and not _is_seconds(options[key]):
                 raise bad(f"'options.{key}' must be a number of seconds >= 0, not {show(options[key])}")
