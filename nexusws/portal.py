@@ -98,8 +98,6 @@ def admin_end(api, request, caller, session_id):
     r = _by_id(api, request, session_id)
     if isinstance(r, bytes):
         return r
-    if r.state == STOPPING:
-        return answer.error(request, 409, "this session is ending already")
     _log.info("/v1/admin_end: {label} by {who}", label=r.label, who=_who(caller))
     try:
         d = api.registry.end_by_admin(r)
@@ -113,8 +111,6 @@ def admin_extend(api, request, caller, session_id):
     r = _by_id(api, request, session_id)
     if isinstance(r, bytes):
         return r
-    if r.state == STOPPING:
-        return answer.error(request, 409, "this session is ending")
     seconds = extend_seconds(request)
     if isinstance(seconds, bytes):
         return seconds
@@ -183,11 +179,14 @@ def _rows(api, make):
 
 
 def _by_id(api, request, session_id):
+    """The live session of C{session_id}, or the bytes of its 404 or 409 answer."""
     found = [] if api.registry is None else [r for r in api.registry.live() if tag(r.token)[1:] == session_id]
     if not found:
         return answer.error(request, 404, f"no session {printable(session_id)!r}")
     if len(found) > 1:  # two tokens of one tag: 1 in 4 billion
         return answer.error(request, 409, "two sessions have this id; end one by its token")
+    if found[0].state == STOPPING:  # nothing more to end or extend
+        return answer.error(request, 409, "this session is ending already")
     return found[0]
 
 

@@ -19,18 +19,18 @@ from support.browser import (  # noqa: F401 (the fixture novnc)
     novnc_fixture,
     wait_for_desktop,
 )
+from support.desktop import xvfb_of
+from support.envision import desktops_below
 from support.portal import (  # noqa: F401 (the fixture browser)
     SERVICE,
     browser_fixture,
     desktop_gateway,
-    desktops_below,
     envision_gateway,
     fetch,
     keep,
     page_url,
     slow_xvfb,
     wait_gone,
-    xvfb_of,
 )
 from support.sessions import get, instances
 from support.sse import events_of

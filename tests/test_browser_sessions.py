@@ -32,7 +32,7 @@ from support.browser import (  # noqa: F401 (the fixtures chromium and novnc)
     wait_for_desktop,
     www,
 )
-from support.desktop import COLOUR, free_display, processes_with
+from support.desktop import COLOUR, free_display, processes_with, xvfb_of
 from support.sessions import get, reserve
 from support.sessions import session_snapshot as session
 from support.sse import events_of
@@ -80,19 +80,6 @@ def open_viewer(chromium, gw, token, port=None, **query):
                                port=port or gw.ws_url.rsplit(":", 1)[1], password=PASSWORD, **query))
     page.set_viewport_size({"width": 800, "height": 600})
     return page
-
-
-def xvfb_of(display):
-    """The pids of the Xvfb serving C{display} (not the x11vnc beside it)."""
-    pids = []
-    for pid in processes_with(f":{display}"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if os.path.basename(f.read().split(b"\0")[0]) == b"Xvfb":
-                    pids.append(pid)
-        except OSError:
-            pass
-    return pids
 
 
 def state_of(page):

@@ -14,11 +14,11 @@ import urllib.parse
 import pytest
 import websockets
 
-from conftest import ROOT, require
+from conftest import require
+from support.envision import FAKE_ENVISION, desktops_below, envision_executable, envision_ports, port_free
 from support.sessions import all_instances, gateway_args, get, open_ws, reserve, run, session_url
 from support.waiting import wait_until, wait_until_async
 
-FAKE = ROOT / "tests" / "services" / "fake_envision.py"
 LINE = r"fake fake_envision\.py: X display :(\d+), VNC on 127\.0\.0\.1:(\d+), auth (\w+)"
 PROGRAMS = ("Xvfb", "x11vnc")
 
@@ -35,16 +35,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def port_free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _stat(pid):
     """(state, parent pid, name) of live C{pid}, or None (gone, or a zombie)."""
     try:
@@ -58,31 +48,13 @@ def _stat(pid):
     return state, int(ppid), head.partition(b"(")[2].decode()
 
 
-def x_programs_below(pid):
-    """{pid: name} of the live Xvfb and x11vnc processes descending from C{pid}."""
-    parents = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        stat = _stat(entry)
-        if stat is not None:
-            parents[int(entry)] = stat
-    found, todo = {}, [pid]
-    while todo:
-        parent = todo.pop()
-        for child, (_, ppid, name) in parents.items():
-            if ppid == parent:
-                todo.append(child)
-                if name in PROGRAMS:
-                    found[child] = name
-    return found
-
-
 def alive(pids):
     return [pid for pid in pids if _stat(pid) is not None]
 
 
 def fake_argv(port, password=None):
     auth = f"primary_password={password}" if password else "use_auth=0"
-    return [sys.executable, str(FAKE), "-vnc", f"vnc://?rfb_port={port}&{auth}"]
+    return [sys.executable, str(FAKE_ENVISION), "-vnc", f"vnc://?rfb_port={port}&{auth}"]
 
 
 def rfb_security_types(port):
@@ -103,7 +75,7 @@ def start_fake(popen, port, password=None):
     m = re.fullmatch(LINE, line.strip())
     assert m, f"unexpected first line {line!r}; stderr: {fake.stderr.read() if fake.poll() is not None else ''}"
     assert int(m.group(2)) == port
-    programs = x_programs_below(fake.pid)
+    programs = desktops_below(fake.pid, PROGRAMS)
     assert sorted(programs.values()) == ["Xvfb", "x11vnc"], programs
     return fake, programs, m
 
@@ -150,7 +122,7 @@ def test_fake_exits_when_xvfb_or_x11vnc_dies_and_leaves_nothing(popen, victim):
 @pytest.mark.parametrize("argv", [[], ["-vnc"], ["-vnc", "http://x/?rfb_port=5"], ["-vnc", "vnc://?use_auth=0"],
                                   ["-vnc", "vnc://?rfb_port=x"], ["-vnc", "vnc://?rfb_port=70000"]])
 def test_fake_refuses_a_bad_argument_in_one_line(argv):
-    done = subprocess.run([sys.executable, str(FAKE), *argv], capture_output=True, text=True, timeout=20)
+    done = subprocess.run([sys.executable, str(FAKE_ENVISION), *argv], capture_output=True, text=True, timeout=20)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("fake_envision.py: ") and done.stderr.count("\n") == 1, done.stderr
 
@@ -167,13 +139,11 @@ def test_fake_without_the_x_programs_says_what_to_install_in_one_line():
 
 def envision_gateway(gateway, tmp_path, *extra):
     """A gateway with --local_session envision 1 running the stand-in; its VNC port is free."""
-    port = free_port()  # envision #0's VNC port is --vnc_port_base + 1
-    program = tmp_path / "envision"  # the stand-in is not executable itself
-    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    program.chmod(0o755)
-    gw = gateway(gateway_args(tmp_path, "--local_session", "envision", "1", "--vnc_port_base", str(port - 1),
-                              "--envision_executable", str(program), *extra, config=None), http=True)
-    gw.vnc_port = port
+    base = envision_ports(1)  # envision #0's VNC port is --vnc_port_base + 1
+    gw = gateway(gateway_args(tmp_path, "--local_session", "envision", "1", "--vnc_port_base", str(base),
+                              "--envision_executable", str(envision_executable(tmp_path)), *extra, config=None),
+                 http=True)
+    gw.vnc_port = base + 1
     return gw
 
 
@@ -189,7 +159,7 @@ def test_envision_serves_the_fakes_desktop_through_the_websocket_until_released(
             assert await asyncio.wait_for(ws.recv(), 10) == b"\x01\x01", "one security type: None"
             m = gw.wait_for(LINE)
             assert (m.group(2), m.group(3)) == (str(gw.vnc_port), "none")
-            programs = x_programs_below(gw.proc.pid)
+            programs = desktops_below(gw.proc.pid, PROGRAMS)
             assert sorted(programs.values()) == ["Xvfb", "x11vnc"], programs
             status, body = await asyncio.to_thread(get, f"{gw.http_url}/v1/release/{urllib.parse.quote(token)}")
             assert (status, body) == (200, {"released": token})
@@ -201,7 +171,7 @@ def test_envision_serves_the_fakes_desktop_through_the_websocket_until_released(
     run(session())
     assert all_instances(gw) == []
     wait_until(lambda: port_free(gw.vnc_port), 5, "the VNC port to close")
-    assert x_programs_below(gw.proc.pid) == {}
+    assert desktops_below(gw.proc.pid, PROGRAMS) == {}
     assert gw.stop() == 0
 
 
@@ -214,7 +184,7 @@ def test_envision_with_a_password_offers_vnc_authentication_and_stops_with_the_w
             assert await asyncio.wait_for(ws.recv(), 30) == b"RFB 003.008\n"
             await ws.send(b"RFB 003.008\n")
             assert await asyncio.wait_for(ws.recv(), 10) == b"\x01\x02", "one security type: VNC authentication"
-            return x_programs_below(gw.proc.pid)
+            return desktops_below(gw.proc.pid, PROGRAMS)
 
     programs = run(session())
     assert gw.wait_for(LINE).group(3) == "password"

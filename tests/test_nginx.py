@@ -37,6 +37,7 @@ from support.nginx_front import (
     Nginx,
     adapt_site,
     basic,
+    get_through,
     nginx_binary,
     short_tempdir,
     unix_get,
@@ -65,18 +66,8 @@ class Front:
     def get(self, target, user=None, password=None, headers=()):
         """GET through nginx, as C{user} (Basic); C{headers} may repeat names.
         Returns (status, headers dict with lower-case names, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.putrequest("GET", target, skip_accept_encoding=True)
-            if user is not None:
-                conn.putheader("Authorization", basic(user, password or PASSWORDS[user]))
-            for name, value in headers:
-                conn.putheader(name, value)
-            conn.endheaders()
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
+        return get_through(self.port, target, None if user is None else basic(user, password or PASSWORDS[user]),
+                           headers)
 
     def api(self, target, user, headers=()):
         status, _, body = self.get(target, user, headers=headers)

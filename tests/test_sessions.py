@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT
 from nexusws.sessions.statefile import StateFile
+from support.envision import port_free
 from support.sessions import (
     all_instances,
     assert_gone,
@@ -303,16 +304,6 @@ def test_corrupt_state_file_is_moved_aside_with_a_warning_and_the_gateway_starts
 # --- built-in services ---------------------------------------------------------------
 
 
-def _port_free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def test_local_ensight_reserved_by_both_names_tunnels_to_its_vnc_port(gateway, tmp_path):
     """--local_session ensight 1 with a stand-in executable: 'local_ensight' and
     'ensight' both reserve it, and the WebSocket reads the stand-in's RFB greeting."""
@@ -334,7 +325,7 @@ def test_local_ensight_reserved_by_both_names_tunnels_to_its_vnc_port(gateway, t
 
         run(session())
         wait_until(lambda: all_instances(gw) == [], 10, "the ensight instance ended")
-        wait_until(lambda: _port_free(vnc_port), 5, "the stand-in's VNC port closed")
+        wait_until(lambda: port_free(vnc_port), 5, "the stand-in's VNC port closed")
         assert_gone(f"{FAKE_ENSIGHT} -vnc", what="the stand-in")
 
 

@@ -38,5 +38,6 @@ Real processes and sockets:
 - L{support.nginx_pages}: the pages (portal, dashboard, viewer) in Chromium through nginx at a path prefix.
 - L{support.portal}: the portal, the dashboard and the test page in Chromium against a real gateway.
 - L{support.shipped_units}: the shipped systemd units, read and run under socket activation.
-- L{support.desktop}: a real VNC desktop (Xvfb painted one colour, x11vnc).
+- L{support.desktop}: a real VNC desktop (Xvfb painted one colour, x11vnc); the Xvfb of a display.
+- L{support.envision}: EnVision's stand-in as the built-in service runs it: executable, free ports, desktops.
 """

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import threading
 import urllib.parse
+from contextlib import contextmanager
 
 import pytest
 
@@ -69,18 +70,26 @@ def novnc_fixture(request):
     return str(request.getfixturevalue("node_modules") / "@novnc" / "novnc")
 
 
-@pytest.fixture(name="chromium")
-def chromium_fixture(tmp_path):
-    """Open pages with C{chromium(url)} in headless Chromium with a fresh profile.
-
-    C{chromium.errors} collects the pages' uncaught errors, C{chromium.console}
-    their console messages as C{(type, text)}."""
+@contextmanager
+def playwright():
+    """Playwright for Python, once Debian's Chromium and Playwright are known to be there (a
+    loud skip, or in CI a failure, when one is missing)."""
     require(os.access(CHROMIUM, os.X_OK), "Chromium (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "playwright (pip install '.[test]')")
     with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(name="chromium")
+def chromium_fixture(tmp_path):
+    """Open pages with C{chromium(url)} in headless Chromium with a fresh profile.
+
+    C{chromium.errors} collects the pages' uncaught errors, C{chromium.console}
+    their console messages as C{(type, text)}."""
+    with playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
             viewport={"width": 1024, "height": 768},

@@ -42,6 +42,19 @@ def processes_with(argument):
     return found
 
 
+def xvfb_of(display):
+    """The pids of the Xvfb serving C{display} (not the x11vnc beside it)."""
+    pids = []
+    for pid in processes_with(f":{display}"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if os.path.basename(f.read().split(b"\0")[0]) == b"Xvfb":
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -116,6 +116,23 @@ def unix_get(path, target, headers=None):
         conn.close()
 
 
+def get_through(port, target, authorization=None, headers=()):
+    """GET C{target} from 127.0.0.1:C{port} (nginx), with C{authorization} and C{headers}
+    (names may repeat): (status, headers with lower-case names, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        if authorization is not None:
+            conn.putheader("Authorization", authorization)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
 def basic(user, password):
     """An C{Authorization} header value for HTTP Basic."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -20,7 +20,6 @@ A test module imports the fixtures C{prefix_front} and C{browser} as C{prefix_fr
 and C{browser_fixture}, and C{novnc} from L{support.browser} (C{prefix_front} asks for it).
 """
 
-import http.client
 import json
 import os
 import random
@@ -32,9 +31,9 @@ import urllib.parse
 import pytest
 
 from conftest import ROOT, require
-from support.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from support.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, playwright
 from support.desktop import COLOUR, free_display
-from support.nginx_front import Greeters, Nginx, basic, nginx_binary, short_tempdir, unix_listening
+from support.nginx_front import Greeters, Nginx, basic, get_through, nginx_binary, short_tempdir, unix_listening
 from support.sessions import descendants
 from support.waiting import wait_until
 
@@ -93,18 +92,7 @@ class PrefixFront:
 
     def get(self, target, user=None, headers=()):
         """GET C{target} through nginx as C{user}: (status, headers with lower-case names, body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.putrequest("GET", target, skip_accept_encoding=True)
-            if user is not None:
-                conn.putheader("Authorization", basic(user, PASSWORDS[user]))
-            for name, value in headers:
-                conn.putheader(name, value)
-            conn.endheaders()
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
+        return get_through(self.port, target, None if user is None else basic(user, PASSWORDS[user]), headers)
 
     def api(self, call, user):
         """GET /nexus/v1/{call} as C{user}: (status, JSON)."""
@@ -235,12 +223,7 @@ class Signed:
 @pytest.fixture(name="browser")
 def browser_fixture():
     """C{browser(user)}: a fresh L{Signed} context of headless Chromium as C{user} (None: no credentials)."""
-    require(os.access(CHROMIUM, os.X_OK), "Chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright (pip install '.[test]')")
-    with sync_playwright() as p:
+    with playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             def signed_in(user):

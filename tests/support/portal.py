@@ -15,19 +15,17 @@ import json
 import os
 import random
 import shutil
-import socket
-import sys
 
 import pytest
 
 from conftest import ROOT, require
-from support.browser import CHROMIUM, CHROMIUM_ARGS, LOOPBACK, RECORD_CLOSES, TIMEOUT_MS, screenshot, www
+from support.browser import CHROMIUM, CHROMIUM_ARGS, LOOPBACK, RECORD_CLOSES, TIMEOUT_MS, playwright, screenshot, www
 from support.desktop import COLOUR, free_display, processes_with
-from support.sessions import descendants, gateway_args
+from support.envision import envision_executable, envision_ports
+from support.sessions import gateway_args
 from support.waiting import wait_until
 
 SCRIPT = ROOT / "config" / "scripts" / "x11vnc_desktop_session.py"
-FAKE_ENVISION = ROOT / "tests" / "services" / "fake_envision.py"
 DOCS = ROOT / "docs"
 #: The service of the desktop gateway: a desktop that waits 60 s for its viewer to come
 #: back, and runs at most 10 min, which an administrator may extend by 10 min.
@@ -41,8 +39,8 @@ VIEWPORT = {"width": 1100, "height": 700}
 class Browser:
     """Headless Chromium; L{context} makes a user's browser, L{open} a page in it."""
 
-    def __init__(self, playwright):
-        self.browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    def __init__(self, p):
+        self.browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         self.errors, self.console = [], []
 
     def context(self, user=None):
@@ -78,12 +76,7 @@ class Browser:
 
 @pytest.fixture(name="browser")
 def browser_fixture():
-    require(os.access(CHROMIUM, os.X_OK), "Chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright (pip install '.[test]')")
-    with sync_playwright() as p:
+    with playwright() as p:
         browser = Browser(p)
         try:
             yield browser
@@ -127,40 +120,13 @@ def slow_xvfb(tmp_path, seconds):
     return slow
 
 
-def _port_free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def envision_ports(count):
-    """A --vnc_port_base whose envision ports (base + 1, + 3...) for C{count} instances are free."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        ports = [first + 2 * i for i in range(count)]
-        if ports[-1] < 65536 and all(_port_free(p) for p in ports):
-            return first - 1
-    pytest.fail("no free VNC ports for envision")
-
-
 def envision_gateway(gateway, tmp_path, count, *options, novnc=None):
-    """A gateway with C{--local_session envision COUNT} running EnVision's stand-in (which
-    another engineer writes: waited for up to 30 minutes)."""
+    """A gateway with C{--local_session envision COUNT} running EnVision's stand-in."""
     x_programs()
-    wait_until(FAKE_ENVISION.is_file, 1800, f"{FAKE_ENVISION} to be written", interval=5)
-    program = tmp_path / "envision"  # the stand-in is not executable itself
-    program.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_ENVISION}" "$@"\n')
-    program.chmod(0o755)
     viewer = ["--novnc_dir", novnc] if novnc is not None else []
     return gateway(gateway_args(tmp_path, "--local_session", "envision", str(count),
                                 "--vnc_port_base", str(envision_ports(count)), "--envision_executable",
-                                str(program), *viewer, *options, config=None), http=True)
+                                str(envision_executable(tmp_path)), *viewer, *options, config=None), http=True)
 
 
 # --- what a test looks at ------------------------------------------------------------------
@@ -170,37 +136,8 @@ def page_url(gw, page):
     return f"{gw.http_url}/ansys/nexus/{page}"
 
 
-def xvfb_of(display):
-    """The pids of the Xvfb serving C{display} (not the x11vnc beside it)."""
-    pids = []
-    for pid in processes_with(f":{display}"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if os.path.basename(f.read().split(b"\0")[0]) == b"Xvfb":
-                    pids.append(pid)
-        except OSError:
-            pass
-    return pids
-
-
 def wait_gone(display, timeout=10):
     wait_until(lambda: not processes_with(f":{display}"), timeout, f"the processes of display :{display} to end")
-
-
-def desktops_below(pid):
-    """{pid: program} of the live Xvfb, x11vnc and EnVision stand-ins below C{pid}."""
-    found = {}
-    for child in descendants(pid):
-        try:
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        names = [os.path.basename(a.decode()) for a in argv[:2]]
-        program = names[1] if names[0].startswith("python") and len(names) > 1 else names[0]
-        if program in ("Xvfb", "x11vnc", FAKE_ENVISION.name):
-            found[child] = program
-    return found
 
 
 def fetch(page, path, accept=None):
